@@ -1,0 +1,1 @@
+"""Subcommands of the `cinemamba` CLI, one module each (see `cinemamba.cli`)."""

@@ -1,0 +1,1 @@
+"""cinemamba_sampling."""
