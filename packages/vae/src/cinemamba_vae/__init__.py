@@ -1,1 +1,19 @@
-"""cinemamba_vae."""
+"""cinemamba_vae: causal 3D video autoencoder with exact chunked encode/decode of any length."""
+
+from cinemamba_vae.model import (
+    VAE_PRESETS,
+    VAEConfig,
+    VAEOutput,
+    VideoAutoencoder,
+    load_vae_config,
+    vae_preset,
+)
+
+__all__ = [
+    "VAE_PRESETS",
+    "VAEConfig",
+    "VAEOutput",
+    "VideoAutoencoder",
+    "load_vae_config",
+    "vae_preset",
+]

@@ -1,0 +1,384 @@
+"""The causal 3D video autoencoder: config, encoder, decoder, model, presets.
+
+A `1 + s_t*k`-frame video maps to `1 + k` latent frames (s_t the temporal compression); an
+image is a 1-frame video. Everything along time is causal, so `encode`/`decode` can stream
+through any length in chunks of K frames and give the full-sequence result exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from cinemamba_vae.layers import (
+    CausalConv3d,
+    Downsample,
+    FrameAttention,
+    FrameNorm,
+    ResBlock,
+    StreamCache,
+    Upsample,
+)
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.yaml"
+LOGVAR_RANGE = (-30.0, 20.0)  # as in latent diffusion: keeps exp(logvar) finite
+
+
+@dataclass
+class VAEConfig:
+    """Architecture of a `VideoAutoencoder` (saved next to its weights)."""
+
+    latent_channels: int = 16
+    spatial_compression: int = 8  # 4, 8 or 16
+    temporal_compression: int = 4  # 1, 2, 4 or 8
+    base_channels: int = 96
+    # One entry per resolution level; needs 1 + log2(max(spatial, temporal)) entries.
+    channel_mults: list[int] = field(default_factory=lambda: [1, 2, 4, 4])
+    num_res_blocks: int = 2
+    norm_groups: int = 32  # 1 makes FrameNorm a per-frame layer norm
+    mid_attention: bool = True
+    in_channels: int = 3
+
+    def validate(self) -> None:
+        """Raise ValueError naming the field when the architecture is impossible."""
+        if self.spatial_compression not in (4, 8, 16):
+            raise ValueError(
+                f"spatial_compression must be 4, 8 or 16, got {self.spatial_compression}"
+            )
+        if self.temporal_compression not in (1, 2, 4, 8):
+            raise ValueError(
+                f"temporal_compression must be 1, 2, 4 or 8, got {self.temporal_compression}"
+            )
+        need = 1 + max(self.spatial_levels, self.temporal_levels)
+        if len(self.channel_mults) != need:
+            raise ValueError(
+                f"channel_mults needs {need} entries for {self.spatial_compression}x spatial / "
+                f"{self.temporal_compression}x temporal compression, got {list(self.channel_mults)}"
+            )
+        for mult in self.channel_mults:
+            if (self.base_channels * mult) % self.norm_groups:
+                raise ValueError(
+                    f"norm_groups={self.norm_groups} must divide every level's width "
+                    f"(base_channels * channel_mults = {self.base_channels * mult})"
+                )
+
+    @property
+    def spatial_levels(self) -> int:
+        """Number of 2x spatial downsamplings."""
+        return int(math.log2(self.spatial_compression))
+
+    @property
+    def temporal_levels(self) -> int:
+        """Number of 2x temporal downsamplings (done at the first, highest-resolution levels)."""
+        return int(math.log2(self.temporal_compression))
+
+
+@dataclass
+class VAEOutput:
+    """What a training forward pass returns (raw, unnormalised latent space)."""
+
+    reconstruction: Tensor  # (B, 3, T, H, W)
+    mean: Tensor  # (B, C, t, h, w) posterior mean
+    logvar: Tensor  # (B, C, t, h, w) posterior log-variance
+    latents: Tensor  # (B, C, t, h, w) the sample that was decoded
+
+
+class Encoder(nn.Module):
+    """Pixels (B, 3, T, H, W) -> posterior moments (B, 2C, t, h, w)."""
+
+    def __init__(self, cfg: VAEConfig) -> None:
+        super().__init__()
+        widths = [cfg.base_channels * m for m in cfg.channel_mults]
+        self.conv_in = CausalConv3d(cfg.in_channels, widths[0])
+        self.blocks = nn.ModuleList()
+        ch = widths[0]
+        for level, width in enumerate(widths):
+            for _ in range(cfg.num_res_blocks):
+                self.blocks.append(ResBlock(ch, width, cfg.norm_groups))
+                ch = width
+            if level < len(widths) - 1:
+                self.blocks.append(
+                    Downsample(
+                        ch,
+                        spatial=level < cfg.spatial_levels,
+                        temporal=level < cfg.temporal_levels,
+                    )
+                )
+        self.mid = nn.ModuleList([ResBlock(ch, ch, cfg.norm_groups)])
+        if cfg.mid_attention:
+            self.mid.append(FrameAttention(ch, cfg.norm_groups))
+        self.mid.append(ResBlock(ch, ch, cfg.norm_groups))
+        self.norm_out = FrameNorm(ch, cfg.norm_groups)
+        self.conv_out = CausalConv3d(ch, 2 * cfg.latent_channels)
+
+    def forward(self, x: Tensor, cache: StreamCache | None = None) -> Tensor:
+        """Run (a chunk of) a video through; returns the moments completed so far."""
+        x = self.conv_in(x, cache)
+        for block in [*self.blocks, *self.mid]:
+            x = block(x, cache)
+        return self.conv_out(nn.functional.silu(self.norm_out(x)), cache)
+
+
+class Decoder(nn.Module):
+    """Latents (B, C, t, h, w) -> pixels (B, 3, T, H, W), mirroring the encoder."""
+
+    def __init__(self, cfg: VAEConfig) -> None:
+        super().__init__()
+        widths = [cfg.base_channels * m for m in cfg.channel_mults]
+        ch = widths[-1]
+        self.conv_in = CausalConv3d(cfg.latent_channels, ch)
+        self.mid = nn.ModuleList([ResBlock(ch, ch, cfg.norm_groups)])
+        if cfg.mid_attention:
+            self.mid.append(FrameAttention(ch, cfg.norm_groups))
+        self.mid.append(ResBlock(ch, ch, cfg.norm_groups))
+        self.blocks = nn.ModuleList()
+        for level in reversed(range(len(widths))):
+            for _ in range(cfg.num_res_blocks):
+                self.blocks.append(ResBlock(ch, widths[level], cfg.norm_groups))
+                ch = widths[level]
+            if level > 0:
+                self.blocks.append(
+                    Upsample(
+                        ch,
+                        spatial=level - 1 < cfg.spatial_levels,
+                        temporal=level - 1 < cfg.temporal_levels,
+                    )
+                )
+        self.norm_out = FrameNorm(ch, cfg.norm_groups)
+        self.conv_out = CausalConv3d(ch, cfg.in_channels)
+
+    def forward(self, z: Tensor, cache: StreamCache | None = None) -> Tensor:
+        """Run (a chunk of) latents through; returns the frames completed so far."""
+        x = self.conv_in(z, cache)
+        for block in [*self.mid, *self.blocks]:
+            x = block(x, cache)
+        return self.conv_out(nn.functional.silu(self.norm_out(x)), cache)
+
+
+def _chunks(length: int, size: int | None) -> list[slice]:
+    if size is None:
+        return [slice(0, length)]
+    if size < 1:
+        raise ValueError(f"chunk_frames must be a positive integer, got {size}")
+    return [slice(i, min(i + size, length)) for i in range(0, length, size)]
+
+
+class VideoAutoencoder(nn.Module):
+    """Causal 3D VAE with a diagonal Gaussian posterior and owned latent normalisation."""
+
+    def __init__(self, config: VAEConfig) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.encoder = Encoder(config)
+        self.decoder = Decoder(config)
+        c = config.latent_channels
+        # Per-channel statistics of raw latents; `encode` returns (z - mean) / std.
+        self.register_buffer("latent_mean", torch.zeros(c))
+        self.register_buffer("latent_std", torch.ones(c))
+
+    # ---------------------------------------------------------------- shapes
+    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
+        """(t, h, w) of the latents of a `frames` x `height` x `width` video."""
+        s, st = self.config.spatial_compression, self.config.temporal_compression
+        if frames < 1 or (frames - 1) % st:
+            raise ValueError(f"video has {frames} frames; this VAE needs 1 + {st}*k frames")
+        if height % s or width % s:
+            raise ValueError(f"video size {height}x{width} is not divisible by {s}")
+        return 1 + (frames - 1) // st, height // s, width // s
+
+    def _check_video(self, video: Tensor) -> None:
+        if video.ndim != 5 or video.shape[1] != self.config.in_channels:
+            raise ValueError(f"video must be (B, 3, T, H, W), got shape {tuple(video.shape)}")
+        self.latent_shape(*video.shape[2:])
+
+    def _check_latents(self, z: Tensor) -> None:
+        if z.ndim != 5 or z.shape[1] != self.config.latent_channels:
+            raise ValueError(
+                f"latents must be (B, {self.config.latent_channels}, t, h, w), "
+                f"got shape {tuple(z.shape)}"
+            )
+
+    # ---------------------------------------------------------------- encode
+    def encode_moments(
+        self, video: Tensor, *, chunk_frames: int | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Posterior mean and log-variance in the raw (unnormalised) latent space."""
+        self._check_video(video)
+        cache = StreamCache() if chunk_frames is not None else None
+        parts = [
+            self.encoder(video[:, :, sl], cache) for sl in _chunks(video.shape[2], chunk_frames)
+        ]
+        moments = torch.cat(parts, dim=2)
+        mean, logvar = moments.chunk(2, dim=1)
+        return mean, logvar.clamp(*LOGVAR_RANGE)
+
+    def normalize(self, z: Tensor) -> Tensor:
+        """Raw latents -> normalised latents (zero mean, unit std per channel)."""
+        return (z - self.latent_mean.view(-1, 1, 1, 1)) / self.latent_std.view(-1, 1, 1, 1)
+
+    def denormalize(self, z: Tensor) -> Tensor:
+        """Normalised latents -> raw latents."""
+        return z * self.latent_std.view(-1, 1, 1, 1) + self.latent_mean.view(-1, 1, 1, 1)
+
+    def encode(
+        self,
+        video: Tensor,
+        *,
+        sample: bool = True,
+        chunk_frames: int | None = None,
+        generator: torch.Generator | None = None,
+        tile_size: int | None = None,
+        tile_overlap: int = 16,
+    ) -> Tensor:
+        """Pixels (B, 3, T, H, W) in [-1, 1] -> normalised latents (B, C, t, h, w).
+
+        `chunk_frames` streams K pixel frames at a time (exact); `tile_size` additionally
+        splits each frame into overlapping tiles of that many pixels (approximate).
+        """
+        if tile_size is not None:
+            from cinemamba_vae.tiling import tiled_encode_moments
+
+            mean, logvar = tiled_encode_moments(
+                self, video, tile_size=tile_size, overlap=tile_overlap, chunk_frames=chunk_frames
+            )
+        else:
+            mean, logvar = self.encode_moments(video, chunk_frames=chunk_frames)
+        z = mean
+        if sample:
+            noise = torch.randn(
+                mean.shape, generator=generator, device=mean.device, dtype=mean.dtype
+            )
+            z = mean + torch.exp(0.5 * logvar) * noise
+        return self.normalize(z)
+
+    # ---------------------------------------------------------------- decode
+    def decode_raw(self, z: Tensor, *, chunk_frames: int | None = None) -> Tensor:
+        """Raw latents (B, C, t, h, w) -> pixels (B, 3, T, H, W)."""
+        self._check_latents(z)
+        cache = StreamCache() if chunk_frames is not None else None
+        parts = [self.decoder(z[:, :, sl], cache) for sl in _chunks(z.shape[2], chunk_frames)]
+        return torch.cat(parts, dim=2)
+
+    def decode(
+        self,
+        latents: Tensor,
+        *,
+        chunk_frames: int | None = None,
+        tile_size: int | None = None,
+        tile_overlap: int = 4,
+    ) -> Tensor:
+        """Normalised latents -> pixels; `chunk_frames` counts latent frames per chunk.
+
+        `tile_size` / `tile_overlap` are in latent pixels (approximate, see docs/vae.md).
+        """
+        self._check_latents(latents)
+        z = self.denormalize(latents)
+        if tile_size is not None:
+            from cinemamba_vae.tiling import tiled_decode_raw
+
+            return tiled_decode_raw(
+                self, z, tile_size=tile_size, overlap=tile_overlap, chunk_frames=chunk_frames
+            )
+        return self.decode_raw(z, chunk_frames=chunk_frames)
+
+    # ---------------------------------------------------------------- training
+    def forward(self, video: Tensor, generator: torch.Generator | None = None) -> VAEOutput:
+        """Full-sequence encode, sample, decode (training)."""
+        mean, logvar = self.encode_moments(video)
+        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        z = mean + torch.exp(0.5 * logvar) * noise
+        return VAEOutput(self.decode_raw(z), mean, logvar, z)
+
+    @property
+    def last_layer_weight(self) -> Tensor:
+        """Weight of the decoder's output conv (for the GAN's adaptive weight)."""
+        return self.decoder.conv_out.conv.weight
+
+    @torch.no_grad()
+    def set_latent_stats(self, mean: Tensor, std: Tensor) -> None:
+        """Store per-channel raw-latent statistics used to normalise latents."""
+        c = self.config.latent_channels
+        if mean.shape != (c,) or std.shape != (c,):
+            raise ValueError(f"latent stats must have shape ({c},), got {mean.shape}, {std.shape}")
+        if not torch.all(std > 0):
+            raise ValueError("latent_std must be positive")
+        self.latent_mean.copy_(mean)
+        self.latent_std.copy_(std)
+
+    # ---------------------------------------------------------------- save / load
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write `model.safetensors` + `config.yaml` into `directory` (atomically per file)."""
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        for name, write in (
+            (WEIGHTS_NAME, lambda p: save_file(state, p, metadata={"format": "pt"})),
+            (CONFIG_NAME, lambda p: Path(p).write_text(OmegaConf.to_yaml(self.config))),
+        ):
+            fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.")
+            os.close(fd)
+            try:
+                write(tmp)
+                os.replace(tmp, out / name)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+        return out
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | os.PathLike, *, map_location: str | torch.device = "cpu"
+    ) -> VideoAutoencoder:
+        """Rebuild a model saved by `save_pretrained`."""
+        directory = Path(directory)
+        for name in (WEIGHTS_NAME, CONFIG_NAME):
+            if not (directory / name).is_file():
+                raise FileNotFoundError(f"{directory} has no {name}: not a saved VideoAutoencoder")
+        config = load_vae_config(directory / CONFIG_NAME)
+        model = cls(config)
+        state = load_file(str(directory / WEIGHTS_NAME), device=str(map_location))
+        model.load_state_dict(state)
+        return model
+
+
+def load_vae_config(path: str | os.PathLike, overrides: list[str] | None = None) -> VAEConfig:
+    """Read a `VAEConfig` from YAML (struct mode: unknown keys raise, naming the key)."""
+    schema = OmegaConf.structured(VAEConfig)
+    merged = OmegaConf.merge(schema, OmegaConf.load(path), OmegaConf.from_dotlist(overrides or []))
+    return OmegaConf.to_object(merged)  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------- presets
+VAE_PRESETS: dict[str, VAEConfig] = {
+    # 4x4x4, 8 channels: trains in minutes on a laptop CPU at 64x64 (tests, demo).
+    "tiny": VAEConfig(
+        latent_channels=8,
+        spatial_compression=4,
+        temporal_compression=4,
+        base_channels=16,
+        channel_mults=[1, 2, 4],
+        num_res_blocks=1,
+        norm_groups=8,
+        mid_attention=False,
+    ),
+    # 4x8x8, 16 channels: the standard of current video latent diffusion models.
+    "base": VAEConfig(),
+}
+
+
+def vae_preset(name: str, **overrides) -> VAEConfig:
+    """A copy of a preset config, optionally with fields replaced."""
+    if name not in VAE_PRESETS:
+        raise ValueError(f"unknown VAE preset {name!r}; valid: {', '.join(sorted(VAE_PRESETS))}")
+    return replace(copy.deepcopy(VAE_PRESETS[name]), **overrides)
