@@ -27,14 +27,8 @@ class MixerOptions:
     qk_norm: bool = True
 
 
-class TemporalMixer(nn.Module):
-    """Base class: forward maps (N, T, D) -> (N, T, D) along T.
-
-    Causal mixers (``causal = True``) also implement ``init_state`` and ``forward_chunk``.
-    Kernel choice is a runtime setting (``set_kernels``), not part of the state dict.
-    """
-
-    causal: bool = False
+class KernelChoice(nn.Module):
+    """A module whose ops take the runtime kernel choice (never saved in the state dict)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -50,6 +44,15 @@ class TemporalMixer(nn.Module):
     def kernel_kwargs(self) -> dict[str, object]:
         """Keyword arguments forwarded to ``cinemamba_backbone.ops`` calls."""
         return {"kernels": self.kernels, "require_kernels": self.require_kernels}
+
+
+class TemporalMixer(KernelChoice):
+    """Base class: forward maps (N, T, D) -> (N, T, D) along T.
+
+    Causal mixers (``causal = True``) also implement ``init_state`` and ``forward_chunk``.
+    """
+
+    causal: bool = False
 
     def init_state(
         self, batch: int, device: torch.device | None = None, dtype: torch.dtype | None = None
