@@ -165,12 +165,28 @@ class Decoder(nn.Module):
         return self.conv_out(nn.functional.silu(self.norm_out(x)), cache)
 
 
-def _chunks(length: int, size: int | None) -> list[slice]:
-    if size is None:
-        return [slice(0, length)]
-    if size < 1:
-        raise ValueError(f"chunk_frames must be a positive integer, got {size}")
-    return [slice(i, min(i + size, length)) for i in range(0, length, size)]
+def _stream(
+    net: nn.Module, x: Tensor, chunk_frames: int | None, out_shape: tuple[int, ...]
+) -> Tensor:
+    """Run `net` over time chunks of `x` with a carried cache, writing into one output.
+
+    The output is allocated once (not concatenated from parts) so that peak memory is the
+    result plus one chunk's activations, whatever the video's length.
+    """
+    if chunk_frames is None:
+        return net(x)
+    if chunk_frames < 1:
+        raise ValueError(f"chunk_frames must be a positive integer, got {chunk_frames}")
+    cache = StreamCache()
+    out = x.new_empty(out_shape)
+    done = 0
+    for start in range(0, x.shape[2], chunk_frames):
+        y = net(x[:, :, start : start + chunk_frames], cache)
+        out[:, :, done : done + y.shape[2]] = y
+        done += y.shape[2]
+    if done != out_shape[2]:  # a bug, not a user error: every frame must come out once
+        raise RuntimeError(f"streamed {done} frames, expected {out_shape[2]}")
+    return out
 
 
 class VideoAutoencoder(nn.Module):
@@ -215,11 +231,9 @@ class VideoAutoencoder(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """Posterior mean and log-variance in the raw (unnormalised) latent space."""
         self._check_video(video)
-        cache = StreamCache() if chunk_frames is not None else None
-        parts = [
-            self.encoder(video[:, :, sl], cache) for sl in _chunks(video.shape[2], chunk_frames)
-        ]
-        moments = torch.cat(parts, dim=2)
+        b, _, t, h, w = video.shape
+        out_shape = (b, 2 * self.config.latent_channels, *self.latent_shape(t, h, w))
+        moments = _stream(self.encoder, video, chunk_frames, out_shape)
         mean, logvar = moments.chunk(2, dim=1)
         return mean, logvar.clamp(*LOGVAR_RANGE)
 
@@ -266,9 +280,10 @@ class VideoAutoencoder(nn.Module):
     def decode_raw(self, z: Tensor, *, chunk_frames: int | None = None) -> Tensor:
         """Raw latents (B, C, t, h, w) -> pixels (B, 3, T, H, W)."""
         self._check_latents(z)
-        cache = StreamCache() if chunk_frames is not None else None
-        parts = [self.decoder(z[:, :, sl], cache) for sl in _chunks(z.shape[2], chunk_frames)]
-        return torch.cat(parts, dim=2)
+        b, _, t, h, w = z.shape
+        s, st = self.config.spatial_compression, self.config.temporal_compression
+        out_shape = (b, self.config.in_channels, 1 + st * (t - 1), h * s, w * s)
+        return _stream(self.decoder, z, chunk_frames, out_shape)
 
     def decode(
         self,
