@@ -92,3 +92,26 @@ def guided(
     if uncond is None:
         raise ValueError(f"guidance scale {scale} needs an unconditional embedding")
     return ClassifierFreeGuidance(network, cond, uncond, scale)
+
+
+class WithContext:
+    """`model(x, t)` for the new frames of a window whose first frames are already clean.
+
+    The clean `context` `(B, C, c, h, w)` is prepended at t = 0 (per-frame times), the network
+    sees the whole window, and only the new frames' prediction is returned (rolling mode).
+    """
+
+    def __init__(self, model, context: Tensor) -> None:
+        self.model = model
+        self.context = context
+
+    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+        """Prediction for the new frames `x` `(B, C, n, h, w)` at `t` `(B,)` or `(B, n)`."""
+        c = self.context.shape[2]
+        if c == 0:
+            return self.model(x, t)
+        b, n = x.shape[0], x.shape[2]
+        t_new = t[:, None].expand(b, n) if t.ndim == 1 else t
+        t_full = torch.cat([t_new.new_zeros(b, c), t_new], dim=1)  # (B, c + n)
+        out = self.model(torch.cat([self.context.to(x.dtype), x], dim=2), t_full)
+        return out[:, :, c:]
