@@ -1,0 +1,109 @@
+"""Process-group setup for one plain process, torchrun, the deepspeed launcher and SLURM."""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import socket
+import sys
+from collections.abc import Iterator
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+_RENDEZVOUS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def free_port() -> int:
+    """A TCP port that is free right now on this host."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def prepare_environment() -> None:
+    """Set what DeepSpeed needs before it starts: accelerator, op cache, rendezvous.
+
+
+    A plain process (no launcher) gets a one-rank rendezvous on a free local port. DeepSpeed
+    compiles a shared-memory comm op for CPU runs on first use (~25 s); its cache goes in the
+    virtual environment so every later run, test and launcher reuses it.
+    """
+    if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():
+        os.environ["DS_ACCELERATOR"] = "cpu"
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(sys.prefix, "torch_extensions"))
+    if "SLURM_PROCID" in os.environ and "RANK" not in os.environ:
+        # srun starts one task per rank without a launcher; map its variables.
+        os.environ["RANK"] = os.environ["SLURM_PROCID"]
+        os.environ["WORLD_SIZE"] = os.environ["SLURM_NTASKS"]
+        os.environ["LOCAL_RANK"] = os.environ.get("SLURM_LOCALID", "0")
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+    os.environ.setdefault("LOCAL_RANK", "0")
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    if "MASTER_PORT" not in os.environ:
+        if os.environ["WORLD_SIZE"] != "1":
+            raise RuntimeError("WORLD_SIZE > 1 but MASTER_PORT is unset; launch with a launcher")
+        os.environ["MASTER_PORT"] = str(free_port())
+
+
+def on_cuda() -> bool:
+    """Whether this run trains on CUDA GPUs."""
+    return (
+        os.environ.get("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu") == "cuda"
+    )
+
+
+@contextlib.contextmanager
+def session(backend: str = "") -> Iterator[tuple[int, int, torch.device]]:
+    """Join (or start, through DeepSpeed) the process group; yields (rank, world, device).
+
+    A group the engine starts lives until the interpreter exits, so several runs in one process
+    (tests, notebooks) share it: DeepSpeed caches its groups and cannot start over cleanly. The
+    rendezvous variables the engine adds are removed again when the block ends, so that child
+    processes started later do not inherit a port that is in use.
+    """
+    import deepspeed
+
+    before = {k: os.environ.get(k) for k in _RENDEZVOUS}
+    try:
+        cuda = on_cuda()
+        if not dist.is_initialized():
+            prepare_environment()
+            backend = backend or ("nccl" if cuda else "gloo")
+            deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(minutes=30))
+            atexit.register(shutdown)
+        else:
+            os.environ.setdefault("RANK", str(dist.get_rank()))
+            os.environ.setdefault("WORLD_SIZE", str(dist.get_world_size()))
+            os.environ.setdefault("LOCAL_RANK", "0")
+            deepspeed.init_distributed()  # adopt the caller's group
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if cuda:
+            torch.cuda.set_device(local_rank)
+            device = torch.device("cuda", local_rank)
+        else:
+            device = torch.device("cpu")
+        yield dist.get_rank(), dist.get_world_size(), device
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def shutdown() -> None:
+    """Tear the process group down (at exit); ZeRO-3 can abort at interpreter exit otherwise."""
+    if dist.is_available() and dist.is_initialized():
+        with contextlib.suppress(Exception):
+            dist.destroy_process_group()
+
+
+def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
+    """Sum a small float64 vector over ranks (in place on the comm device) and return it."""
+    if dist.get_world_size() > 1:
+        dist.all_reduce(values)
+    return values

@@ -1,0 +1,44 @@
+"""A command-line front end for any task: `--config`, `--resume` and `key=value` overrides."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from cinemamba.train.config import load_experiment
+from cinemamba.train.task import Task
+from cinemamba.train.trainer import TrainResult, train
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments every training command shares."""
+    parser.add_argument("--config", help="experiment YAML (configs/experiment/...)")
+    parser.add_argument(
+        "--resume", help="auto | never | a checkpoint path (same as train.resume=...)"
+    )
+    parser.add_argument("overrides", nargs="*", help="key=value config overrides")
+
+
+def run_experiment(
+    schema: Any, make_task: Callable[[Any], Task], args: argparse.Namespace
+) -> TrainResult:
+    """Load the experiment config (schema must have a `train: TrainConfig` field) and train."""
+    overrides = list(args.overrides)
+    if args.resume:
+        overrides.append(f"train.resume={args.resume}")
+    cfg = load_experiment(schema, args.config, overrides)
+    experiment = OmegaConf.to_object(cfg)
+    return train(experiment.train, make_task(experiment), full_config=cfg)
+
+
+def main(
+    schema: Any, make_task: Callable[[Any], Task], argv: Sequence[str] | None, prog: str
+) -> int:
+    """Parse `argv`, train, and return an exit code (0 also after a clean preemption stop)."""
+    parser = argparse.ArgumentParser(prog=prog, description="Train with the cinemamba engine.")
+    add_train_arguments(parser)
+    result = run_experiment(schema, make_task, parser.parse_args(argv))
+    return 0 if result.reason in ("done", "signal") else 1
