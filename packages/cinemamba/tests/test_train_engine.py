@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cinemamba.train import TrainConfig, export_weights, train
+from cinemamba.train import NonFiniteError, TrainConfig, export_weights, train
 from cinemamba.train import checkpoint as ckpt_io
 from cinemamba.train.toy import RegressionTask, ToyConfig
 
@@ -34,10 +34,12 @@ def _records(run_dir: Path, kind: str = "train") -> list[dict]:
     return [r for r in map(json.loads, lines) if r["kind"] == kind]
 
 
-def _weights(run_dir: Path, step: int, ema: bool = False) -> dict[str, torch.Tensor]:
+def _weights(
+    run_dir: Path, step: int, ema: bool = False, model: str | None = None
+) -> dict[str, torch.Tensor]:
     ckpt = ckpt_io.checkpoint_root(run_dir) / ckpt_io.step_dir_name(step)
-    out = run_dir / f"w{step}{'e' if ema else ''}.safetensors"
-    export_weights(ckpt, out, ema=ema)
+    out = run_dir / f"w{step}{'e' if ema else ''}{model}.safetensors"
+    export_weights(ckpt, out, ema=ema, model=model)
     return load_file(str(out))
 
 
@@ -88,3 +90,58 @@ def test_keep_last_and_atomic_layout(tmp_path: Path) -> None:
     assert (ckpt / "rng" / "rank_00000.pt").is_file()
     with pytest.raises(FileNotFoundError, match="no EMA"):
         export_weights(run, tmp_path / "x.safetensors", ema=True)
+
+
+@pytest.mark.parametrize("fault", ["fault_nan_loss_at", "fault_nan_grad_at"])
+def test_nonfinite_skip_leaves_weights_unchanged(tmp_path: Path, fault: str) -> None:
+    """A non-finite loss or gradient at step 2 skips that optimizer step only."""
+    run = tmp_path / "run"
+    result = train(_cfg(run, steps=4, ema_decay=0.5), RegressionTask(ToyConfig(**{fault: 2})))
+    assert result.step == 4
+    recs = _records(run)
+    assert [r["regressor/skipped"] for r in recs] == [0, 0, 1, 0]
+    assert recs[-1]["regressor/nonfinite_steps"] == 1
+    w2, w3, w4 = (_weights(run, s) for s in (2, 3, 4))
+    e2, e3 = (_weights(run, s, ema=True) for s in (2, 3))
+    for k in w2:
+        assert torch.equal(w2[k], w3[k])  # skipped: weights and EMA untouched
+        assert torch.equal(e2[k], e3[k])
+        assert torch.isfinite(w4[k]).all() and not torch.equal(w3[k], w4[k])
+
+
+def test_nonfinite_stop_names_the_step(tmp_path: Path) -> None:
+    """With nonfinite=stop the run raises, naming the step; the weights stay finite."""
+    run = tmp_path / "run"
+    with pytest.raises(NonFiniteError, match=r"step 2: non-finite loss in phase 'regressor'"):
+        train(_cfg(run, steps=4, nonfinite="stop"), RegressionTask(ToyConfig(fault_nan_loss_at=2)))
+    assert ckpt_io.latest_checkpoint(run).name == "step_00000002"
+    assert all(torch.isfinite(v).all() for v in _weights(run, 2).values())
+
+
+def test_sigterm_checkpoints_and_stops(tmp_path: Path) -> None:
+    """Preemption (SIGTERM during step 3) ends the run after that step, with a checkpoint."""
+    run = tmp_path / "run"
+    cfg = _cfg(run, steps=10, checkpoint_every=0)
+    result = train(cfg, RegressionTask(ToyConfig(fault_sigterm_at=3)))
+    assert result.reason == "signal" and result.step == 4
+    assert [p.name for p in ckpt_io.list_checkpoints(run)] == ["step_00000004"]
+    # the same run resumes from there and finishes
+    result = train(cfg, RegressionTask(ToyConfig()))
+    assert result.reason == "done" and result.step == 10
+
+
+def test_bf16_two_models_zero1(tmp_path: Path) -> None:
+    """bf16 under ZeRO-1 with two optimizers: finite losses; EMA follows the fp32 masters."""
+    run = tmp_path / "run"
+    cfg = _cfg(run, steps=3, precision="bf16", deepspeed_config="zero1", ema_decay=0.5)
+    result = train(cfg, RegressionTask(ToyConfig(adversarial=True)))
+    assert result.step == 3
+    rec = _records(run)[-1]
+    assert all(torch.isfinite(torch.tensor(rec[k])) for k in ("regressor/loss", "critic/loss"))
+    for model in ("regressor", "critic"):
+        masters = _weights(run, 3, model=model)  # consolidated fp32 master weights
+        e2, e3 = (_weights(run, s, ema=True, model=model) for s in (2, 3))
+        for k, w in masters.items():
+            assert w.dtype == torch.float32
+            # bf16-rounded weights would miss this by ~1e-3 relative
+            torch.testing.assert_close(e3[k], 0.5 * e2[k] + 0.5 * w, rtol=1e-6, atol=1e-7)

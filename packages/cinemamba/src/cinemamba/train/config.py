@@ -114,7 +114,8 @@ def load_experiment(
 ) -> DictConfig:
     """Merge an experiment schema with a YAML file, its DeepSpeed config and dotlist overrides.
 
-    Order (later wins): schema defaults, DeepSpeed file, experiment file, command line. Unknown
+    Order (later wins): schema defaults, DeepSpeed file (`train.deepspeed_config`, resolved to
+    an absolute path), experiment file, command line. Unknown
     keys raise ConfigError naming the key, except inside `train.deepspeed`, which DeepSpeed's own
     validation checks (see `validate`).
     """
@@ -147,10 +148,19 @@ def load_experiment(
             ds = OmegaConf.load(ds_file)
         except Exception as err:
             raise ConfigError(f"cannot parse DeepSpeed config {str(ds_file)!r}: {err}") from None
+        prefix = f"{node_key}." if node_key else ""
         nested = OmegaConf.create({})
-        OmegaConf.update(nested, f"{node_key}.deepspeed" if node_key else "deepspeed", ds)
+        OmegaConf.update(nested, f"{prefix}deepspeed", ds)
+        # Pin the resolved file so the engine (which merges it again, idempotently) finds it
+        # wherever it runs from.
+        OmegaConf.update(nested, f"{prefix}deepspeed_config", str(ds_file.resolve()))
         cfg = _merge(cfg, nested, f"DeepSpeed config {str(ds_file)!r}")
     for src, where in sources:
+        if isinstance(src, DictConfig):  # keep the pinned path unless a later source changes it
+            for node_key, _ in _train_node_keys(probe):
+                key = f"{node_key}.deepspeed_config" if node_key else "deepspeed_config"
+                if OmegaConf.select(src, key) is not None:
+                    OmegaConf.update(src, key, OmegaConf.select(cfg, key), merge=False)
         cfg = _merge(cfg, src, where)
     OmegaConf.set_struct(cfg, True)
     _open_dicts(cfg)
@@ -166,6 +176,29 @@ def _train_node_keys(cfg: DictConfig, prefix: str = "") -> list[tuple[str, DictC
         if isinstance(node, DictConfig) and not node._is_missing() and not node._is_none():
             out += _train_node_keys(node, f"{prefix}.{key}" if prefix else str(key))
     return out
+
+
+def effective_deepspeed(cfg: TrainConfig) -> dict[str, Any]:
+    """The DeepSpeed file named by `cfg.deepspeed_config` with `cfg.deepspeed` merged over it.
+
+    `load_experiment` has merged the file already (merging it again changes nothing); a
+    TrainConfig built in code gets its file here.
+    """
+    path = find_deepspeed_config(cfg.deepspeed_config)
+    try:
+        base = OmegaConf.load(path)
+    except Exception as err:
+        raise ConfigError(f"cannot parse DeepSpeed config {str(path)!r}: {err}") from None
+    merged = OmegaConf.merge(base, OmegaConf.create(_plain(cfg.deepspeed)))
+    out = OmegaConf.to_container(merged, resolve=True)
+    assert isinstance(out, dict)
+    return out
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, DictConfig):
+        return OmegaConf.to_container(value, resolve=True)
+    return dict(value)
 
 
 def world_size_from_env() -> int:
@@ -234,7 +267,7 @@ def validate(
         raise ConfigError(
             f"train.resume={cfg.resume!r}: no such checkpoint; use auto, never or a checkpoint path"
         )
-    ds = cfg.deepspeed
+    ds = effective_deepspeed(cfg)
     for key, owner in ENGINE_OWNED.items():
         if key in ds:
             raise ConfigError(
@@ -320,8 +353,7 @@ def _check_deepspeed_keys(ds: Mapping[str, Any]) -> None:
 
 def deepspeed_dict(cfg: TrainConfig, world_size: int) -> dict[str, Any]:
     """The config handed to `deepspeed.initialize`: the user's dict plus the engine-owned keys."""
-    ds = OmegaConf.to_container(OmegaConf.create(dict(cfg.deepspeed)), resolve=True)
-    assert isinstance(ds, dict)
+    ds = effective_deepspeed(cfg)
     ds.update(
         train_batch_size=cfg.batch_size,
         train_micro_batch_size_per_gpu=micro_batch_size(cfg, world_size),
