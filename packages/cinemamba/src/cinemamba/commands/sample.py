@@ -1,0 +1,186 @@
+"""`cinemamba sample CONFIG --prompt ... --frames N --mode oneshot|rolling|streaming --out video.mp4`
+
+Builds the VAE, backbone and text encoder from a sampling config (configs/sampling/), generates
+one video per prompt and writes each as mp4 plus a PNG contact sheet next to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from cinemamba.config import ConfigError, load_config, to_object
+from cinemamba.data.video import write_video
+from cinemamba_backbone import BackboneConfig, VideoDiT
+from cinemamba_conditioning import TextEncoderConfig, build_text_encoder
+from cinemamba_sampling import (
+    MODES,
+    PipelineConfig,
+    ProcessConfig,
+    VideoPipeline,
+    build_process,
+    contact_sheet,
+    save_png,
+    to_uint8,
+)
+from cinemamba_vae import VideoAutoencoder, vae_preset
+
+NAME = "sample"
+HELP = "generate videos from text with a trained VAE + backbone (oneshot, rolling or streaming)"
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SampleConfig:
+    """A sampling config: where the models come from, the process, and generation defaults.
+
+    `vae` / `backbone` are directories written by `save_pretrained`. With `random_init: true`
+    and no directory, the `*_preset` architectures are built with random weights (smoke tests
+    of the whole path; the videos are noise).
+    """
+
+    vae: str = ""
+    backbone: str = ""
+    random_init: bool = False
+    init_seed: int = 0
+    vae_preset: str = "tiny"
+    backbone_preset: str = "tiny"
+    backbone_mixer: str = "bimamba"
+    text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    process: ProcessConfig = field(default_factory=ProcessConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    frames: int = 17
+    height: int = 64
+    width: int = 64
+    steps: int = 30
+    guidance: float = 5.0
+    seed: int = 0
+    mode: str = "oneshot"
+    negative_prompt: str = ""
+    fps: float = 8.0
+    device: str = "auto"
+    kernels: str = "auto"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags override the config's generation defaults; `key=value` overrides any field."""
+    parser.add_argument("config", help="sampling YAML (configs/sampling/...)")
+    parser.add_argument(
+        "--prompt", action="append", required=True, help="text prompt; repeat for several videos"
+    )
+    parser.add_argument("--frames", type=int, help="pixel frames per video")
+    parser.add_argument("--mode", choices=MODES, help="long-video mode")
+    parser.add_argument(
+        "--out", required=True, help="output .mp4 (several prompts: name_0.mp4, name_1.mp4, ...)"
+    )
+    parser.add_argument("--steps", type=int, help="solver steps")
+    parser.add_argument("--guidance", type=float, help="classifier-free guidance scale (1 = off)")
+    parser.add_argument("--seed", type=int, help="random seed")
+    parser.add_argument("--height", type=int, help="pixel height")
+    parser.add_argument("--width", type=int, help="pixel width")
+    parser.add_argument("--negative-prompt", help="prompt for the unconditional branch")
+    # argparse only takes positionals in one run, so key=value overrides go right after CONFIG;
+    # --set works anywhere on the line.
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        help="key=value config overrides right after CONFIG, e.g. pipeline.window=16",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a config override (repeatable, anywhere)",
+    )
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def build_pipeline(cfg: SampleConfig) -> VideoPipeline:
+    """The VAE, backbone, text encoder and process named by `cfg`, composed."""
+    if not cfg.random_init and not (cfg.vae and cfg.backbone):
+        raise ConfigError(
+            "sample config needs `vae` and `backbone` (save_pretrained directories), or random_init: true for a random-weight smoke test"
+        )
+    device = _device(cfg.device)
+    text = build_text_encoder(cfg.text_encoder).to(device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.init_seed)
+        if cfg.vae:
+            vae = VideoAutoencoder.from_pretrained(cfg.vae)
+        else:
+            vae = VideoAutoencoder(vae_preset(cfg.vae_preset))
+        if cfg.backbone:
+            backbone = VideoDiT.from_pretrained(cfg.backbone, kernels=cfg.kernels)
+        else:
+            arch = BackboneConfig.from_preset(
+                cfg.backbone_preset,
+                in_channels=vae.config.latent_channels,
+                text_dim=text.dim,
+                mixer=cfg.backbone_mixer,
+            )
+            backbone = VideoDiT(arch, kernels=cfg.kernels)
+    if backbone.config.text_dim != text.dim:
+        raise ConfigError(
+            f"backbone text_dim={backbone.config.text_dim} but the text encoder {cfg.text_encoder.model!r} has width {text.dim}"
+        )
+    return VideoPipeline(
+        vae.to(device), backbone.to(device), text, build_process(cfg.process), cfg.pipeline
+    )
+
+
+def _outputs(out: Path, count: int) -> list[Path]:
+    if out.suffix.lower() != ".mp4":
+        raise ValueError(f"--out must end in .mp4, got {str(out)!r}")
+    if count == 1:
+        return [out]
+    return [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(count)]
+
+
+def run(args: argparse.Namespace) -> int:
+    """Generate one video per prompt and write mp4 + contact sheet files."""
+    cfg = load_config(SampleConfig, args.config, [*args.overrides, *args.set])
+    flags = {
+        "frames": args.frames,
+        "mode": args.mode,
+        "steps": args.steps,
+        "guidance": args.guidance,
+        "seed": args.seed,
+        "height": args.height,
+        "width": args.width,
+        "negative_prompt": args.negative_prompt,
+    }
+    for key, value in flags.items():
+        if value is not None:
+            cfg[key] = value
+    cfg: SampleConfig = to_object(cfg)
+    if cfg.mode not in MODES:
+        raise ConfigError(f"mode {cfg.mode!r} is unknown; valid: {', '.join(MODES)}")
+    outputs = _outputs(Path(args.out), len(args.prompt))
+    outputs[0].parent.mkdir(parents=True, exist_ok=True)
+    pipe = build_pipeline(cfg)
+    video = pipe.generate(
+        args.prompt,
+        frames=cfg.frames,
+        height=cfg.height,
+        width=cfg.width,
+        steps=cfg.steps,
+        guidance=cfg.guidance,
+        seed=cfg.seed,
+        mode=cfg.mode,
+        negative_prompt=cfg.negative_prompt or None,
+    )
+    for frames, path in zip(to_uint8(video), outputs, strict=True):
+        write_video(path, frames, fps=cfg.fps)
+        sheet = save_png(path.with_suffix(".png"), contact_sheet(frames))
+        log.info("wrote %s (%d frames) and %s", path, frames.shape[0], sheet)
+    return 0
