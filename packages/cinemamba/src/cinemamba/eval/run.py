@@ -1,0 +1,454 @@
+"""`cinemamba eval`: ground-truth scores, VAE reconstruction and FVD over video sets, one report.
+
+Two kinds of video set can be evaluated, alone or together:
+
+- a raw **shard set** (`KEY.mp4` + `KEY.txt` caption + `KEY.json`), e.g. the embedded synthetic
+  set: the real videos, scored against their own captions (the detector's ceiling);
+- a **folder of generated mp4s**, each with its prompt in a sidecar: `NAME.txt` next to
+  `NAME.mp4`, or a `prompts.jsonl` in the folder with one `{"video": "NAME.mp4", "prompt": "..."}`
+  per line (`caption`/`text` are accepted for `prompt`, `file`/`path`/`key` for `video`).
+  A video without a prompt still counts for FVD and is counted as `no_prompt` for the scores.
+
+Each set is read once; every frame goes through the ground-truth scorer
+(`cinemamba.eval.groundtruth`), the FVD feature accumulators (when an I3D file is configured)
+and, for shard sets, nothing else: VAE reconstruction is run by `cinemamba.eval.reconstruction`
+over the same shards. Results go to `eval.json` and a markdown table `eval.md`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import tarfile
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from glob import glob
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from braceexpand import braceexpand
+from tqdm import tqdm
+
+from cinemamba.data.video import VideoDecodeError, decode_video
+from cinemamba.eval.fvd import FVD_CLIP_FRAMES, FVDAccumulator, I3DFeatures, frechet_distance
+
+log = logging.getLogger(__name__)
+
+PROMPTS_FILE = "prompts.jsonl"
+
+
+# ------------------------------------------------------------------------------------ config
+
+
+@dataclass
+class FVDConfig:
+    """FVD settings; an empty `i3d` path skips FVD."""
+
+    i3d: str = ""  # StyleGAN-V's i3d_torchscript.pt, a local path
+    clip_frames: int = FVD_CLIP_FRAMES  # the short clip (first N frames of each video)
+    full_length: bool = True  # also FVD over whole videos
+    device: str = "cpu"
+
+
+@dataclass
+class ReconstructionConfig:
+    """VAE reconstruction on the shard set; an empty `vae` skips it."""
+
+    vae: str = ""  # a VideoAutoencoder save_pretrained directory
+    lpips: str = ""  # local LPIPS weights (empty: PSNR/SSIM only, if the VAE eval allows it)
+    max_videos: int = 16
+    clip_frames: int = 17
+
+
+@dataclass
+class EvalConfig:
+    """What to evaluate and where the report goes (`cinemamba eval`)."""
+
+    shards: str = ""  # raw shard set: a directory, a .tar, a glob or a {000..009} pattern
+    generated: str = ""  # folder of generated mp4s with prompt sidecars
+    out: str = "runs/eval"
+    max_videos: int = 0  # per set; 0 = all
+    max_frames: int = 0  # decode at most this many frames per video; 0 = all
+    groundtruth: bool = True
+    reconstruction: ReconstructionConfig = field(default_factory=ReconstructionConfig)
+    fvd: FVDConfig = field(default_factory=FVDConfig)
+
+
+# ----------------------------------------------------------------------------------- sources
+
+
+@dataclass
+class VideoItem:
+    """One video of a set: uint8 frames `(T, H, W, 3)`, its prompt (or None) and metadata."""
+
+    key: str
+    frames: np.ndarray
+    prompt: str | None
+    meta: dict = field(default_factory=dict)
+
+
+def shard_paths(spec: str) -> list[Path]:
+    """Shard files of a set: a directory (its `*.tar`), a file, a glob or a brace pattern."""
+    path = Path(spec)
+    if path.is_dir():
+        found = sorted(p for p in path.glob("*.tar"))
+    else:
+        found = sorted({Path(p) for s in braceexpand(spec) for p in (glob(s) or [s])})
+        found = [p for p in found if p.is_file()]
+    if not found:
+        raise FileNotFoundError(f"no shard (.tar) found for {spec!r}")
+    return found
+
+
+def iter_shards(spec: str, skipped: Counter, max_frames: int = 0) -> Iterator[VideoItem]:
+    """Videos of a raw shard set in order; undecodable samples are logged and counted."""
+    for path in shard_paths(spec):
+        with tarfile.open(path) as tar:
+            # WebDataset keeps the files of one sample adjacent: group them by key as they come
+            # (the key is the path up to the first dot of the file name).
+            key, group = None, {}
+            for member in tar:
+                if not member.isfile():
+                    continue
+                folder, _, base = member.name.rpartition("/")
+                stem, _, ext = base.partition(".")
+                k = f"{folder}/{stem}" if folder else stem
+                if k != key and key is not None:
+                    item = _shard_item(key, group, path, skipped, max_frames)
+                    if item is not None:
+                        yield item
+                    group = {}
+                key = k
+                group[ext] = tar.extractfile(member).read()
+            if key is not None:
+                item = _shard_item(key, group, path, skipped, max_frames)
+                if item is not None:
+                    yield item
+
+
+def _shard_item(
+    key: str, files: dict[str, bytes], path: Path, skipped: Counter, max_frames: int
+) -> VideoItem | None:
+    if "mp4" not in files:
+        if not any(ext.endswith("npy") for ext in files):  # latent samples carry no video
+            log.warning("skipping %s in %s: no .mp4", key, path.name)
+        skipped["no_video"] += 1
+        return None
+    try:
+        frames = decode_video(files["mp4"], count=max_frames or None)
+    except VideoDecodeError as err:
+        log.warning("skipping %s in %s: %s", key, path.name, err)
+        skipped["undecodable"] += 1
+        return None
+    meta = json.loads(files["json"]) if "json" in files else {}
+    prompt = files["txt"].decode("utf-8").strip() if "txt" in files else None
+    return VideoItem(key, frames, prompt or None, meta)
+
+
+def read_prompts(folder: Path) -> dict[str, str]:
+    """Prompts of a generated folder from `prompts.jsonl` ({video name: prompt}); may be empty."""
+    path = folder / PROMPTS_FILE
+    if not path.is_file():
+        return {}
+    table = {}
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{n}: not valid JSON: {err}") from None
+        name = next((rec[k] for k in ("video", "file", "path", "key") if rec.get(k)), None)
+        text = next((rec[k] for k in ("prompt", "caption", "text") if rec.get(k)), None)
+        if name is None or text is None:
+            raise ValueError(
+                f"{path}:{n}: needs a video name (video/file/path/key) and a prompt "
+                f"(prompt/caption/text), got fields {sorted(rec)}"
+            )
+        table[str(name)] = str(text)
+    return table
+
+
+def iter_generated(
+    folder: str | Path, skipped: Counter, max_frames: int = 0
+) -> Iterator[VideoItem]:
+    """Generated mp4s of a folder (sorted) with their prompts from the sidecars."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"generated video folder {str(folder)!r} does not exist")
+    table = read_prompts(folder)
+    files = sorted(folder.glob("*.mp4"))
+    if not files:
+        raise FileNotFoundError(f"no .mp4 files in {str(folder)!r}")
+    for path in files:
+        sidecar = path.with_suffix(".txt")
+        if sidecar.is_file():
+            prompt = sidecar.read_text().strip() or None
+        else:
+            prompt = table.get(path.name) or table.get(path.stem)
+        try:
+            frames = decode_video(path, count=max_frames or None)
+        except VideoDecodeError as err:
+            log.warning("skipping %s: %s", path.name, err)
+            skipped["undecodable"] += 1
+            continue
+        yield VideoItem(path.stem, frames, prompt)
+
+
+# ------------------------------------------------------------------------------- aggregation
+
+
+def mean_scores(rows: list[dict]) -> dict:
+    """Mean of every numeric leaf over per-video score dicts (NaN / None leaves are left out),
+    with the same nesting; `n` counts the videos that contributed to each leaf."""
+    sums: dict[str, list[float]] = {}
+    for row in rows:
+        for key, value in _leaves(row):
+            if value is not None and not (isinstance(value, float) and math.isnan(value)):
+                sums.setdefault(key, []).append(float(value))
+    out: dict = {}
+    for key, values in sums.items():
+        node = out
+        *parents, leaf = key.split("/")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = float(np.mean(values))
+    return out
+
+
+def _leaves(d: dict, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for k, v in d.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict):
+            yield from _leaves(v, name + "/")
+        elif isinstance(v, bool | int | float) or v is None:
+            yield name, v
+
+
+# -------------------------------------------------------------------------------- evaluation
+
+Scorer = Any  # Callable[[np.ndarray, str], dict]: uint8 (T, H, W, 3) frames + prompt -> scores
+
+
+def default_scorer() -> Scorer:
+    """The classical-detector scorer of `cinemamba.eval.groundtruth`."""
+    from cinemamba.eval.groundtruth import score_video
+
+    return score_video
+
+
+@dataclass
+class SetResult:
+    """What one pass over a video set produced."""
+
+    name: str
+    source: str
+    videos: int = 0
+    frames: int = 0
+    scored: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    scores: list[dict] = field(default_factory=list)
+    fvd: FVDAccumulator | None = None
+
+    def summary(self) -> dict:
+        """JSON-ready: counts, skips and the mean of every score over the scored videos."""
+        return {
+            "source": self.source,
+            "videos": self.videos,
+            "mean_frames": self.frames / self.videos if self.videos else 0,
+            "scored": self.scored,
+            "skipped": dict(self.skipped),
+            "groundtruth": mean_scores(self.scores) if self.scores else None,
+        }
+
+
+def evaluate_set(
+    name: str,
+    source: str,
+    items: Iterator[VideoItem],
+    skipped: Counter,
+    *,
+    scorer: Scorer | None,
+    features: I3DFeatures | None,
+    fvd_lengths: dict[str, int | None],
+    max_videos: int = 0,
+) -> SetResult:
+    """One pass over a set: ground-truth scores per video and FVD features."""
+    result = SetResult(name, source, skipped=skipped)
+    if features is not None:
+        result.fvd = FVDAccumulator(features, fvd_lengths)
+    for item in tqdm(items, desc=f"eval {name}", unit="video", total=max_videos or None):
+        result.videos += 1
+        result.frames += item.frames.shape[0]
+        if result.fvd is not None:
+            result.fvd.add(item.frames)
+        if scorer is not None:
+            if item.prompt is None:
+                skipped["no_prompt"] += 1
+            else:
+                try:
+                    result.scores.append(scorer(item.frames, item.prompt))
+                    result.scored += 1
+                except ValueError as err:  # e.g. a caption that names no colour/shape/motion
+                    log.warning("not scoring %s: %s", item.key, err)
+                    skipped["unscorable_prompt"] += 1
+        if max_videos and result.videos >= max_videos:
+            break
+    return result
+
+
+def fvd_lengths(cfg: FVDConfig) -> dict[str, int | None]:
+    """Clip lengths FVD is computed at: {"fvd16": 16, "fvd_full": None} by default."""
+    lengths: dict[str, int | None] = {f"fvd{cfg.clip_frames}": cfg.clip_frames}
+    if cfg.full_length:
+        lengths["fvd_full"] = None
+    return lengths
+
+
+def evaluate(cfg: EvalConfig, *, scorer: Scorer | None = None) -> dict:
+    """Run every configured part over the configured sets; returns the report dict."""
+    if not (cfg.shards or cfg.generated):
+        raise ValueError("nothing to evaluate: set `shards` and/or `generated`")
+    # Fail on a missing I3D file or VAE before reading any video.
+    features = I3DFeatures.from_file(cfg.fvd.i3d, cfg.fvd.device) if cfg.fvd.i3d else None
+    if cfg.groundtruth and scorer is None:
+        scorer = default_scorer()
+    lengths = fvd_lengths(cfg.fvd)
+    sets: list[SetResult] = []
+    run = dict(
+        scorer=scorer if cfg.groundtruth else None,
+        features=features,
+        fvd_lengths=lengths,
+        max_videos=cfg.max_videos,
+    )
+    if cfg.shards:
+        skipped: Counter = Counter()
+        items = iter_shards(cfg.shards, skipped, cfg.max_frames)
+        sets.append(evaluate_set("real", cfg.shards, items, skipped, **run))
+    if cfg.generated:
+        skipped = Counter()
+        items = iter_generated(cfg.generated, skipped, cfg.max_frames)
+        sets.append(evaluate_set("generated", cfg.generated, items, skipped, **run))
+    report: dict[str, Any] = {
+        "config": asdict(cfg),
+        "sets": {s.name: s.summary() for s in sets},
+    }
+    if features is not None:
+        report["fvd"] = _fvd_report(sets, lengths)
+    if cfg.reconstruction.vae:
+        if not cfg.shards:
+            raise ValueError("reconstruction.vae needs `shards` (the videos to reconstruct)")
+        report["reconstruction"] = run_reconstruction(cfg.shards, cfg.reconstruction)
+    return report
+
+
+def _fvd_report(sets: list[SetResult], lengths: dict[str, int | None]) -> dict:
+    by_name = {s.name: s for s in sets}
+    out: dict[str, Any] = {}
+    if "real" not in by_name or "generated" not in by_name:
+        log.warning("FVD needs both `shards` (real) and `generated`; skipped")
+        return {"skipped": "needs both shards and generated"}
+    real, fake = by_name["real"].fvd, by_name["generated"].fvd
+    for name in lengths:
+        r, f = real.stats[name], fake.stats[name]
+        value = None
+        if r.count >= 2 and f.count >= 2:
+            value = frechet_distance(*r.mean_cov(), *f.mean_cov())
+        else:
+            log.warning("%s: too few clips (real %d, generated %d)", name, r.count, f.count)
+        out[name] = {
+            "fvd": value,
+            "real_clips": r.count,
+            "generated_clips": f.count,
+            "too_short": real.too_short[name] + fake.too_short[name],
+        }
+    return out
+
+
+def run_reconstruction(shards: str, cfg: ReconstructionConfig) -> dict:
+    """PSNR / SSIM / LPIPS of the VAE on the shard set (`cinemamba.eval.reconstruction`)."""
+    from cinemamba.eval import reconstruction
+
+    return reconstruction.evaluate_shards(
+        cfg.vae,
+        shards,
+        lpips=cfg.lpips or None,
+        max_videos=cfg.max_videos,
+        clip_frames=cfg.clip_frames,
+    )
+
+
+# ------------------------------------------------------------------------------------ report
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.0f}"
+    return str(value)
+
+
+def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
+    """A GitHub markdown table (first column left-aligned, the rest right-aligned)."""
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join([":--", *["--:"] * (len(header) - 1)]) + "|",
+    ]
+    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def to_markdown(report: dict) -> str:
+    """The report as markdown: set sizes, ground-truth scores (one row per metric), FVD, VAE."""
+    sets = report["sets"]
+    names = list(sets)
+    parts = ["# Evaluation", ""]
+    parts.append(
+        markdown_table(
+            ["set", "source", "videos", "mean frames", "scored", "skipped"],
+            [
+                [n, f"`{s['source']}`", s["videos"], s["mean_frames"], s["scored"],
+                 ", ".join(f"{k}: {v}" for k, v in s["skipped"].items()) or "–"]
+                for n, s in sets.items()
+            ],
+        )
+    )  # fmt: skip
+    scored = {n: dict(_leaves(s["groundtruth"])) for n, s in sets.items() if s["groundtruth"]}
+    if scored:
+        keys = list(dict.fromkeys(k for leaves in scored.values() for k in leaves))
+        parts += ["", "## Ground-truth scores (mean over videos)", ""]
+        rows = [[k.replace("/", " / "), *[scored.get(n, {}).get(k) for n in names]] for k in keys]
+        parts.append(markdown_table(["metric", *names], rows))
+    if "fvd" in report:
+        parts += ["", "## FVD (I3D features, real vs generated)", ""]
+        fvd = report["fvd"]
+        if "skipped" in fvd:
+            parts.append(f"skipped: {fvd['skipped']}")
+        else:
+            rows = [
+                [n, v["fvd"], v["real_clips"], v["generated_clips"], v["too_short"]]
+                for n, v in fvd.items()
+            ]
+            parts.append(markdown_table(["clips", "FVD", "real", "generated", "too short"], rows))
+    if "reconstruction" in report:
+        parts += ["", "## VAE reconstruction", ""]
+        leaves = [(k, v) for k, v in _leaves(report["reconstruction"]) if v is not None]
+        parts.append(markdown_table(["metric", "value"], [[k, v] for k, v in leaves]))
+    return "\n".join(parts) + "\n"
+
+
+def write_report(report: dict, out: str | Path) -> tuple[Path, Path]:
+    """Write `eval.json` and `eval.md` under `out` (each via a temporary name)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = out / "eval.json", out / "eval.md"
+    texts = json.dumps(report, indent=1, default=str) + "\n", to_markdown(report)
+    for path, text in zip(paths, texts, strict=True):
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+    return paths
