@@ -1,0 +1,48 @@
+"""`cinemamba export-latents [--config FILE] key=value ...`: raw video shards -> latent shards.
+
+Run one process per share: `--rank/--world-size`, or under torchrun / SLURM (RANK, WORLD_SIZE
+or SLURM_PROCID, SLURM_NTASKS). Re-running resumes: finished shards are skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from cinemamba.config import load_config, to_object
+from cinemamba.latents.export import ExportConfig, export_latents
+
+NAME = "export-latents"
+HELP = "encode video shards into latent shards (VAE latents + text embeddings) for fast training"
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--config`, `--rank`, `--world-size` and `key=value` overrides of ExportConfig."""
+    parser.add_argument("--config", help="YAML with ExportConfig fields (optional)")
+    parser.add_argument("--rank", type=int, help="this process's share (default: $RANK or 0)")
+    parser.add_argument(
+        "--world-size", type=int, help="number of shares (default: $WORLD_SIZE or 1)"
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        help="key=value, e.g. input=data/raw output=data/latents vae=runs/vae/export "
+        "text_encoder.random_init_seed=0 clip.frames=17",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Export this process's shards; print what was done."""
+    cfg: ExportConfig = to_object(load_config(ExportConfig, args.config, args.overrides))
+    report = export_latents(cfg, rank=args.rank, world_size=args.world_size)
+    log.info(
+        "wrote %d shards (%d samples) in %.1f s; %d shards were already complete; skipped %s",
+        len(report.written), report.samples, report.seconds, report.already_done,
+        dict(report.skipped) or "nothing",
+    )  # fmt: skip
+    if report.manifest is not None:
+        log.info("shard set complete: %s", report.manifest)
+    else:
+        log.info("other ranks' shards are still missing; the last one writes the manifest")
+    return 0

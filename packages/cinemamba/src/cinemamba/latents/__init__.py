@@ -1,0 +1,31 @@
+"""Latent shard sets: export from raw video shards, and streaming them for training.
+
+See docs/latents.md for the format and the guarantees (resume, identity checks, equality with
+on-the-fly encoding).
+"""
+
+from cinemamba.latents.clips import ClipConfig, SampleError, decode_clip
+from cinemamba.latents.dataset import LatentSet, latent_batches, noise_seed, open_latent_set
+from cinemamba.latents.export import ExportConfig, ExportReport, export_latents
+from cinemamba.latents.format import LatentFormatError, check_identity, read_manifest, vae_identity
+from cinemamba.latents.stream import SampleStream, ShardList, micro_batches
+
+__all__ = [
+    "ClipConfig",
+    "ExportConfig",
+    "ExportReport",
+    "LatentFormatError",
+    "LatentSet",
+    "SampleError",
+    "SampleStream",
+    "ShardList",
+    "check_identity",
+    "decode_clip",
+    "export_latents",
+    "latent_batches",
+    "micro_batches",
+    "noise_seed",
+    "open_latent_set",
+    "read_manifest",
+    "vae_identity",
+]

@@ -1,0 +1,315 @@
+"""Latent export: raw video shards -> latent shards (VAE latents + text embeddings + metadata).
+
+Latent shard `i` holds the samples of raw shard `i`; process `rank` of `world_size` exports the
+shards with `i % world_size == rank`. Each shard is written as `NAME.tar.tmp` and renamed when
+complete, after its `NAME.tar.stats.json` sidecar, so a re-run skips finished shards and redoes
+only interrupted ones. Whichever process finds every shard complete writes the manifest
+(`latents.json`, identical whoever writes it), which training requires.
+
+Latents are the VAE's posterior mean (`encode(sample=False)`), one video per VAE call: the
+result then does not depend on which videos share a batch, so training on the fly from raw
+shards with `clip.start="first"` and `task.vae_sample=false` sees bit-identical latents.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import webdataset as wds
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from cinemamba.latents import format as fmt
+from cinemamba.latents.clips import ClipConfig, SampleError, decode_clip
+from cinemamba.latents.stream import read_tar
+from cinemamba_conditioning import TextEncoderConfig, build_text_encoder
+from cinemamba_vae import VideoAutoencoder
+
+log = logging.getLogger(__name__)
+
+EXPORT_HEADER_NAME = "export.json"  # the settings of an export in progress
+
+
+@dataclass
+class ExportConfig:
+    """What `export_latents` reads, with which encoders, and where it writes.
+
+    input: directory of raw shards with the data layer's `PREFIX.plan.json`.
+    output: directory for the latent shard set (created).
+    vae: directory of a saved VideoAutoencoder (`save_pretrained`).
+    text_encoder: the frozen text encoder (`TextEncoderConfig`).
+    clip: the clip taken from each video; `start` must be "first" (the eval-mode clip).
+    device: "auto" (cuda when available), "cpu", "cuda", "cuda:1", ...
+    chunk_frames: pixel frames per VAE encode chunk (0: whole clip; exact either way).
+    """
+
+    input: str = ""
+    output: str = ""
+    vae: str = ""
+    text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    clip: ClipConfig = field(default_factory=lambda: ClipConfig(start="first"))
+    device: str = "auto"
+    chunk_frames: int = 0
+    progress: bool = True
+
+
+@dataclass
+class ExportReport:
+    """What one `export_latents` call did (on this rank)."""
+
+    written: list[Path] = field(default_factory=list)  # shards this call wrote
+    already_done: int = 0  # shards of this rank skipped because they were complete
+    samples: int = 0  # samples written by this call
+    skipped: Counter = field(default_factory=Counter)  # bad inputs by reason (this call)
+    manifest: Path | None = None  # set when the shard set is complete
+    seconds: float = 0.0
+
+
+def rank_and_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """This process's share: explicit values, else torchrun's or SLURM's environment, else 0/1."""
+    env_rank = os.environ.get("RANK", os.environ.get("SLURM_PROCID"))
+    env_world = os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS"))
+    rank = rank if rank is not None else int(env_rank or 0)
+    world = world_size if world_size is not None else int(env_world or 1)
+    if world < 1 or not 0 <= rank < world:
+        raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world}")
+    return rank, world
+
+
+def _source_plan(directory: Path) -> dict[str, Any]:
+    plans = sorted(directory.glob("*.plan.json"))
+    if len(plans) != 1:
+        raise FileNotFoundError(
+            f"export input {str(directory)!r} must hold exactly one shard plan (*.plan.json, "
+            f"written by the data layer's shard writer); found {[p.name for p in plans]}"
+        )
+    return json.loads(plans[0].read_text())
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class _Encoders:
+    """The frozen VAE and text encoder, with their identities."""
+
+    def __init__(self, cfg: ExportConfig) -> None:
+        self.device = _device(cfg.device)
+        self.vae = VideoAutoencoder.from_pretrained(cfg.vae).to(self.device).eval()
+        self.vae.requires_grad_(False)
+        self.vae_identity = fmt.vae_identity(self.vae)
+        self.text = build_text_encoder(cfg.text_encoder).to(self.device)
+        self.chunk_frames = cfg.chunk_frames or None
+
+    @torch.no_grad()
+    def encode(self, video: torch.Tensor, caption: str) -> tuple[torch.Tensor, Any]:
+        """Latents `(C, t, h, w)` of one clip `(3, T, H, W)`, and its caption's embedding."""
+        latents = self.vae.encode(
+            video[None].to(self.device), sample=False, chunk_frames=self.chunk_frames
+        )[0]
+        return latents, self.text.encode([caption])
+
+
+def _export_shard(
+    enc: _Encoders, src_url: str, src_name: str, dst: Path, clip: ClipConfig, bar
+) -> tuple[int, Counter]:
+    """Write one latent shard (tmp name, stats sidecar, rename); returns (samples, skipped)."""
+    skipped: Counter = Counter()
+    channels = enc.vae.config.latent_channels
+    s1 = np.zeros(channels)
+    s2 = np.zeros(channels)
+    count = 0  # latent positions per channel
+    written = 0
+    tmp = dst.with_name(dst.name + ".tmp")
+    rng = np.random.default_rng(0)  # unused for start="first"; decode_clip takes one
+    with open(tmp, "wb") as fh:
+        writer = wds.TarWriter(fh, encoder=False, mtime=0.0)
+        try:
+            for sample in read_tar(src_url):
+                key = sample.get("__key__")
+                try:
+                    video, caption, meta = decode_clip(sample, clip, rng)
+                except SampleError as err:
+                    skipped[err.reason] += 1
+                    log.warning("skipping %s: %s", key, err)
+                    bar.update()
+                    continue
+                latents, text = enc.encode(video, caption)
+                if not torch.isfinite(latents).all():
+                    skipped["nonfinite_latents"] += 1
+                    log.warning("skipping %s: the VAE produced non-finite latents", key)
+                    bar.update()
+                    continue
+                z = latents.double().cpu()
+                s1 += z.sum(dim=(1, 2, 3)).numpy()
+                s2 += z.pow(2).sum(dim=(1, 2, 3)).numpy()
+                count += z[0].numel()
+                meta = {**meta, "key": key, "source_shard": src_name,
+                        "latent_shape": list(latents.shape)}  # fmt: skip
+                writer.write(
+                    fmt.sample_entries(
+                        key, latents, text.tokens[0], text.mask[0], text.pooled[0], caption, meta
+                    )
+                )
+                written += 1
+                bar.update()
+        except (OSError, ValueError) as err:  # a truncated or unreadable source shard
+            skipped["unreadable_shard"] += 1
+            log.warning("source shard %s unreadable after %d samples: %s", src_url, written, err)
+        writer.close()
+    stats = {"samples": written, "skipped": dict(skipped), "count": count,
+             "sum": s1.tolist(), "sumsq": s2.tolist()}  # fmt: skip
+    side = dst.with_name(dst.name + fmt.STATS_SUFFIX)
+    side_tmp = side.with_name(side.name + ".tmp")
+    side_tmp.write_text(json.dumps(stats))
+    side_tmp.replace(side)
+    tmp.replace(dst)  # last: the shard counts as done only once everything is in place
+    return written, skipped
+
+
+def _write_null_text(enc: _Encoders, out: Path) -> None:
+    null = enc.text.null(1)
+    tmp = out / (fmt.NULL_TEXT_NAME + ".tmp")
+    save_file(
+        {
+            "text": null.tokens[0].cpu().contiguous(),
+            "text_mask": null.mask[0].cpu().to(torch.uint8),
+            "pooled": null.pooled[0].cpu().contiguous(),
+        },  # fmt: skip
+        str(tmp),
+    )
+    tmp.replace(out / fmt.NULL_TEXT_NAME)
+
+
+def _finish(cfg: ExportConfig, out: Path, names: list[str], header: dict) -> Path | None:
+    """Write the manifest if every shard is complete (any process may; the content is the same)."""
+    shards, skipped = [], Counter()
+    s1 = s2 = None
+    count = 0
+    for name in names:
+        side = out / (name + fmt.STATS_SUFFIX)
+        if not (out / name).exists() or not side.exists():
+            return None
+        st = json.loads(side.read_text())
+        shards.append({"name": name, "samples": st["samples"], "skipped": st["skipped"]})
+        skipped.update(st["skipped"])
+        s1 = np.array(st["sum"]) if s1 is None else s1 + np.array(st["sum"])
+        s2 = np.array(st["sumsq"]) if s2 is None else s2 + np.array(st["sumsq"])
+        count += st["count"]
+    if count == 0:
+        raise ValueError(f"no usable samples in {cfg.input!r} (skipped: {dict(skipped)})")
+    mean = s1 / count
+    std = np.sqrt(np.maximum(s2 / count - mean**2, 0.0))
+    manifest = {
+        **header,
+        "shards": shards,
+        "samples": sum(s["samples"] for s in shards),
+        "skipped": dict(skipped),
+        # Statistics of the exported (already normalised) latents: ~0 / ~1 when the VAE's
+        # latent_mean/latent_std fit this data; far off means the VAE stats need refitting.
+        "latent_stats": {"mean": mean.tolist(), "std": std.tolist(), "count": count},
+    }
+    path = out / fmt.MANIFEST_NAME
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(manifest, indent=1))
+    tmp.replace(path)
+    return path
+
+
+def _check_header(out: Path, header: dict) -> None:
+    """Record the export settings once; a re-run with other encoders or clips is refused, so
+    one directory never mixes shards made two ways."""
+    path = out / EXPORT_HEADER_NAME
+    if not path.exists():
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(header, indent=1))
+        tmp.replace(path)
+        return
+    prev = json.loads(path.read_text())
+    for part, what in (("vae", "identity"), ("text_encoder", "identity")):
+        if prev[part][what] != header[part][what]:
+            raise ValueError(
+                f"{out} holds latents made with {part} {prev[part][what]!r}, not "
+                f"{header[part][what]!r}; export to a new directory"
+            )
+    if prev["clip"] != header["clip"] or prev["source"]["input"] != header["source"]["input"]:
+        raise ValueError(
+            f"{out} holds latents of clips {prev['clip']} from {prev['source']['input']!r}; "
+            f"this export asks for {header['clip']} from {header['source']['input']!r}; "
+            "export to a new directory"
+        )
+
+
+def export_latents(
+    cfg: ExportConfig, *, rank: int | None = None, world_size: int | None = None
+) -> ExportReport:
+    """Export this process's share of `cfg.input` to latent shards in `cfg.output`.
+
+    Resumable: complete shards are skipped. Returns what this call did; `report.manifest` is
+    set once the whole set is complete (after the last process finishes).
+    """
+    started = time.perf_counter()
+    cfg.clip.validate()
+    if cfg.clip.start != "first":
+        raise ValueError(
+            "export clip.start must be 'first' (the eval-mode clip); random crops of exported "
+            "latents are taken at training time (task.data.latent_frames)"
+        )
+    for name in ("input", "output", "vae"):
+        if not getattr(cfg, name):
+            raise ValueError(f"export config field {name!r} is empty")
+    rank, world = rank_and_world(rank, world_size)
+    src, out = Path(cfg.input), Path(cfg.output)
+    if not src.is_dir():
+        raise FileNotFoundError(f"export input {str(src)!r} is not a directory")
+    plan = _source_plan(src)
+    sources = [(s["name"], int(s["samples"])) for s in plan["shards"]]
+    names = [fmt.shard_name(i) for i in range(len(sources))]
+    out.mkdir(parents=True, exist_ok=True)
+    mine = [i for i in range(len(sources)) if i % world == rank]
+    todo = [i for i in mine if not (out / names[i]).exists()]
+    report = ExportReport(already_done=len(mine) - len(todo))
+    if report.already_done:
+        log.info("rank %d: %d of %d shards already complete, skipped", rank, report.already_done,
+                 len(mine))  # fmt: skip
+    enc = _Encoders(cfg)
+    header = {
+        "format": fmt.FORMAT,
+        "vae": {"identity": enc.vae_identity, "path": str(cfg.vae),
+                "config": asdict(enc.vae.config), "config_hash": fmt.config_hash(enc.vae.config),
+                "latent_mean": enc.vae.latent_mean.tolist(),
+                "latent_std": enc.vae.latent_std.tolist()},
+        "text_encoder": {"identity": enc.text.identity, "config": asdict(cfg.text_encoder),
+                         "config_hash": fmt.config_hash(cfg.text_encoder), "dim": enc.text.dim,
+                         "pooled_dim": enc.text.pooled_dim,
+                         "context_length": enc.text.context_length},
+        "clip": asdict(cfg.clip),
+        "latent": {"posterior": "mean", "dtype": "float32", "normalised": True},
+        "source": {"input": str(src), "plan_info": plan.get("info", {})},
+    }  # fmt: skip
+    _check_header(out, header)
+    if not (out / fmt.NULL_TEXT_NAME).exists():
+        _write_null_text(enc, out)
+    total = sum(sources[i][1] for i in todo)
+    bar = tqdm(total=total, desc=f"export rank {rank}", unit="video", disable=not cfg.progress)
+    for i in todo:
+        name, _ = sources[i]
+        n, skipped = _export_shard(enc, str(src / name), name, out / names[i], cfg.clip, bar)
+        report.written.append(out / names[i])
+        report.samples += n
+        report.skipped.update(skipped)
+    bar.close()
+    report.manifest = _finish(cfg, out, names, header)
+    report.seconds = time.perf_counter() - started
+    return report

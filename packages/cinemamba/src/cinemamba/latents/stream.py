@@ -1,0 +1,183 @@
+"""A resampled WebDataset stream whose micro-batch `b` is a pure function of (seed, rank, b).
+
+Each rank draws shards with replacement (WebDataset's "resampled" mode) from its own seeded
+generator: draw `d` of rank `r` is shard `choice(seed, r, d)`, read front to back. Because the
+sample count of every shard is known (from the shard set's plan or manifest), the position of
+micro-batch `b` (samples `b*m .. b*m + m - 1` of the rank's stream) maps to a (draw, offset)
+without reading anything, so resuming at batch `b` opens one shard and skips to the offset:
+the engine's exact resume costs one partial shard read.
+
+A sample that fails to decode is counted by reason and dropped from its micro-batch; only when
+every sample of a micro-batch is bad does the batch take the next good samples after it, so
+micro-batch `b` stays a function of `b` alone. With DataLoader workers, worker `w` of `n`
+builds micro-batches `b = w (mod n)`; the DataLoader's round-robin returns them in order.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset import tariterators
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ShardList:
+    """Shard URLs (paths, `pipe:` commands, http URLs) and the number of samples in each."""
+
+    urls: tuple[str, ...]
+    counts: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.urls) != len(self.counts):
+            raise ValueError(f"{len(self.urls)} shard urls but {len(self.counts)} counts")
+        if not self.urls or sum(self.counts) == 0:
+            raise ValueError("the shard list holds no samples")
+
+
+def draw_shard(seed: int, rank: int, draw: int, num_shards: int) -> int:
+    """Which shard rank `rank` reads at its `draw`-th draw (with replacement)."""
+    return int(np.random.default_rng([seed, rank, draw]).integers(num_shards))
+
+
+def locate(shards: ShardList, seed: int, rank: int, position: int) -> tuple[int, int]:
+    """(draw, offset in that draw's shard) of sample `position` of a rank's stream."""
+    draw = 0
+    while True:
+        n = shards.counts[draw_shard(seed, rank, draw, len(shards.urls))]
+        if position < n:
+            return draw, position
+        position -= n
+        draw += 1
+
+
+def read_tar(url: str) -> Iterator[dict[str, Any]]:
+    """The samples of one tar shard as WebDataset dicts ({"__key__", "ext": bytes, ...})."""
+    source = tariterators.url_opener([{"url": url}])
+    yield from tariterators.group_by_keys(tariterators.tar_file_expander(source))
+
+
+class SampleStream:
+    """Positions `start, start+1, ...` of a rank's resampled stream as (position, raw sample)."""
+
+    def __init__(self, shards: ShardList, seed: int, rank: int) -> None:
+        self.shards, self.seed, self.rank = shards, seed, rank
+        self.skipped: Counter = Counter()
+
+    def __call__(self, start: int) -> Iterator[tuple[int, dict[str, Any] | None]]:
+        """Yield (position, sample) from `start` on; sample is None where a shard is short."""
+        draw, offset = locate(self.shards, self.seed, self.rank, start)
+        position = start
+        while True:
+            index = draw_shard(self.seed, self.rank, draw, len(self.shards.urls))
+            url, expected = self.shards.urls[index], self.shards.counts[index]
+            seen = 0
+            try:
+                for sample in read_tar(url):
+                    if seen >= expected:
+                        break
+                    if seen >= offset:
+                        yield position, sample
+                        position += 1
+                    seen += 1
+            except Exception as err:  # truncated tar, vanished file, failed pipe, ...
+                log.warning("shard %s unreadable after %d samples: %s", url, seen, err)
+                self.skipped["unreadable_shard"] += 1
+            # Positions the shard promised but did not deliver stay in the stream as holes,
+            # so every later position keeps its place (and resume stays exact).
+            for _ in range(max(seen, offset), expected):
+                yield position, None
+                position += 1
+            draw, offset = draw + 1, 0
+
+
+def _take(
+    decode: Callable[[dict[str, Any], int], dict[str, torch.Tensor]],
+    position: int,
+    sample: dict[str, Any] | None,
+    items: list[dict[str, torch.Tensor]],
+    skipped: Counter,
+) -> None:
+    """Decode one sample into `items`, or count why not."""
+    if sample is None:
+        skipped["missing"] += 1
+        return
+    try:
+        items.append(decode(sample, position))
+    except Exception as err:  # a bad sample is counted and dropped, never a crash
+        skipped[getattr(err, "reason", None) or type(err).__name__] += 1
+        log.warning("skipping sample %s: %s", sample.get("__key__"), err)
+
+
+def micro_batches(
+    stream: SampleStream,
+    decode: Callable[[dict[str, Any], int], dict[str, torch.Tensor]],
+    collate: Callable[[list[dict[str, torch.Tensor]], int], Any],
+    *,
+    batch_size: int,
+    start_batch: int,
+    every: int = 1,
+    phase: int = 0,
+) -> Iterator[tuple[Any, dict[str, int]]]:
+    """(micro-batch, skipped samples by reason) for `b = start_batch, ...` with
+    `b % every == phase` (one DataLoader worker's share).
+
+    `decode(sample, position)` turns a raw sample into tensors or raises: the sample is
+    dropped and counted under the error's `reason` attribute or class name. `collate(items, b)`
+    makes the batch. The counts travel with the batch so they survive worker processes.
+    """
+    b = start_batch
+    while b % every != phase:
+        b += 1
+    reader = stream(b * batch_size)
+    while True:
+        first = b * batch_size
+        items: list[dict[str, torch.Tensor]] = []
+        skipped: Counter = Counter()
+
+        for position, sample in reader:
+            if position >= first:  # positions before belong to other workers' batches
+                _take(decode, position, sample, items, skipped)
+            if position == first + batch_size - 1:
+                break
+        if not items:
+            # Every sample was bad: borrow the next good one (from a separate reader, so this
+            # batch is still a function of b alone and the main reader keeps its place).
+            for position, sample in stream(first + batch_size):
+                _take(decode, position, sample, items, skipped)
+                if items:
+                    break
+        skipped.update(stream.skipped)
+        stream.skipped.clear()
+        yield collate(items, b), dict(skipped)
+        b += every
+
+
+class _BatchDataset(IterableDataset):
+    def __init__(self, make: Callable[[int, int], Iterator[Any]]) -> None:
+        self.make = make
+
+    def __iter__(self) -> Iterator[Any]:
+        info = get_worker_info()
+        every, phase = (1, 0) if info is None else (info.num_workers, info.id)
+        return self.make(every, phase)
+
+
+def batch_loader(make: Callable[[int, int], Iterator[Any]], workers: int) -> Iterator[Any]:
+    """Run `make(every, phase)` in `workers` DataLoader processes (0: in this process).
+
+    Worker `w` yields batches with index `= w (mod workers)`, in order; the DataLoader's
+    round-robin over workers then restores the global order exactly.
+    """
+    if workers <= 0:
+        return make(1, 0)
+    loader = DataLoader(_BatchDataset(make), batch_size=None, num_workers=workers)
+    return iter(loader)
