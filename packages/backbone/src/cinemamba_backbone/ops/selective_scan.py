@@ -1,11 +1,12 @@
 """Fast CPU selective scan: a lean recurrence with a checkpointing reverse-scan backward.
 
-Forward walks time in blocks of K steps. Per block it computes exp(Δ A) into one reused
-(K, b, d, n) buffer, updates the state in place in that buffer (h_k = a_k ⊙ h_{k-1} +
-Δ_k u_k B_k) and reads each output out while its state is still in cache. Only the state entering
-each block is kept, so memory is O(b·d·n·(L/K + K)) instead of the O(b·d·n·L) of the
-"materialise every ΔA" reference. Backward recomputes one block at a time from those
-checkpoints and runs the adjoint recurrence backwards, again with batched reductions.
+Forward walks time one step at a time over tiles of sequences small enough that the
+state stays in L2: per step one exp(Δ A), an in-place state update h = a ⊙ h + Δ u B and
+the readout Σ_n h C. Only the state at every K-th step is kept (checkpoints), so memory is
+O(b·d·n·(L/K + K)) instead of the O(b·d·n·L) of the "materialise every ΔA" reference.
+Backward recomputes one block of K steps at a time from those checkpoints (batched exp,
+all K states of the block in one buffer), runs the adjoint recurrence backwards, and forms
+the parameter gradients of the block with batched multiply-and-sum reductions.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import math
 import torch
 from einops import rearrange
 from torch.autograd.function import FunctionCtx, once_differentiable
+
+TILE_BYTES = 512 * 1024  # forward state tile: fits, with its scratch, in a 1-2 MB L2
 
 
 def default_block(length: int) -> int:
@@ -61,28 +64,38 @@ class _SelectiveScanFn(torch.autograd.Function):
         e = d // g
         Ag = A.to(cdt).reshape(g, e, n)
         du = (dt * ut).view(length, b, g, e, 1)
-        state = u.new_zeros(b, g, e, n, dtype=cdt) if h0 is None else h0.to(cdt).view(b, g, e, n)
-        n_blocks = -(-length // block)
+        # Checkpoints only when a backward will need them (inference skips the copies).
+        keep = any(ctx.needs_input_grad)
+        n_blocks = -(-length // block) if keep else 0
         ckpts = torch.empty(n_blocks, b, g, e, n, dtype=cdt, device=u.device)
-        buf = torch.empty(block, b, g, e, n, dtype=cdt, device=u.device)
         y = torch.empty(length, b, g, e, dtype=cdt, device=u.device)
-        scratch = torch.empty(b, g, e, n, dtype=cdt, device=u.device)
-        for i, s in enumerate(range(0, length, block)):
-            k = min(block, length - s)
-            ckpts[i].copy_(state)
-            h = buf[:k]
-            # One batched exp per block (K steps), never for the whole sequence.
-            torch.mul(dt[s : s + k].view(k, b, g, e, 1), Ag, out=h)
-            h.exp_()
-            prev = state
-            for j in range(k):
-                h[j].mul_(prev).addcmul_(du[s + j], Bt[s + j].view(b, g, 1, n))
-                prev = h[j]
-                # Readout while h_j is still in cache; a multiply + sum beats a batch of
-                # (e, n) @ (n, 1) matrix-vector products on CPU.
-                torch.mul(h[j], Ct[s + j].view(b, g, 1, n), out=scratch)
-                torch.sum(scratch, dim=-1, out=y[s + j])
-            state = h[k - 1].clone()
+        last = torch.empty(b, g, e, n, dtype=cdt, device=u.device)
+        rows = max(1, min(b, TILE_BYTES // (d * n * ut.element_size())))
+        decay = torch.empty(rows, g, e, n, dtype=cdt, device=u.device)
+        scratch = torch.empty_like(decay)
+        # Tiles of sequences whose state (+ two scratch buffers) stays in L2 for all L steps;
+        # per step: exp(Δ A), h = a ⊙ h + Δ u B in place, y = Σ_n h C.
+        for r0 in range(0, b, rows):
+            r = min(rows, b - r0)
+            tile = slice(r0, r0 + r)
+            if h0 is None:
+                state = torch.zeros(r, g, e, n, dtype=cdt, device=u.device)
+            else:
+                state = h0[tile].to(cdt).reshape(r, g, e, n).clone()
+            dt_r = dt[:, tile].view(length, r, g, e, 1)
+            du_r = du[:, tile]
+            B_r = Bt[:, tile].view(length, r, g, 1, n)
+            C_r = Ct[:, tile].view(length, r, g, 1, n)
+            y_r, ck_r = y[:, tile], ckpts[:, tile]
+            a, sc = decay[:r], scratch[:r]
+            for t in range(length):
+                if keep and t % block == 0:
+                    ck_r[t // block].copy_(state)
+                torch.mul(dt_r[t], Ag, out=a).exp_()
+                state.mul_(a).addcmul_(du_r[t], B_r[t])
+                torch.sum(torch.mul(state, C_r[t], out=sc), dim=-1, out=y_r[t])
+            last[tile] = state
+        state = last
         ctx.save_for_backward(u, delta, A, B, C, ckpts)
         ctx.block = block
         ctx.has_h0 = h0 is not None
@@ -97,14 +110,16 @@ class _SelectiveScanFn(torch.autograd.Function):
         u, delta, A, B, C, ckpts = ctx.saved_tensors
         block = ctx.block
         cdt = _compute_dtype(u.dtype)
-        ut, dt = _time_major(u, cdt), _time_major(delta, cdt)
+        # Only Δ is copied time-major; u is read through a strided view (saves one O(b·d·l)).
+        dt = _time_major(delta, cdt)
+        u_view = rearrange(u, "b d l -> l b d").to(cdt)
         Bt, Ct = _bc_time_major(B, cdt), _bc_time_major(C, cdt)
         gy = _time_major(grad_y, cdt)
-        length, b, d = ut.shape
+        length, b, d = dt.shape
         g, n = Bt.shape[2], Bt.shape[3]
         e = d // g
         Ag = A.to(cdt).reshape(g, e, n)
-        du = (dt * ut).view(length, b, g, e, 1)
+        du = (dt * u_view).view(length, b, g, e, 1)
         gy5 = gy.view(length, b, g, e, 1)
         adj = torch.zeros(b, g, e, n, dtype=cdt, device=u.device)
         if grad_last is not None:
@@ -148,8 +163,8 @@ class _SelectiveScanFn(torch.autograd.Function):
             torch.sum(torch.mul(G[:k], du[sl], out=tmp), dim=-2, out=gB[sl])
             torch.sum(torch.mul(G[:k], Bt[sl].view(k, b, g, 1, n), out=tmp), dim=-1, out=g_du[sl])
         g_du = g_du.view(length, b, d)
-        g_u = g_du * dt
-        g_dt += g_du * ut
+        g_dt.addcmul_(g_du, u_view)
+        g_u = g_du.mul_(dt)  # in place: g_du is not needed any more
         g_B = rearrange(gB, "l b g n -> b g n l")
         g_C = rearrange(gC, "l b g n -> b g n l")
         if B.dim() == 3:
