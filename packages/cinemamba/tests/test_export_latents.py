@@ -79,7 +79,7 @@ def test_exported_sample_equals_direct_encoding(made: dict[str, Path]) -> None:
     meta = json.loads(lat["json"])
     assert meta["source_shard"] == "train-000001.tar" and meta["clip"]["start"] == 0
     manifest = json.loads((made["lat"] / "latents.json").read_text())
-    assert manifest["vae"]["identity"] == vae_identity(vae)
+    assert manifest["vae"]["identity"] == vae_identity(made["vae"])
     assert manifest["text_encoder"]["identity"] == text.identity
     assert [s["samples"] for s in manifest["shards"]] == [2, 2, 2]
     # latent statistics: the mean/std of all exported values, per channel
@@ -174,18 +174,22 @@ def test_bad_inputs_are_counted_not_fatal(made: dict[str, Path]) -> None:
         assert batch["latents"].shape[0] == 2 and not skipped
 
 
-def test_mismatched_encoders_are_refused(made: dict[str, Path]) -> None:
-    """Opening latents for another VAE or text encoder fails with both identities named."""
-    lset = open_latent_set(made["lat"])
+def test_mismatched_encoders_are_refused(made: dict[str, Path], tmp_path: Path) -> None:
+    """Opening latents for another VAE or text encoder fails with both named; the check needs
+    neither model built (weights file hash + config)."""
+    lset = open_latent_set(made["lat"], vae=vae_identity(made["vae"]), text_encoder=TEXT)
+    other_vae = VideoAutoencoder.from_pretrained(made["vae"])
+    other_vae.set_latent_stats(torch.zeros(8), torch.ones(8))  # same net, other statistics
+    other_vae.save_pretrained(tmp_path / "vae2")
     with pytest.raises(LatentFormatError, match="made by VAE .* but the config names VAE") as err:
-        open_latent_set(
-            made["lat"], vae="vae/sha256-0000/cfg-0000", text_encoder=lset.text_identity
-        )
+        open_latent_set(made["lat"], vae=vae_identity(tmp_path / "vae2"))
     assert lset.vae_identity in str(err.value)
+    with pytest.raises(LatentFormatError, match="random_init_seed=1 .latents: 0") as err:
+        open_latent_set(made["lat"], text_encoder=TextEncoderConfig(random_init_seed=1))
+    assert lset.text_identity in str(err.value)
     other = build_text_encoder(TextEncoderConfig(random_init_seed=1)).identity
-    with pytest.raises(LatentFormatError, match="text encoder") as err:
-        open_latent_set(made["lat"], vae=lset.vae_identity, text_encoder=other)
-    assert other in str(err.value) and lset.text_identity in str(err.value)
+    with pytest.raises(LatentFormatError, match="text encoder"):
+        open_latent_set(made["lat"], text_encoder=other)
     # exporting into the same directory with another text encoder is refused too
     cfg = _cfg(made["root"], "lat")
     cfg.text_encoder = TextEncoderConfig(random_init_seed=1)

@@ -40,10 +40,11 @@ def open_latent_set(
     directory: str | Path,
     *,
     vae: str | None = None,
-    text_encoder: str | None = None,
+    text_encoder: Any = None,
     url_prefix: str = "",
 ) -> LatentSet:
-    """Open a latent shard set; refuse it if made by another VAE / text encoder than named.
+    """Open a latent shard set; refuse it if made by another VAE / text encoder than named
+    (`vae`: a `vae_identity`; `text_encoder`: an identity or a `TextEncoderConfig`).
 
     `url_prefix` streams the shards from elsewhere (`pipe:aws s3 cp s3://bucket/lat/`, an http
     URL, ...) while the manifest is read from `directory`.

@@ -29,7 +29,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from cinemamba.latents import format as fmt
-from cinemamba.latents.clips import ClipConfig, SampleError, decode_clip
+from cinemamba.latents.clips import ClipConfig, SampleError, decode_clip, to_pixels
 from cinemamba.latents.stream import read_tar
 from cinemamba_conditioning import TextEncoderConfig, build_text_encoder
 from cinemamba_vae import VideoAutoencoder
@@ -108,7 +108,7 @@ class _Encoders:
         self.device = _device(cfg.device)
         self.vae = VideoAutoencoder.from_pretrained(cfg.vae).to(self.device).eval()
         self.vae.requires_grad_(False)
-        self.vae_identity = fmt.vae_identity(self.vae)
+        self.vae_identity = fmt.vae_identity(cfg.vae)
         self.text = build_text_encoder(cfg.text_encoder).to(self.device)
         self.chunk_frames = cfg.chunk_frames or None
 
@@ -139,13 +139,13 @@ def _export_shard(
             for sample in read_tar(src_url):
                 key = sample.get("__key__")
                 try:
-                    video, caption, meta = decode_clip(sample, clip, rng)
+                    frames, caption, meta = decode_clip(sample, clip, rng)
                 except SampleError as err:
                     skipped[err.reason] += 1
                     log.warning("skipping %s: %s", key, err)
                     bar.update()
                     continue
-                latents, text = enc.encode(video, caption)
+                latents, text = enc.encode(to_pixels(frames), caption)
                 if not torch.isfinite(latents).all():
                     skipped["nonfinite_latents"] += 1
                     log.warning("skipping %s: the VAE produced non-finite latents", key)

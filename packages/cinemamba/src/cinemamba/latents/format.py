@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 FORMAT = "cinemamba-latents/1"
 MANIFEST_NAME = "latents.json"
@@ -45,15 +44,26 @@ def config_hash(config: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def vae_identity(vae: nn.Module) -> str:
-    """Names the exact VAE: a hash of every weight and buffer (latent statistics included) plus
-    its config hash, so two VAEs share an identity only when they encode identically."""
+def file_sha256(path: str | Path) -> str:
+    """sha256 hex digest of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
-    for name, tensor in sorted(vae.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(str(tensor.dtype).encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return f"vae/sha256-{digest.hexdigest()[:16]}/cfg-{config_hash(vae.config)}"
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def vae_identity(directory: str | Path) -> str:
+    """Names the exact VAE saved in `directory` (by `save_pretrained`) without building it: a
+    hash of its weights file (latent statistics included) and of its config."""
+    from cinemamba_vae import load_vae_config
+
+    directory = Path(directory)
+    weights, config = directory / "model.safetensors", directory / "config.yaml"
+    for path in (weights, config):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: {str(directory)!r} is not a saved VAE")
+    return f"vae/sha256-{file_sha256(weights)[:16]}/cfg-{config_hash(load_vae_config(config))}"
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
@@ -142,28 +152,60 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
     return manifest
 
 
+def text_encoder_mismatch(recorded: Mapping[str, Any], cfg: Any) -> str | None:
+    """How a `TextEncoderConfig` differs from the encoder a shard set records (None: same).
+
+    Checked without building the encoder: the architecture fields must be equal, and a weights
+    file must hash to the digest inside the recorded identity (its path may differ).
+    """
+    have = recorded["config"]
+    want = asdict(cfg)
+    diffs = [
+        f"{k}={want[k]!r} (latents: {have.get(k)!r})"
+        for k in ("model", "random_init_seed", "precision", "context_length")
+        if want.get(k) != have.get(k)
+    ]
+    if want.get("weights") and not diffs:
+        digest = f"sha256-{file_sha256(want['weights'])[:16]}"
+        if digest not in recorded["identity"]:
+            diffs.append(f"weights {want['weights']!r} ({digest}) are not the weights used")
+    elif bool(want.get("weights")) != bool(have.get("weights")):
+        diffs.append(f"weights={want.get('weights')!r} (latents: {have.get('weights')!r})")
+    return "; ".join(diffs) or None
+
+
 def check_identity(
     manifest: Mapping[str, Any],
     directory: str | Path,
     *,
     vae: str | None = None,
-    text_encoder: str | None = None,
+    text_encoder: Any = None,
 ) -> None:
-    """Refuse latents made by another VAE or text encoder than the ones named (None: not checked)."""
-    for what, want, field_hint in (
-        ("VAE", vae, "task.vae"),
-        ("text encoder", text_encoder, "task.text_encoder"),
-    ):
-        if want is None:
-            continue
-        key = "vae" if what == "VAE" else "text_encoder"
-        have = manifest[key]["identity"]
-        if have != want:
-            raise LatentFormatError(
-                f"latent shards in {str(directory)!r} were made by {what} {have!r}, but the config "
-                f"names {what} {want!r} ({field_hint}); re-export the latents with this {what} "
-                f"or point {field_hint} at the one they were made with"
-            )
+    """Refuse latents made by another VAE or text encoder than the ones named.
+
+    `vae` is a VAE identity (`vae_identity(dir)`); `text_encoder` a text encoder identity string
+    or a `TextEncoderConfig`; None skips that check.
+    """
+    if vae is not None and manifest["vae"]["identity"] != vae:
+        raise LatentFormatError(
+            f"latent shards in {str(directory)!r} were made by VAE "
+            f"{manifest['vae']['identity']!r}, but the config names VAE {vae!r} (task.vae); "
+            "re-export the latents with this VAE or point task.vae at the one they were made with"
+        )
+    if text_encoder is None:
+        return
+    recorded = manifest["text_encoder"]
+    if isinstance(text_encoder, str):
+        problem = None if recorded["identity"] == text_encoder else f"identity {text_encoder!r}"
+    else:
+        problem = text_encoder_mismatch(recorded, text_encoder)
+    if problem:
+        raise LatentFormatError(
+            f"latent shards in {str(directory)!r} were made by text encoder "
+            f"{recorded['identity']!r}, but the config names another text encoder "
+            f"(task.text_encoder: {problem}); re-export the latents with this text encoder or "
+            "configure the one they were made with"
+        )
 
 
 def load_null_text(directory: str | Path) -> dict[str, torch.Tensor]:

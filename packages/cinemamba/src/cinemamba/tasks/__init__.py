@@ -1,0 +1,1 @@
+"""Training tasks for the engine in `cinemamba.train` (one module per model family)."""

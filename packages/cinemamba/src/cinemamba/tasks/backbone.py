@@ -1,0 +1,387 @@
+"""The backbone task: a `VideoDiT` trained by the engine on latent shards or raw video shards.
+
+From latent shards (`task.data.source: latents`) neither the VAE nor the text encoder is loaded
+for training: the shards hold normalised latents and text embeddings, and their manifest the
+empty-prompt embedding for caption dropout. From raw shards (`source: raw`) the frozen VAE and
+text encoder run on the fly inside `loss`, one video / caption per call, exactly as the export
+does, so both sources give bit-identical inputs for the same clips.
+
+Per micro-batch, all randomness of the loss (diffusion times, noise, caption dropout) comes
+from a CPU generator seeded by (train.seed, rank, micro-batch index): a resumed run, and a run
+from the other source, draws the same.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from cinemamba.config import ConfigError, load_config
+from cinemamba.data.video import write_video
+from cinemamba.latents import format as fmt
+from cinemamba.latents.clips import ClipConfig, decode_clip, to_pixels
+from cinemamba.latents.dataset import CROPS, LatentSet, latent_batches, noise_seed, open_latent_set
+from cinemamba.latents.stream import SampleStream, ShardList, batch_loader, micro_batches
+from cinemamba.train import DataSpec, LossOutput, TrainConfig, TrainResult, train
+from cinemamba_backbone import BackboneConfig, VideoDiT
+from cinemamba_conditioning import TextEmbedding, TextEncoderConfig, build_text_encoder
+from cinemamba_sampling import (
+    MODES,
+    PipelineConfig,
+    ProcessConfig,
+    VideoPipeline,
+    build_process,
+    contact_sheet,
+    save_png,
+    to_uint8,
+)
+from cinemamba_vae import VideoAutoencoder
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("latents", "raw")
+
+
+@dataclass
+class BackboneDataConfig:
+    """Where training clips come from.
+
+    source: "latents" (a latent shard set from export-latents) or "raw" (video shards).
+    path: the shard directory (latents: with `latents.json`; raw: with `PREFIX.plan.json`).
+    url_prefix: stream the shards from here instead (`pipe:...`, http); metadata stays in path.
+    clip: raw only, the frames taken from each video (see ClipConfig).
+    latent_frames / crop: latents only, crop stored latents to this many frames (0: all),
+        from a seeded random start or the first frame.
+    workers: DataLoader worker processes (0: decode in the training process).
+    """
+
+    source: str = "latents"
+    path: str = ""
+    url_prefix: str = ""
+    clip: ClipConfig = field(default_factory=ClipConfig)
+    latent_frames: int = 0
+    crop: str = "random"
+    workers: int = 0
+
+
+@dataclass
+class PeriodicSamples:
+    """Videos generated with the EMA weights at every `train.eval_every` steps and at the end
+    (rank 0; mp4 + PNG contact sheet in RUN_DIR/samples/, images in TensorBoard). Needs
+    `task.vae`. An empty prompt list turns them off."""
+
+    prompts: list[str] = field(default_factory=list)
+    frames: int = 17
+    height: int = 32
+    width: int = 32
+    steps: int = 20
+    guidance: float = 4.0
+    seed: int = 0
+    mode: str = "oneshot"
+    fps: float = 8.0
+
+
+@dataclass
+class BackboneTaskConfig:
+    """The backbone task: model, frozen encoders, noise process, data and loss options."""
+
+    backbone: BackboneConfig = field(default_factory=lambda: BackboneConfig.from_preset("tiny"))
+    vae: str = ""  # a VideoAutoencoder directory (save_pretrained); checked against latents
+    text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    process: ProcessConfig = field(default_factory=ProcessConfig)
+    data: BackboneDataConfig = field(default_factory=BackboneDataConfig)
+    caption_dropout: float = 0.1  # P(text -> empty-prompt embedding), for classifier-free guidance
+    per_frame_t: bool = False  # one diffusion time per latent frame (rolling / streaming)
+    vae_sample: bool = False  # raw only: sample the posterior instead of its mean
+    kernels: str = "auto"  # backbone kernels: "auto" | "torch"
+    samples: PeriodicSamples = field(default_factory=PeriodicSamples)
+
+
+@dataclass
+class BackboneExperiment:
+    """`cinemamba train` schema: the engine config next to the task's."""
+
+    train: TrainConfig = field(default_factory=TrainConfig)
+    task: BackboneTaskConfig = field(default_factory=BackboneTaskConfig)
+
+
+def _collate_raw(items: list[dict], seed: int, rank: int, b: int) -> dict[str, Any]:
+    shapes = {tuple(it["frames"].shape) for it in items}
+    if len(shapes) > 1:
+        raise ValueError(
+            f"clips of different sizes {sorted(shapes)} in one batch; set task.data.clip.height"
+            " and width to resize them to one size"
+        )
+    return {
+        "frames": torch.stack([it["frames"] for it in items]),  # (B, T, H, W, 3) uint8
+        "captions": [it["caption"] for it in items],
+        "noise_seed": torch.tensor(noise_seed(seed, rank, b), dtype=torch.int64),
+    }
+
+
+class BackboneTask:
+    """Flow matching (or DDPM) training of a VideoDiT; see the module docstring."""
+
+    phases = ("backbone",)
+
+    def __init__(self, cfg: BackboneTaskConfig) -> None:
+        self.cfg = cfg
+        self.process = build_process(cfg.process)
+        self.counts: Counter = Counter()
+        self.latent_set: LatentSet | None = None
+        self._vae: VideoAutoencoder | None = None
+        self._text = None
+        self._null: dict[str, torch.Tensor] | None = None
+        self._writer = None
+
+    # ---------------------------------------------------------------- checks and frozen parts
+    def validate(self) -> None:
+        """Check paths, names and widths before any process group or model exists."""
+        cfg, data = self.cfg, self.cfg.data
+        if data.source not in SOURCES:
+            raise ConfigError(f"task.data.source must be one of {SOURCES}, got {data.source!r}")
+        if data.crop not in CROPS:
+            raise ConfigError(f"task.data.crop must be one of {CROPS}, got {data.crop!r}")
+        if not data.path or not Path(data.path).is_dir():
+            raise ConfigError(f"task.data.path={data.path!r} is not a shard directory")
+        if not 0 <= cfg.caption_dropout <= 1:
+            raise ConfigError(f"task.caption_dropout must be in [0, 1], got {cfg.caption_dropout}")
+        if cfg.samples.mode not in MODES:
+            raise ConfigError(f"task.samples.mode must be one of {MODES}, got {cfg.samples.mode!r}")
+        if cfg.vae and not Path(cfg.vae).is_dir():
+            raise ConfigError(f"task.vae={cfg.vae!r} is not a directory (save_pretrained output)")
+        if (data.source == "raw" or cfg.samples.prompts) and not cfg.vae:
+            why = "raw shards" if data.source == "raw" else "periodic samples"
+            raise ConfigError(f"task.vae must name a VAE directory for {why}")
+        if data.source == "raw":
+            try:
+                data.clip.validate()
+            except ValueError as err:
+                raise ConfigError(f"task.data.clip: {err}") from None
+            return
+        try:
+            self.latent_set = open_latent_set(
+                data.path,
+                vae=fmt.vae_identity(cfg.vae) if cfg.vae else None,
+                text_encoder=cfg.text_encoder,
+                url_prefix=data.url_prefix,
+            )
+        except fmt.LatentFormatError as err:
+            raise ConfigError(str(err)) from None
+        width = self.latent_set.manifest["text_encoder"]["dim"]
+        pooled = self.latent_set.manifest["text_encoder"]["pooled_dim"]
+        if cfg.backbone.text_dim != width or pooled != width:
+            raise ConfigError(
+                f"task.backbone.text_dim={cfg.backbone.text_dim} must equal the text width "
+                f"{width} (and pooled width {pooled}) of the latents in {data.path!r}"
+            )
+        channels = self.latent_set.manifest["vae"]["config"]["latent_channels"]
+        if cfg.backbone.in_channels != channels:
+            raise ConfigError(
+                f"task.backbone.in_channels={cfg.backbone.in_channels} but the latents have "
+                f"{channels} channels"
+            )
+
+    def _device_of(self, module: nn.Module) -> torch.device:
+        return next(module.parameters()).device
+
+    def vae(self, device: torch.device) -> VideoAutoencoder:
+        """The frozen VAE (loaded on first use)."""
+        if self._vae is None:
+            self._vae = VideoAutoencoder.from_pretrained(self.cfg.vae).eval().requires_grad_(False)
+        return self._vae.to(device)
+
+    def text_encoder(self, device: torch.device):
+        """The frozen text encoder (built on first use)."""
+        if self._text is None:
+            self._text = build_text_encoder(self.cfg.text_encoder)
+        return self._text.to(device)
+
+    def null_text(self, device: torch.device) -> dict[str, torch.Tensor]:
+        """The empty-prompt embedding (L, D), (L,), (P,): from the latent set, else the encoder."""
+        if self._null is None:
+            if self.latent_set is not None:
+                self._null = self.latent_set.null_text
+            else:
+                null = self.text_encoder(device).null(1)
+                self._null = {"text": null.tokens[0], "text_mask": null.mask[0],
+                              "pooled": null.pooled[0]}  # fmt: skip
+        return {k: v.to(device) for k, v in self._null.items()}
+
+    # ---------------------------------------------------------------- engine protocol
+    def build_models(self) -> dict[str, nn.Module]:
+        """One VideoDiT."""
+        return {"backbone": VideoDiT(self.cfg.backbone, kernels=self.cfg.kernels)}
+
+    def train_data(self, spec: DataSpec) -> Iterator[dict[str, Any]]:
+        """This rank's micro-batches (a function of seed, rank and batch index)."""
+        data = self.cfg.data
+        if data.source == "latents":
+            assert self.latent_set is not None, "validate() opens the latent set"
+            batches = latent_batches(
+                self.latent_set, seed=spec.seed, rank=spec.rank,
+                batch_size=spec.micro_batch_size, start_batch=spec.start_batch,
+                latent_frames=data.latent_frames, crop=data.crop, workers=data.workers,
+            )  # fmt: skip
+        else:
+            batches = self._raw_batches(spec)
+        for batch, skipped in batches:
+            self.counts.update(skipped)
+            yield batch
+
+    def _raw_batches(self, spec: DataSpec) -> Iterator[tuple[dict[str, Any], dict[str, int]]]:
+        data = self.cfg.data
+        plans = sorted(Path(data.path).glob("*.plan.json"))
+        if len(plans) != 1:
+            raise ConfigError(
+                f"task.data.path={data.path!r} must hold one *.plan.json (a raw shard set)"
+            )
+        plan = OmegaConf.to_container(OmegaConf.load(plans[0]))
+        base = data.url_prefix or f"{data.path}/"
+        shards = ShardList(
+            tuple(base + s["name"] for s in plan["shards"]),
+            tuple(int(s["samples"]) for s in plan["shards"]),
+        )
+        seed, rank = spec.seed, spec.rank
+
+        def decode(sample: dict, position: int) -> dict:
+            rng = np.random.default_rng([seed, rank, position, 3])
+            frames, caption, _ = decode_clip(sample, data.clip, rng)
+            return {"frames": frames, "caption": caption}
+
+        def make(every: int, phase: int):
+            return micro_batches(
+                SampleStream(shards, seed, rank), decode,
+                lambda items, b: _collate_raw(items, seed, rank, b),
+                batch_size=spec.micro_batch_size, start_batch=spec.start_batch,
+                every=every, phase=phase,
+            )  # fmt: skip
+
+        return batch_loader(make, data.workers)
+
+    def skipped(self) -> Mapping[str, int]:
+        """Bad samples dropped on this rank so far, by reason."""
+        return dict(self.counts)
+
+    def count_frames(self, batch: Mapping[str, Any]) -> int:
+        """Pixel frames in a micro-batch (latent frames x temporal compression for latents)."""
+        if "frames" in batch:
+            return int(batch["frames"].shape[0] * batch["frames"].shape[1])
+        st = self.latent_set.manifest["vae"]["config"]["temporal_compression"]
+        b, _, t = batch["latents"].shape[:3]
+        return int(b * (1 + st * (t - 1)))
+
+    @torch.no_grad()
+    def encode(self, batch: Mapping[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
+        """Latents `(B, C, t, h, w)` float32 and text of a batch (raw: through the frozen models,
+        one video and one caption per call, as the export does)."""
+        if "latents" in batch:
+            keys = ("latents", "text", "text_mask", "pooled")
+            return {k: batch[k].float() if batch[k].is_floating_point() else batch[k] for k in keys}
+        vae = self.vae(device)
+        gen = torch.Generator().manual_seed(int(batch["noise_seed"]) + 1)
+        latents = []
+        for frames in batch["frames"]:
+            pixels = to_pixels(frames.to(device))[None]  # (1, 3, T, H, W)
+            if self.cfg.vae_sample:
+                # draw on the CPU generator: the same posterior sample on any device
+                mean, logvar = vae.encode_moments(pixels)
+                eps = torch.randn(mean.shape, generator=gen).to(device)
+                latents.append(vae.normalize(mean + torch.exp(0.5 * logvar) * eps))
+            else:
+                latents.append(vae.encode(pixels, sample=False))
+        text = TextEmbedding.cat([self.text_encoder(device).encode([c]) for c in batch["captions"]])
+        return {"latents": torch.cat(latents).float(), "text": text.tokens, "text_mask": text.mask,
+                "pooled": text.pooled}  # fmt: skip
+
+    def loss(
+        self, phase: str, models: Mapping[str, nn.Module], batch: Mapping[str, Any], step: int
+    ) -> LossOutput:
+        """Weighted MSE between the network output and the process target at sampled times."""
+        model = models["backbone"]
+        device = self._device_of(model)
+        inputs = self.encode(batch, device)
+        x0 = inputs["latents"]
+        b, _, frames, h, w = x0.shape
+        # All randomness from one CPU generator per micro-batch: identical on any device, for
+        # either data source, and after a resume.
+        gen = torch.Generator().manual_seed(int(batch["noise_seed"]))
+        t = self.process.sample_t(
+            b, frames if self.cfg.per_frame_t else None, generator=gen, num_tokens=frames * h * w
+        )
+        noise = torch.randn(x0.shape, generator=gen)
+        drop = torch.rand(b, generator=gen) < self.cfg.caption_dropout
+        t, noise, drop = t.to(device), noise.to(device), drop.to(device)
+        null = self.null_text(device)
+        text = torch.where(drop[:, None, None], null["text"], inputs["text"])
+        mask = torch.where(drop[:, None], null["text_mask"], inputs["text_mask"])
+        pooled = torch.where(drop[:, None], null["pooled"], inputs["pooled"])
+        x_t = self.process.add_noise(x0, noise, t)
+        dtype = next(model.parameters()).dtype
+        pred = model(x_t.to(dtype), t.float(), text.to(dtype), mask, pooled.to(dtype))
+        target = self.process.target(x0, noise, t)
+        err = (pred.float() - target).pow(2).mean(dim=(1, 3, 4))  # (B, t)
+        weight = self.process.loss_weight(t).float()
+        weight = weight[:, None] if weight.ndim == 1 else weight  # (B, 1) or (B, t)
+        loss = (err * weight).mean()
+        return LossOutput(loss, {"mse": err.mean().detach(), "t_mean": t.float().mean()})
+
+    # ---------------------------------------------------------------- periodic samples
+    @torch.no_grad()
+    def evaluate(self, models: Mapping[str, nn.Module], step: int, run_dir: Path) -> dict | None:
+        """Rank 0: save the EMA backbone to RUN_DIR/backbone and render the sample prompts."""
+        if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+            return None
+        model = models["backbone"]
+        if any(hasattr(p, "ds_id") for p in model.parameters()):
+            log.warning("ZeRO-3 partitions the weights: use export_weights for the backbone")
+            return None
+        model.save_pretrained(Path(run_dir) / "backbone")
+        s = self.cfg.samples
+        if not s.prompts:
+            return None
+        started = time.perf_counter()
+        device = self._device_of(model)
+        pipe = VideoPipeline(self.vae(device), model, self.text_encoder(device), self.process,
+                             PipelineConfig(progress=False))  # fmt: skip
+        video = pipe.generate(list(s.prompts), frames=s.frames, height=s.height, width=s.width,
+                              steps=s.steps, guidance=s.guidance, seed=s.seed, mode=s.mode)  # fmt: skip
+        out = Path(run_dir) / "samples"
+        out.mkdir(parents=True, exist_ok=True)
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+        for i, frames in enumerate(to_uint8(video)):  # (T, H, W, 3)
+            write_video(out / f"step{step:07d}_{i}.mp4", frames, s.fps)
+            sheet = contact_sheet(frames)
+            save_png(out / f"step{step:07d}_{i}.png", sheet)
+            self._writer.add_image(f"samples/{i}", sheet, step, dataformats="HWC")
+        self._writer.flush()
+        return {"sample_seconds": time.perf_counter() - started}
+
+
+# ---------------------------------------------------------------- Python API
+
+
+def load_backbone_experiment(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> BackboneExperiment:
+    """The experiment config from a YAML file and `key=value` overrides (unknown keys raise)."""
+    return OmegaConf.to_object(load_config(BackboneExperiment, path, list(overrides)))
+
+
+def train_backbone(experiment: BackboneExperiment) -> TrainResult:
+    """Train the backbone in this process (or under torchrun / deepspeed: one call per rank)."""
+    full = OmegaConf.structured(experiment)
+    return train(experiment.train, BackboneTask(experiment.task), full_config=full)
