@@ -60,15 +60,29 @@ def test_bad_inputs_are_named(vae):
 
 
 @pytest.mark.parametrize(
-    "spatial,temporal,mults", [(4, 4, [1, 2, 2]), (8, 2, [1, 1, 2, 2]), (4, 8, [1, 1, 2, 2])]
+    "spatial,temporal,patch,mults",
+    [
+        (4, 4, 1, [1, 2, 2]),
+        (8, 2, 1, [1, 1, 2, 2]),
+        (4, 8, 1, [1, 1, 2, 2]),
+        (8, 1, 2, [1, 1, 2]),
+        (16, 4, 4, [1, 2, 2]),
+    ],
 )
-def test_compression_factors(spatial, temporal, mults):
-    m = small(spatial_compression=spatial, temporal_compression=temporal, channel_mults=mults)
+def test_compression_factors(spatial, temporal, patch, mults):
+    m = small(
+        spatial_compression=spatial,
+        temporal_compression=temporal,
+        patch_size=patch,
+        channel_mults=mults,
+    )
     t = 1 + 2 * temporal
     with torch.no_grad():
-        z = m.encode(video(t), sample=False)
-        assert z.shape[2:] == (3, 16 // spatial, 16 // spatial)
-        assert m.decode(z).shape == (1, 3, t, 16, 16)
+        z = m.encode(video(t, hw=32), sample=False)
+        assert z.shape[2:] == (3, 32 // spatial, 32 // spatial)
+        assert m.decode(z).shape == (1, 3, t, 32, 32)
+        # exact streaming holds for every factorisation
+        assert (m.encode(video(t, hw=32), sample=False, chunk_frames=3) - z).abs().max() <= 1e-5
 
 
 def test_causality_encoder_and_decoder(vae):

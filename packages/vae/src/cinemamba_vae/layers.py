@@ -65,18 +65,20 @@ class CausalConv3d(nn.Module):
             (w + 2 * pad - self.kernel) // self.stride + 1,
         )
 
-    def forward(self, x: Tensor, cache: StreamCache | None = None) -> Tensor:
-        """(B, C, T, H, W) -> (B, C', T', H', W'); T' counts only outputs complete so far."""
+    def window(self, x: Tensor, cache: StreamCache | None = None) -> Tensor | None:
+        """The input frames the outputs completed by this chunk read (None if there are none).
+
+        Output j of the window reads frames [j*st, j*st + kt); its "current" frame (the
+        newest one it sees) is window frame j*st + kt - 1.
+        """
         kt, st = self.time_kernel, self.time_stride
         if kt == 1 and st == 1:
-            if x.shape[2] == 0:
-                return _empty_frames(x, self.out_channels, *self._out_hw(*x.shape[3:]))
-            return self.conv(x)
+            return x if x.shape[2] > 0 else None
         key = id(self)
         past = cache.frames.get(key) if cache is not None else None
         if past is None:
             if x.shape[2] == 0:
-                return _empty_frames(x, self.out_channels, *self._out_hw(*x.shape[3:]))
+                return None
             # Stream start: the past before frame 0 is frame 0 itself, (kt - 1) times.
             past = x[:, :, :1].expand(-1, -1, kt - 1, -1, -1)
         x = torch.cat([past, x], dim=2)
@@ -84,9 +86,33 @@ class CausalConv3d(nn.Module):
         if cache is not None:
             # Keep exactly the frames the next output still needs (a copy, so the chunk is freed).
             cache.frames[key] = x[:, :, n_out * st :].clone()
-        if n_out == 0:
-            return _empty_frames(x, self.out_channels, *self._out_hw(*x.shape[3:]))
-        return self.conv(x[:, :, : (n_out - 1) * st + kt])
+        return x[:, :, : (n_out - 1) * st + kt] if n_out > 0 else None
+
+    def empty(self, x: Tensor) -> Tensor:
+        """The zero-frame output for input `x` (a chunk that completes no output)."""
+        return _empty_frames(x, self.out_channels, *self._out_hw(*x.shape[3:]))
+
+    def forward(self, x: Tensor, cache: StreamCache | None = None) -> Tensor:
+        """(B, C, T, H, W) -> (B, C', T', H', W'); T' counts only outputs complete so far."""
+        win = self.window(x, cache)
+        return self.empty(x) if win is None else self.conv(win)
+
+
+def channel_shortcut(x: Tensor, channels: int) -> Tensor:
+    """Parameter-free width change: average groups of channels, or repeat each channel.
+
+    The non-learned residual paths of DC-AE / Wan 2.2's AvgDown3D-DupUp3D: they let an
+    untrained autoencoder already pass a pooled image through, so training starts from a
+    blurry reconstruction instead of the mean colour.
+    """
+    c = x.shape[1]
+    if c == channels:
+        return x
+    if c % channels == 0:
+        return rearrange(x, "b (c g) t h w -> b c g t h w", c=channels).mean(dim=2)
+    if channels % c == 0:
+        return x.repeat_interleave(channels // c, dim=1)
+    raise ValueError(f"no parameter-free shortcut from {c} to {channels} channels")
 
 
 class FrameNorm(nn.Module):
@@ -147,10 +173,14 @@ class FrameAttention(nn.Module):
 
 
 class Downsample(nn.Module):
-    """Halve H and W and, when `temporal`, map 1 + 2k frames to 1 + k (one strided conv)."""
+    """Halve H and W and, when `temporal`, map 1 + 2k frames to 1 + k (one strided conv).
 
-    def __init__(self, channels: int, *, spatial: bool, temporal: bool) -> None:
+    With `shortcut`, the output adds the current frame of each output average-pooled 2x2.
+    """
+
+    def __init__(self, channels: int, *, spatial: bool, temporal: bool, shortcut: bool) -> None:
         super().__init__()
+        self.spatial, self.shortcut = spatial, shortcut
         self.conv = CausalConv3d(
             channels,
             channels,
@@ -161,36 +191,59 @@ class Downsample(nn.Module):
 
     def forward(self, x: Tensor, cache: StreamCache | None = None) -> Tensor:
         """(B, C, T, H, W) -> (B, C, T', H', W')."""
-        return self.conv(x, cache)
+        win = self.conv.window(x, cache)
+        if win is None:
+            return self.conv.empty(x)
+        y = self.conv.conv(win)
+        if self.shortcut:
+            current = win[:, :, self.conv.time_kernel - 1 :: self.conv.time_stride]
+            y = y + (F.avg_pool3d(current, (1, 2, 2)) if self.spatial else current)
+        return y
 
 
 class Upsample(nn.Module):
     """Double H and W (nearest + conv) and, when `temporal`, map 1 + k frames to 1 + 2k.
 
     Time doubles by depth-to-time: a causal conv makes two frames' worth of channels per
-    input frame; the first latent frame only keeps one of its two, mirroring the encoder.
+    input frame; latent frame 0 keeps only one of its two, mirroring the encoder. The width
+    changes from `in_channels` to `out_channels` before the spatial conv. With `shortcut`,
+    each step adds its parameter-free counterpart (channel average, frame and pixel repeat).
     """
 
-    def __init__(self, channels: int, *, spatial: bool, temporal: bool) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, *, spatial: bool, temporal: bool, shortcut: bool
+    ) -> None:
         super().__init__()
-        self.spatial, self.temporal = spatial, temporal
-        self.time_conv = CausalConv3d(channels, 2 * channels) if temporal else None
-        self.conv = CausalConv3d(channels, channels) if spatial else None
+        self.out_channels, self.temporal, self.shortcut = out_channels, temporal, shortcut
+        if temporal:
+            self.time_conv = CausalConv3d(in_channels, 2 * out_channels)
+        elif in_channels != out_channels:
+            self.time_conv = CausalConv3d(in_channels, out_channels, 1)
+        else:
+            self.time_conv = None
+        self.conv = CausalConv3d(out_channels, out_channels) if spatial else None
 
     def forward(self, x: Tensor, cache: StreamCache | None = None) -> Tensor:
-        """(B, C, t, h, w) -> (B, C, T, H, W)."""
+        """(B, C, t, h, w) -> (B, C', T, H, W)."""
         if self.time_conv is not None:
             n_in = x.shape[2]
-            x = rearrange(self.time_conv(x, cache), "b (r c) t h w -> b c (t r) h w", r=2)
-            started = cache is not None and id(self) in cache.started
-            if n_in > 0 and not started:
-                x = x[:, :, 1:]  # latent frame 0 decodes to one frame only
-                if cache is not None:
-                    cache.started.add(id(self))
+            y = self.time_conv(x, cache)
+            skip = channel_shortcut(x, self.out_channels) if self.shortcut else None
+            if self.temporal:
+                y = rearrange(y, "b (r c) t h w -> b c (t r) h w", r=2)
+                if skip is not None:
+                    skip = skip.repeat_interleave(2, dim=2)
+                if n_in > 0 and not (cache is not None and id(self) in cache.started):
+                    # latent frame 0 decodes to one frame only
+                    y, skip = y[:, :, 1:], (None if skip is None else skip[:, :, 1:])
+                    if cache is not None:
+                        cache.started.add(id(self))
+            x = y if skip is None else y + skip
         if self.conv is not None:
             if x.shape[2] == 0:
                 return _empty_frames(x, x.shape[1], 2 * x.shape[3], 2 * x.shape[4])
             b = x.shape[0]
-            y = F.interpolate(rearrange(x, "b c t h w -> (b t) c h w"), scale_factor=2.0)
-            x = self.conv(rearrange(y, "(b t) c h w -> b c t h w", b=b), cache)
+            up = F.interpolate(rearrange(x, "b c t h w -> (b t) c h w"), scale_factor=2.0)
+            up = rearrange(up, "(b t) c h w -> b c t h w", b=b)
+            x = self.conv(up, cache) + up if self.shortcut else self.conv(up, cache)
         return x
