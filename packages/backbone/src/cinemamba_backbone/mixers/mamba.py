@@ -69,7 +69,7 @@ class SelectiveSSM(TemporalMixer):
         length = x.shape[-1]
         weight = rearrange(self.conv1d.weight, "d 1 k -> d k")
         if state is None and not return_state:
-            x = causal_conv1d(x, weight, self.conv1d.bias, True, **self.kernel_kwargs)
+            x = causal_conv1d(x.contiguous(), weight, self.conv1d.bias, True, **self.kernel_kwargs)
             conv_state = ssm_state = None
         else:
             if state is None:

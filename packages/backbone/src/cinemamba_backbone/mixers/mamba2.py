@@ -82,7 +82,9 @@ class SSDCore(TemporalMixer):
         xbc = rearrange(xbc, "b l c -> b c l")
         if state is None and not return_state:
             weight = rearrange(self.conv1d.weight, "c 1 k -> c k")
-            xbc = causal_conv1d(xbc, weight, self.conv1d.bias, True, **self.kernel_kwargs)
+            xbc = causal_conv1d(
+                xbc.contiguous(), weight, self.conv1d.bias, True, **self.kernel_kwargs
+            )
             conv_state = ssm_state = None
         else:
             if state is None:

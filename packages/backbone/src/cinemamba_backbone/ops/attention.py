@@ -40,7 +40,10 @@ def attention(
         if causal:
             bias = xops.fmha.attn_bias.LowerTriangularFromBottomRightMask()
         elif key_mask is not None:
-            bias = torch.zeros(q.shape[0], q.shape[1], mq, mk, dtype=q.dtype, device=q.device)
+            # xformers wants the bias rows 8-aligned in memory: allocate padded, then slice.
+            padded = -(-mk // 8) * 8
+            bias = torch.zeros(q.shape[0], q.shape[1], mq, padded, dtype=q.dtype, device=q.device)
+            bias = bias[..., :mk]
             bias.masked_fill_(~key_mask[:, None, None, :], float("-inf"))
         out = xops.memory_efficient_attention(
             *(rearrange(t, "b h m k -> b m h k") for t in (q, k, v)), attn_bias=bias
