@@ -206,7 +206,7 @@ def mean_scores(rows: list[dict]) -> dict:
     with the same nesting; `n` counts the videos that contributed to each leaf."""
     sums: dict[str, list[float]] = {}
     for row in rows:
-        for key, value in _leaves(row):
+        for key, value in flat_scores(row):
             if value is not None and not (isinstance(value, float) and math.isnan(value)):
                 sums.setdefault(key, []).append(float(value))
     out: dict = {}
@@ -219,11 +219,12 @@ def mean_scores(rows: list[dict]) -> dict:
     return out
 
 
-def _leaves(d: dict, prefix: str = "") -> Iterator[tuple[str, Any]]:
+def flat_scores(d: dict, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(`a/b` path, value) of every scalar leaf of a nested score dict, in order."""
     for k, v in d.items():
         name = f"{prefix}{k}"
         if isinstance(v, dict):
-            yield from _leaves(v, name + "/")
+            yield from flat_scores(v, name + "/")
         elif isinstance(v, bool | int | float) or v is None:
             yield name, v
 
@@ -417,7 +418,7 @@ def to_markdown(report: dict) -> str:
             ],
         )
     )  # fmt: skip
-    scored = {n: dict(_leaves(s["groundtruth"])) for n, s in sets.items() if s["groundtruth"]}
+    scored = {n: dict(flat_scores(s["groundtruth"])) for n, s in sets.items() if s["groundtruth"]}
     if scored:
         keys = list(dict.fromkeys(k for leaves in scored.values() for k in leaves))
         parts += ["", "## Ground-truth scores (mean over videos)", ""]
@@ -436,7 +437,7 @@ def to_markdown(report: dict) -> str:
             parts.append(markdown_table(["clips", "FVD", "real", "generated", "too short"], rows))
     if "reconstruction" in report:
         parts += ["", "## VAE reconstruction", ""]
-        leaves = [(k, v) for k, v in _leaves(report["reconstruction"]) if v is not None]
+        leaves = [(k, v) for k, v in flat_scores(report["reconstruction"]) if v is not None]
         parts.append(markdown_table(["metric", "value"], [[k, v] for k, v in leaves]))
     return "\n".join(parts) + "\n"
 
