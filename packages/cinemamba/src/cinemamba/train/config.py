@@ -342,13 +342,28 @@ def _check_deepspeed_keys(ds: Mapping[str, Any]) -> None:
     try:
         DeepSpeedConfig(trial)
     except Exception as err:  # pydantic ValidationError or DeepSpeed's own asserts
-        raise ConfigError(f"invalid train.deepspeed: {err}") from None
+        raise ConfigError(f"invalid train.deepspeed: {_describe(err, ds)}") from None
     unknown = sorted(set(ds) - seen - _DS_EXTRA_KEYS)
     if unknown:
         raise ConfigError(
             f"unknown DeepSpeed key train.deepspeed.{unknown[0]}; remove it or check its spelling"
             " against https://www.deepspeed.ai/docs/config-json/"
         )
+
+
+def _describe(err: Exception, ds: Mapping[str, Any]) -> str:
+    """Name the full key of each pydantic error (DeepSpeed sections are pydantic models)."""
+    errors = getattr(err, "errors", None)
+    if not callable(errors):
+        return str(err)
+    parts = []
+    for e in errors():
+        loc = [str(x) for x in e.get("loc", ())]
+        sections = [k for k, v in ds.items() if isinstance(v, Mapping) and loc and loc[0] in v]
+        key = ".".join(["train.deepspeed", *sections[:1], *loc])
+        hint = "; remove it or check its spelling" if e.get("type") == "extra_forbidden" else ""
+        parts.append(f"{key}: {e.get('msg')}{hint}")
+    return "; ".join(parts) or str(err)
 
 
 def deepspeed_dict(cfg: TrainConfig, world_size: int) -> dict[str, Any]:

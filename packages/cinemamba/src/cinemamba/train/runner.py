@@ -20,6 +20,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "--resume", help="auto | never | a checkpoint path (same as train.resume=...)"
     )
     parser.add_argument("overrides", nargs="*", help="key=value config overrides")
+    # The deepspeed launcher appends --local_rank=N; the engine reads LOCAL_RANK instead.
+    parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
 
 
 def run_experiment(

@@ -80,31 +80,37 @@ class RegressionTask:
             models["critic"] = _mlp(self.cfg.dim + 1, self.cfg.hidden, 1)
         return models
 
-    def _samples(self, seed: int, first: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Samples `first .. first+count` of the global stream (a function of seed and index)."""
-        if self.cfg.data:
-            if self.table is None:
-                blob = torch.load(self.cfg.data, weights_only=True)
-                self.table = (blob["x"].float(), blob["y"].float())
-            x, y = self.table
-            idx = torch.arange(first, first + count) % len(x)
-            return x[idx], y[idx]
+    def _synthetic(self, seed: int, stream: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """`count` samples of y = w.x + noise; w depends on `seed`, x on (seed, stream)."""
         gen = torch.Generator().manual_seed(seed)
         w = torch.randn(self.cfg.dim, 1, generator=gen)
-        gen.manual_seed(seed * 1_000_003 + first)
+        gen.manual_seed(seed * 1_000_003 + stream)
         x = torch.randn(count, self.cfg.dim, generator=gen)
         y = x @ w + self.cfg.noise * torch.randn(count, 1, generator=gen)
         return x, y
 
+    def _global_micro(self, seed: int, j: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Global micro-batch `j` (all ranks' samples), independent of how it is split."""
+        if not self.cfg.data:
+            return self._synthetic(seed, j, size)
+        if self.table is None:
+            blob = torch.load(self.cfg.data, weights_only=True)
+            self.table = (blob["x"].float(), blob["y"].float())
+        x, y = self.table
+        idx = torch.arange(j * size, (j + 1) * size) % len(x)
+        return x[idx], y[idx]
+
     def train_data(self, spec: DataSpec) -> Iterator[dict[str, torch.Tensor]]:
-        """Micro-batch j of rank r holds global samples j*W*m + r*m ... + m - 1."""
-        per_micro = spec.world_size * spec.micro_batch_size
+        """Rank r's slice of global micro-batch j (world_size x micro_batch_size samples)."""
+        m = spec.micro_batch_size
         j = spec.start_batch
         while True:
-            first = j * per_micro + spec.rank * spec.micro_batch_size
-            x, y = self._samples(spec.seed, first, spec.micro_batch_size)
+            x, y = self._global_micro(spec.seed, j, spec.world_size * m)
+            first = spec.rank * m
+            x, y = x[first : first + m], y[first : first + m]
             if self.cfg.bad_every:
-                keep = (torch.arange(first, first + len(x)) % self.cfg.bad_every) != 0
+                index = torch.arange(first, first + m) + j * spec.world_size * m
+                keep = index % self.cfg.bad_every != 0
                 self.dropped += int((~keep).sum())
                 x, y = x[keep], y[keep]
             yield {"x": x, "y": y}
@@ -153,7 +159,7 @@ class RegressionTask:
     @torch.no_grad()
     def evaluate(self, models: Mapping[str, nn.Module], step: int, run_dir: Path) -> dict:
         """Held-out MSE (with EMA weights when EMA is on)."""
-        x, y = self._samples(12345, 10**9, 256)
+        x, y = self._synthetic(12345, 10**9, 256)
         param = next(models["regressor"].parameters())
         pred = models["regressor"](x.to(param.device, param.dtype))
         return {"mse": F.mse_loss(pred.float(), y.to(pred.device)).item()}
