@@ -8,6 +8,8 @@ import torch
 from cinemamba_backbone._kernels import KernelUnavailableError
 from cinemamba_backbone.ops import (
     causal_conv1d,
+    causal_conv1d_ref,
+    causal_conv1d_torch,
     selective_scan,
     selective_scan_ref,
     selective_scan_torch,
@@ -164,3 +166,20 @@ def test_chunked_ssd_matches_sequential_reference(b, length, h, p, g, n, chunk):
     torch.testing.assert_close(s, s_ref, rtol=1e-9, atol=1e-9)
     for name, a, e in zip(inputs, grads, g_ref, strict=True):
         torch.testing.assert_close(a, e, rtol=1e-8, atol=1e-8, msg=name)
+
+
+def test_shift_add_causal_conv_matches_conv1d_reference():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 6, 9, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(6, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(6, generator=g, dtype=torch.float64, requires_grad=True)
+    results = []
+    for fn in (causal_conv1d_ref, causal_conv1d_torch):
+        y = fn(x, w, bias, True)
+        results.append((y, torch.autograd.grad(y.sin().sum(), (x, w, bias))))
+    torch.testing.assert_close(results[1][0], results[0][0])
+    for a, e in zip(results[1][1], results[0][1], strict=True):
+        torch.testing.assert_close(a, e)
+    # A chunk with the previous tail equals the same frames of the full sequence.
+    tail_out = causal_conv1d_torch(x[..., 5:], w, bias, True, initial=x[..., 2:5])
+    torch.testing.assert_close(tail_out, results[0][0][..., 5:])

@@ -16,7 +16,7 @@ from einops import rearrange
 from torch import nn
 
 from cinemamba_backbone.mixers.base import MixerOptions, MixerState, TemporalMixer
-from cinemamba_backbone.ops import causal_conv1d, selective_scan
+from cinemamba_backbone.ops import causal_conv1d, causal_conv1d_torch, selective_scan
 
 
 class SelectiveSSM(TemporalMixer):
@@ -75,9 +75,10 @@ class SelectiveSSM(TemporalMixer):
             if state is None:
                 state = self.init_state(x.shape[0], x.device, x.dtype)
             conv_state, ssm_state = state
-            xp = torch.cat([conv_state.to(x.dtype), x], dim=-1)  # (b, d, k-1+l)
+            tail = conv_state
+            xp = torch.cat([tail.to(x.dtype), x], dim=-1)  # (b, d, k-1+l)
             conv_state = xp[..., xp.shape[-1] - (self.d_conv - 1) :]
-            x = F.silu(F.conv1d(xp, self.conv1d.weight, self.conv1d.bias, groups=self.d_inner))
+            x = causal_conv1d_torch(x, weight, self.conv1d.bias, True, initial=tail)
         x_dbl = self.x_proj(rearrange(x, "b d l -> (b l) d"))
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = rearrange(self.dt_proj.weight @ dt.t(), "d (b l) -> b d l", l=length)

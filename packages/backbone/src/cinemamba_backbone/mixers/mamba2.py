@@ -15,7 +15,7 @@ from einops import rearrange
 from torch import nn
 
 from cinemamba_backbone.mixers.base import MixerOptions, MixerState, TemporalMixer
-from cinemamba_backbone.ops import causal_conv1d, ssd_scan
+from cinemamba_backbone.ops import causal_conv1d, causal_conv1d_torch, ssd_scan
 
 
 class GatedRMSNorm(nn.Module):
@@ -80,8 +80,8 @@ class SSDCore(TemporalMixer):
     ) -> tuple[torch.Tensor, MixerState | None]:
         """Conv + SSD over one direction; returns y (b, l, d_inner) and the new state."""
         xbc = rearrange(xbc, "b l c -> b c l")
+        weight = rearrange(self.conv1d.weight, "c 1 k -> c k")
         if state is None and not return_state:
-            weight = rearrange(self.conv1d.weight, "c 1 k -> c k")
             xbc = causal_conv1d(
                 xbc.contiguous(), weight, self.conv1d.bias, True, **self.kernel_kwargs
             )
@@ -90,9 +90,10 @@ class SSDCore(TemporalMixer):
             if state is None:
                 state = self.init_state(xbc.shape[0], xbc.device, xbc.dtype)
             conv_state, ssm_state = state
-            xp = torch.cat([conv_state.to(xbc.dtype), xbc], dim=-1)
+            tail = conv_state
+            xp = torch.cat([tail.to(xbc.dtype), xbc], dim=-1)
             conv_state = xp[..., xp.shape[-1] - (self.d_conv - 1) :]
-            xbc = F.silu(F.conv1d(xp, self.conv1d.weight, self.conv1d.bias, groups=self.conv_dim))
+            xbc = causal_conv1d_torch(xbc, weight, self.conv1d.bias, True, initial=tail)
         xbc = rearrange(xbc, "b c l -> b l c")
         gn = self.ngroups * self.d_state
         x, B, C = torch.split(xbc, [self.d_inner, gn, gn], dim=-1)

@@ -11,6 +11,7 @@ import torch
 
 from cinemamba_backbone._kernels import kernel_for
 from cinemamba_backbone.ops.attention import attention
+from cinemamba_backbone.ops.conv import causal_conv1d_torch
 from cinemamba_backbone.ops.reference import causal_conv1d_ref, selective_scan_ref, ssd_ref
 from cinemamba_backbone.ops.selective_scan import selective_scan_torch
 from cinemamba_backbone.ops.ssd import ssd_torch
@@ -19,6 +20,7 @@ __all__ = [
     "attention",
     "causal_conv1d",
     "causal_conv1d_ref",
+    "causal_conv1d_torch",
     "selective_scan",
     "selective_scan_ref",
     "selective_scan_torch",
@@ -119,4 +121,4 @@ def causal_conv1d(
     )
     if fn is not None:
         return fn(x, weight, bias, activation="silu" if activation else None)
-    return causal_conv1d_ref(x, weight, bias, activation)
+    return causal_conv1d_torch(x, weight, bias, activation)
