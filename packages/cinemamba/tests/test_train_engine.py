@@ -50,8 +50,6 @@ def test_zero0_run_checkpoints_ema_and_logs(tmp_path: Path) -> None:
     assert result.reason == "done" and result.step == 6
     recs = _records(run)
     assert [r["step"] for r in recs] == [1, 2, 3, 4, 5, 6]
-    losses = [r["regressor/loss"] for r in recs]
-    assert sum(losses[3:]) < 0.8 * sum(losses[:3])
     for key in ("regressor/lr", "regressor/grad_norm", "perf/samples_per_s", "perf/data_wait_s",
                 "perf/compute_s", "perf/peak_memory_gb", "data/skipped_corrupt"):  # fmt: skip
         assert key in recs[-1], key
@@ -78,6 +76,19 @@ def test_zero0_run_checkpoints_ema_and_logs(tmp_path: Path) -> None:
             torch.testing.assert_close(got[k], ema[k], rtol=1e-6, atol=1e-7)
 
 
+def test_learns_the_regression(tmp_path: Path) -> None:
+    """20 steps cut the training loss and the held-out error well below the untrained model's."""
+    run = tmp_path / "run"
+    task = RegressionTask(ToyConfig())
+    train(_cfg(run, steps=20, checkpoint_every=0, ema_decay=0.0), task)
+    losses = [r["regressor/loss"] for r in _records(run)]
+    assert sum(losses[-5:]) < 0.3 * sum(losses[:5])
+    torch.manual_seed(0)
+    untrained = RegressionTask(ToyConfig()).build_models()
+    before = task.evaluate(untrained, 0, run)["mse"]
+    assert _records(run, "eval")[-1]["mse"] < 0.3 * before
+
+
 def test_keep_last_and_atomic_layout(tmp_path: Path) -> None:
     """Only the last K checkpoints stay, none under a temporary name."""
     run = tmp_path / "run"
@@ -92,11 +103,13 @@ def test_keep_last_and_atomic_layout(tmp_path: Path) -> None:
         export_weights(run, tmp_path / "x.safetensors", ema=True)
 
 
+@pytest.mark.parametrize("stage", ["zero0", "zero3"])
 @pytest.mark.parametrize("fault", ["fault_nan_loss_at", "fault_nan_grad_at"])
-def test_nonfinite_skip_leaves_weights_unchanged(tmp_path: Path, fault: str) -> None:
+def test_nonfinite_skip_leaves_weights_unchanged(tmp_path: Path, fault: str, stage: str) -> None:
     """A non-finite loss or gradient at step 2 skips that optimizer step only."""
     run = tmp_path / "run"
-    result = train(_cfg(run, steps=4, ema_decay=0.5), RegressionTask(ToyConfig(**{fault: 2})))
+    cfg = _cfg(run, steps=4, ema_decay=0.5, deepspeed_config=stage)
+    result = train(cfg, RegressionTask(ToyConfig(**{fault: 2})))
     assert result.step == 4
     recs = _records(run)
     assert [r["regressor/skipped"] for r in recs] == [0, 0, 1, 0]

@@ -92,17 +92,23 @@ class EMA:
 
     @contextlib.contextmanager
     def swapped_in(self) -> Iterator[None]:
-        """Run the block with the EMA weights in the module, then put the trained ones back."""
-        saved: list[tuple[nn.Parameter, torch.Tensor]] = []
-        for chunk in _chunks(self.params):
+        """Run the block with the EMA weights in the module, then put the trained ones back.
+
+        The trained values are kept on the CPU, a chunk gathered at a time under ZeRO-3.
+        """
+        chunks = list(_chunks(self.params))
+        saved: list[list[torch.Tensor]] = []
+        for chunk in chunks:
             params = [p for _, p in chunk]
             with _gathered(params, modify=True), torch.no_grad():
+                saved.append([p.detach().to("cpu", copy=True) for p in params])
                 for name, p in chunk:
-                    saved.append((p, p.detach().clone()))
                     p.data.copy_(self.shadow[name].to(p.device, p.dtype))
         try:
             yield
         finally:
-            with _gathered([p for p, _ in saved], modify=True), torch.no_grad():
-                for p, value in saved:
-                    p.data.copy_(value)
+            for chunk, values in zip(chunks, saved, strict=True):
+                params = [p for _, p in chunk]
+                with _gathered(params, modify=True), torch.no_grad():
+                    for p, value in zip(params, values, strict=True):
+                        p.data.copy_(value.to(p.device))

@@ -25,6 +25,8 @@ from cinemamba.train.config import TrainConfig
 from cinemamba.train.runner import main as runner_main
 from cinemamba.train.task import DataSpec, LossOutput
 
+HELD_OUT = 2**40  # the evaluation stream; training streams are micro-batch indices
+
 
 @dataclass
 class ToyConfig:
@@ -63,6 +65,7 @@ class RegressionTask:
         self.cfg = cfg
         self.phases = ["regressor", "critic"] if cfg.adversarial else ["regressor"]
         self.dropped = 0
+        self.seed = 0
         self.table: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def validate(self) -> None:
@@ -102,6 +105,7 @@ class RegressionTask:
 
     def train_data(self, spec: DataSpec) -> Iterator[dict[str, torch.Tensor]]:
         """Rank r's slice of global micro-batch j (world_size x micro_batch_size samples)."""
+        self.seed = spec.seed
         m = spec.micro_batch_size
         j = spec.start_batch
         while True:
@@ -158,8 +162,8 @@ class RegressionTask:
 
     @torch.no_grad()
     def evaluate(self, models: Mapping[str, nn.Module], step: int, run_dir: Path) -> dict:
-        """Held-out MSE (with EMA weights when EMA is on)."""
-        x, y = self._synthetic(12345, 10**9, 256)
+        """MSE on held-out samples of the same problem (EMA weights when EMA is on)."""
+        x, y = self._synthetic(self.seed, HELD_OUT, 256)
         param = next(models["regressor"].parameters())
         pred = models["regressor"](x.to(param.device, param.dtype))
         return {"mse": F.mse_loss(pred.float(), y.to(pred.device)).item()}
