@@ -132,3 +132,24 @@ def test_training_refuses_latents_of_another_encoder(made: dict[str, Path]) -> N
     with pytest.raises(ConfigError, match="made by VAE"):
         train_backbone(_experiment(made, "refused", f"task.vae={other}"))
     assert not (made["root"] / "refused").exists()
+
+
+def test_cli_reports_config_errors_in_one_line(made: dict[str, Path], capsys) -> None:
+    """`cinemamba train CONFIG key=value`: a typo or a missing shard directory is exit code 2."""
+    from cinemamba.cli import main
+
+    assert main(["train", str(CONFIG), "task.data.pth=x"]) == 2
+    assert "task.data.pth" in capsys.readouterr().err
+    assert main(["train", str(CONFIG), f"task.vae={made['vae']}", "task.data.path=/nope"]) == 2
+    assert "task.data.path='/nope' is not a shard directory" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_resumed_run_continues_exactly(made: dict[str, Path]) -> None:
+    """3 steps straight == 2 steps, stop, resume to 3 (latent stream and noise by batch index)."""
+    straight = _experiment(made, "straight", "train.steps=3", "train.batch_size=1")
+    train_backbone(straight)
+    train_backbone(_experiment(made, "resumed", "train.steps=2", "train.batch_size=1"))
+    train_backbone(_experiment(made, "resumed", "train.steps=3", "train.batch_size=1"))
+    a, b = _losses(made["root"] / "straight"), _losses(made["root"] / "resumed")
+    assert len(a) == len(b) == 3 and a == b, (a, b)

@@ -28,6 +28,8 @@ from webdataset import tariterators
 
 log = logging.getLogger(__name__)
 
+MAX_BAD_RUN = 10_000  # consecutive bad samples after which the data is declared unusable
+
 
 @dataclass(frozen=True)
 class ShardList:
@@ -155,6 +157,11 @@ def micro_batches(
                 _take(decode, position, sample, items, skipped)
                 if items:
                     break
+                if position >= first + MAX_BAD_RUN:
+                    raise RuntimeError(
+                        f"no usable sample in {MAX_BAD_RUN} consecutive samples of the stream "
+                        f"(skipped: {dict(skipped)}); the shards are unusable"
+                    )
         skipped.update(stream.skipped)
         stream.skipped.clear()
         yield collate(items, b), dict(skipped)
