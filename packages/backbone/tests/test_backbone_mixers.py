@@ -158,3 +158,15 @@ def test_mamba_state_dict_matches_mamba_ssm_layout():
     dt = torch.nn.functional.softplus(mixer.dt_proj.bias)
     assert dt.min() >= 1e-4 and dt.max() <= 0.1 + 1e-6
     assert math.isclose(float(mixer.D.detach().mean()), 1.0)
+
+
+@pytest.mark.parametrize("name", [n for n in CAUSAL if "mamba" in n])
+def test_bf16_streaming_keeps_an_fp32_ssm_state(name):
+    mixer = _mixer(name).to(torch.bfloat16)
+    x = _x(t=6).to(torch.bfloat16)
+    state = mixer.init_state(x.shape[0], dtype=torch.bfloat16)
+    _, state = mixer.forward_chunk(x[:, :3], state)
+    out, state = mixer.forward_chunk(x[:, 3:], state)
+    assert state[1].dtype == torch.float32
+    full = mixer(x)
+    assert (out.float() - full[:, 3:].float()).abs().max() < 0.05 * full.float().abs().max() + 0.02

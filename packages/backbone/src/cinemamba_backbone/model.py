@@ -173,8 +173,14 @@ class VideoDiT(nn.Module):
 
     # ---- forward -----------------------------------------------------------------------
     def _embed(
-        self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, text_mask, pooled
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        text: torch.Tensor,
+        text_mask: torch.Tensor | None,
+        pooled: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Validate inputs; return tokens (B, t, S, D), c (B, t, D), text (B, L, D), mask."""
         cfg = self.config
         if x.dim() != 5 or x.shape[1] != cfg.in_channels:
             raise ValueError(f"x must be (B, {cfg.in_channels}, t, h, w), got {tuple(x.shape)}")

@@ -98,9 +98,10 @@ class _SelectiveScanFn(torch.autograd.Function):
         state = last
         ctx.save_for_backward(u, delta, A, B, C, ckpts)
         ctx.block = block
-        ctx.has_h0 = h0 is not None
+        ctx.h0_dtype = None if h0 is None else h0.dtype
         y = rearrange(y, "l b g e -> b (g e) l").to(u.dtype)
-        return y, state.view(b, d, n).to(u.dtype)
+        # The carried state stays in the compute dtype (fp32 for half inputs), as in mamba.
+        return y, state.view(b, d, n)
 
     @staticmethod
     @once_differentiable
@@ -169,7 +170,7 @@ class _SelectiveScanFn(torch.autograd.Function):
         g_C = rearrange(gC, "l b g n -> b g n l")
         if B.dim() == 3:
             g_B, g_C = g_B[:, 0], g_C[:, 0]
-        g_h0 = adj.view(b, d, n).to(u.dtype) if ctx.has_h0 else None
+        g_h0 = None if ctx.h0_dtype is None else adj.view(b, d, n).to(ctx.h0_dtype)
         return (
             rearrange(g_u, "l b d -> b d l").to(u.dtype),
             rearrange(g_dt, "l b d -> b d l").to(delta.dtype),

@@ -82,4 +82,5 @@ def ssd_torch(
     if z is not None:
         y = y * F.silu(z.to(cdt))
     y = y.to(in_dtype)
-    return (y, state.to(in_dtype)) if return_final_state else y
+    # The final state stays in the compute dtype (fp32 for half inputs) for streaming.
+    return (y, state) if return_final_state else y
