@@ -37,9 +37,10 @@ def _check(x: Tensor, timesteps: Tensor) -> list[float]:
     return [float(v) for v in timesteps.double().cpu()]
 
 
-def _scales(process: NoiseProcess, t: float) -> tuple[float, float]:
-    alpha, sigma = process.alpha_sigma(torch.tensor([t], dtype=torch.float64))
-    return float(alpha), float(sigma)
+def _path(process: NoiseProcess, ts: list[float]) -> list[tuple[float, float]]:
+    """(alpha, sigma) at every grid time, computed once per solve."""
+    alpha, sigma = process.alpha_sigma(torch.tensor(ts, dtype=torch.float64))
+    return list(zip(alpha.tolist(), sigma.tolist(), strict=True))
 
 
 def _evaluate(
@@ -104,13 +105,17 @@ def sample_heun(
 
 
 def _ddim_step(
-    x0: Tensor, eps: Tensor, t: float, s: float, process: NoiseProcess, eta: float, generator
+    x0: Tensor,
+    eps: Tensor,
+    now: tuple[float, float],
+    nxt: tuple[float, float],
+    eta: float,
+    generator,
 ) -> Tensor:
-    """One DDIM step t -> s on any Gaussian path (Song et al. 2021, eq. 12)."""
-    a_t, s_t = _scales(process, t)
-    a_s, s_s = _scales(process, s)
+    """One DDIM step between (alpha, sigma) pairs on any Gaussian path (Song et al. 2021, eq. 12)."""
+    (a_t, s_t), (a_s, s_s) = now, nxt
     var = 0.0
-    if eta > 0 and s_s > 0 and s < t:
+    if eta > 0 and 0 < s_s < s_t:  # noise is only added going towards t = 0
         # Posterior variance of q(x_s | x_t, x0): sigma_{t|s}^2 sigma_s^2 / sigma_t^2.
         var = eta**2 * (s_t**2 - (a_t / a_s) ** 2 * s_s**2) * s_s**2 / s_t**2
     x = a_s * x0 + math.sqrt(max(s_s**2 - var, 0.0)) * eps
@@ -130,9 +135,10 @@ def make_ddim(eta: float) -> Callable[..., Tensor]:
     ) -> Tensor:
         """DDIM (eta fixed by `make_ddim`); eta = 0 is deterministic and invertible."""
         ts = _check(x, timesteps)
+        path = _path(process, ts)
         for i in trange(len(ts) - 1, disable=not progress, desc="ddim"):
             _, x0, eps = _evaluate(model, process, x, ts[i])
-            x = _ddim_step(x0, eps, ts[i], ts[i + 1], process, eta, generator)
+            x = _ddim_step(x0, eps, path[i], path[i + 1], eta, generator)
             if callback is not None:
                 callback(i, x, x0)
         return x
@@ -149,13 +155,12 @@ def sample_ddpm(
 ) -> Tensor:
     """Ancestral sampling from the DDPM posterior q(x_s | x_t, x0_hat) (Ho et al. 2020, eq. 7)."""
     ts = _check(x, timesteps)
+    if any(b >= a for a, b in zip(ts, ts[1:], strict=False)):
+        raise ValueError("ddpm needs a decreasing timestep grid")
+    path = _path(process, ts)
     for i in trange(len(ts) - 1, disable=not progress, desc="ddpm"):
-        t, s = ts[i], ts[i + 1]
-        if s >= t:
-            raise ValueError("ddpm needs a decreasing timestep grid")
-        _, x0, _ = _evaluate(model, process, x, t)
-        a_t, s_t = _scales(process, t)
-        a_s, s_s = _scales(process, s)
+        _, x0, _ = _evaluate(model, process, x, ts[i])
+        (a_t, s_t), (a_s, s_s) = path[i], path[i + 1]
         a_ts = a_t / a_s  # alpha_{t|s}
         var_ts = s_t**2 - a_ts**2 * s_s**2  # sigma_{t|s}^2
         mean = (a_ts * s_s**2 / s_t**2) * x + (a_s * var_ts / s_t**2) * x0
@@ -176,11 +181,11 @@ def sample_dpmpp_2m(
     on the last step into t = 0 (sigma = 0), where the update is simply x = x0.
     """
     ts = _check(x, timesteps)
+    path = _path(process, ts)
     x0_prev, h_prev = None, None
     for i in trange(len(ts) - 1, disable=not progress, desc="dpmpp_2m"):
         _, x0, _ = _evaluate(model, process, x, ts[i])
-        a_t, s_t = _scales(process, ts[i])
-        a_s, s_s = _scales(process, ts[i + 1])
+        (a_t, s_t), (a_s, s_s) = path[i], path[i + 1]
         if s_s == 0:
             x = x0
             h = math.inf
