@@ -1,0 +1,94 @@
+"""`cinemamba vae-stats VAE_DIR SHARDS`: per-channel latent mean / std, written into the VAE.
+
+The statistics are those of raw posterior samples (what the diffusion model will see) over the
+first clip of each video, accumulated in float64; they replace the checkpoint's `latent_mean` /
+`latent_std` buffers, so `encode` returns zero-mean, unit-std latents from then on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from cinemamba.eval.reconstruction import iter_clips
+from cinemamba.latents.clips import ClipConfig, to_pixels
+from cinemamba_vae import VideoAutoencoder
+
+NAME = "vae-stats"
+HELP = "compute per-channel latent statistics over shards and store them in a saved VAE"
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def latent_stats(
+    vae: VideoAutoencoder,
+    clips: Iterable[torch.Tensor],
+    *,
+    chunk_frames: int | None = None,
+    seed: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(mean, std, clips used) of raw posterior samples per latent channel (float64 sums)."""
+    c = vae.config.latent_channels
+    total = torch.zeros(c, dtype=torch.float64)
+    total_sq = torch.zeros(c, dtype=torch.float64)
+    count, n = 0, 0
+    gen = torch.Generator().manual_seed(seed)
+    for frames in clips:
+        mean, logvar = vae.encode_moments(to_pixels(frames)[None], chunk_frames=chunk_frames)
+        z = mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=gen)
+        z = z.double().transpose(0, 1).reshape(c, -1)  # (C, N)
+        total += z.sum(dim=1)
+        total_sq += z.pow(2).sum(dim=1)
+        count += z.shape[1]
+        n += 1
+    if n == 0:
+        raise ValueError("no clip to compute latent statistics from")
+    mu = total / count
+    std = (total_sq / count - mu.pow(2)).clamp_min(1e-12).sqrt()
+    return mu.float(), std.float(), n
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """VAE directory, shard set and clip options."""
+    parser.add_argument("vae", help="a saved VideoAutoencoder directory (updated in place)")
+    parser.add_argument("shards", help="raw shard set: a directory, a .tar, a glob or {a..b}")
+    parser.add_argument("--max-videos", type=int, default=64, help="0 = all")
+    parser.add_argument("--clip-frames", type=int, default=17)
+    parser.add_argument("--size", type=int, default=0, help="resize frames (0 = stored size)")
+    parser.add_argument("--chunk-frames", type=int, default=None, help="stream K frames at a time")
+    parser.add_argument("--out", help="write the updated VAE here instead of in place")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Compute the statistics and save the VAE with them."""
+    vae = VideoAutoencoder.from_pretrained(args.vae).eval()
+    s = vae.config.spatial_compression
+    vae.latent_shape(args.clip_frames, s, s)  # fail early, naming the rule, on a bad length
+    clip = ClipConfig(frames=args.clip_frames, height=args.size, width=args.size, start="first")
+    skipped: Counter = Counter()
+
+    def clips():
+        for i, (_, frames) in enumerate(iter_clips(args.shards, clip, skipped)):
+            if args.max_videos and i >= args.max_videos:
+                return
+            yield frames
+
+    total = args.max_videos or None
+    mean, std, n = latent_stats(
+        vae, tqdm(clips(), desc="vae-stats", total=total), chunk_frames=args.chunk_frames
+    )
+    vae.set_latent_stats(mean, std)
+    out = Path(args.out or args.vae)
+    vae.save_pretrained(out)
+    summary = {"clips": n, "skipped": dict(skipped), "mean": mean.tolist(), "std": std.tolist()}
+    print(json.dumps(summary, indent=1))
+    log.info("latent statistics of %d clips written to %s", n, out)
+    return 0

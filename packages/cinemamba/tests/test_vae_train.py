@@ -1,0 +1,146 @@
+"""The VAE task through the engine, and the train-vae / vae-stats / eval-vae commands."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cinemamba.cli import main
+from cinemamba.data.synth import SceneConfig
+from cinemamba.data.synth_video import write_synth
+from cinemamba.eval.reconstruction import evaluate_reconstruction, iter_clips
+from cinemamba.latents.clips import ClipConfig, to_pixels
+from cinemamba.tasks.vae import is_image_batch, load_vae_experiment, train_vae
+from cinemamba_vae import VideoAutoencoder, vae_preset
+from cinemamba_vae.metrics import frames_psnr
+
+REPO = Path(__file__).resolve().parents[3]
+TINY = str(REPO / "configs" / "vae" / "tiny.yaml")
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two synthetic 9-frame 16x16 videos in one shard."""
+    root = tmp_path_factory.mktemp("vae_shards")
+    write_synth(root, "train", 2, SceneConfig(frames=9, height=16, width=16), samples_per_shard=2)
+    return root
+
+
+def overrides(shards: Path, run_dir: Path, steps: int) -> list[str]:
+    return [
+        f"task.data.path={shards}",
+        f"train.run_dir={run_dir}",
+        f"train.steps={steps}",
+        "train.batch_size=2",
+        "train.optimizer.warmup_steps=0",
+        "train.optimizer.lr=3e-3",
+        "train.optimizer.schedule=constant",
+        "train.ema_decay=0",
+        "train.checkpoint_every=0",
+        "train.log_every=1",
+        "train.progress=false",
+        "task.model.base_channels=16",
+        "task.data.clip.frames=5",
+        "task.data.clip.height=16",
+        "task.data.clip.width=16",
+        "task.data.clip.start=first",
+        "task.data.image_prob=0",
+        "task.data.val_clips=1",
+    ]
+
+
+def test_training_steps_reduce_the_loss_and_write_media(shards, tmp_path):
+    run = tmp_path / "run"
+    result = train_vae(load_vae_experiment(TINY, overrides(shards, run, 8)))
+    assert result.reason == "done" and result.step == 8
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    rec = [r["vae/rec"] for r in rows if r.get("kind") == "train"]
+    assert len(rec) == 8 and np.mean(rec[-2:]) < 0.8 * np.mean(rec[:2])
+    evals = [r for r in rows if r.get("kind") == "eval"]
+    assert evals and np.isfinite(evals[-1]["psnr"])
+    assert sorted(p.suffix for p in (run / "samples").iterdir()) == [".mp4", ".png"]
+    vae = VideoAutoencoder.from_pretrained(run / "vae")  # the (EMA) weights, loadable
+    assert vae.config.base_channels == 16
+
+
+def test_image_batches_are_seeded_by_batch_index():
+    flags = [is_image_batch(0, 0, b, 0.25) for b in range(400)]
+    assert flags == [is_image_batch(0, 0, b, 0.25) for b in range(400)]
+    assert 0.15 < np.mean(flags) < 0.35
+    assert not any(is_image_batch(0, 0, b, 0.0) for b in range(50))
+
+
+def test_missing_lpips_weights_is_a_clear_error(shards, tmp_path, capsys):
+    code = main(["train-vae", TINY, f"task.data.path={shards}", f"train.run_dir={tmp_path}",
+                 "task.loss.lpips.weight=0.1"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "lpips.backbone_weights" in err and "random_backbone=true" in err
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_unknown_key_is_named(shards, capsys):
+    assert main(["train-vae", TINY, "task.model.latnet_channels=4"]) == 2
+    assert "latnet_channels" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def saved_vae(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("vae") / "vae"
+    VideoAutoencoder(vae_preset("tiny", base_channels=8, norm_groups=4)).save_pretrained(path)
+    return path
+
+
+def test_vae_stats_normalises_the_latents(saved_vae, shards, tmp_path, capsys):
+    out = tmp_path / "with_stats"
+    args = ["vae-stats", str(saved_vae), str(shards), "--clip-frames", "9", "--out", str(out)]
+    assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["clips"] == 2
+    vae = VideoAutoencoder.from_pretrained(out)
+    assert not torch.allclose(vae.latent_std, torch.ones(8))
+    # Replay the same posterior samples (same seed, same order): normalised, they are exactly
+    # zero-mean and unit-std per channel.
+    gen = torch.Generator().manual_seed(0)
+    clip = ClipConfig(frames=9, start="first")
+    zs = [
+        vae.encode(to_pixels(frames)[None], generator=gen)
+        for _, frames in iter_clips(str(shards), clip, Counter())
+    ]
+    z = torch.cat([t.transpose(0, 1).reshape(8, -1) for t in zs], dim=1).double()
+    torch.testing.assert_close(z.mean(1), torch.zeros(8, dtype=torch.float64), atol=1e-4, rtol=0)
+    torch.testing.assert_close(z.std(1, correction=0), torch.ones(8, dtype=torch.float64),
+                               atol=1e-4, rtol=0)  # fmt: skip
+
+
+def test_eval_vae_report_per_frame(saved_vae, shards, tmp_path, capsys):
+    out = tmp_path / "report"
+    args = ["eval-vae", str(saved_vae), str(shards), "--clip-frames", "5", "--out", str(out),
+            "--lpips-random", "--size", "32"]  # fmt: skip
+    assert main(args) == 0
+    report = json.loads((out / "reconstruction.json").read_text())
+    assert report["clips"] == 2 and report["frames"] == 5
+    assert {k: len(v) for k, v in report["per_frame"].items()} == {"psnr": 5, "ssim": 5, "lpips": 5}
+    assert report["psnr"] == pytest.approx(np.mean(report["per_frame"]["psnr"]), rel=1e-6)
+    assert "| frame |" in (out / "reconstruction.md").read_text()
+    # independent PSNR of the same reconstructions
+    vae = VideoAutoencoder.from_pretrained(saved_vae).eval()
+    clip = ClipConfig(frames=5, height=32, width=32, start="first")
+    psnrs = []
+    with torch.no_grad():
+        for _, frames in iter_clips(str(shards), clip, Counter()):
+            video = to_pixels(frames)[None]
+            psnrs.append(frames_psnr(video, vae.decode(vae.encode(video, sample=False)))[0])
+    assert report["per_frame"]["psnr"] == pytest.approx(torch.stack(psnrs).mean(0).tolist(), 1e-5)
+    # chunked evaluation gives the same numbers; no LPIPS weights -> LPIPS reported absent
+    chunked = evaluate_reconstruction(vae, str(shards), clip_frames=5, size=32, chunk_frames=2)
+    assert chunked["psnr"] == pytest.approx(report["psnr"], rel=1e-5)
+    assert chunked["lpips"] is None
+    with pytest.raises(ValueError, match=r"1 \+ 4\*k"):
+        evaluate_reconstruction(vae, str(shards), clip_frames=6)
