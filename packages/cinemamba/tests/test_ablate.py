@@ -64,7 +64,8 @@ def test_eval_lengths_and_prompts() -> None:
 
 def test_final_loss_from_log(tmp_path) -> None:
     rows = [
-        {"kind": "train", "step": s, "time": s * 0.5, "loss": float(100 - s)} for s in range(1, 21)
+        {"kind": "train", "step": s, "time": s * 0.5, "backbone/loss": float(100 - s)}
+        for s in range(1, 21)
     ]
     rows.insert(3, {"kind": "eval", "step": 3, "time": 1.0, "sample_seconds": 2.0})
     (tmp_path / "log.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
@@ -89,7 +90,7 @@ def _fake_results() -> dict:
     from dataclasses import asdict
 
     def lengths(base: float) -> dict:
-        return {t: {"frames": f, "videos": 2, "seconds_per_video": 0.1 * f, "gen_peak_mib": f / 10,
+        return {t: {"frames": f, "videos": 2, "seconds_per_video": 0.1 * f, "sample_peak_mib": f / 10,
                     "scores": {"colour": base / (1 + i), "quarters": {"q1": base, "q4": base / 2}}}
                 for i, (t, f) in enumerate(tags.items())}  # fmt: skip
 

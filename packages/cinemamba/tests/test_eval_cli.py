@@ -187,3 +187,31 @@ def test_cli_errors_name_the_input(synth, tmp_path, capsys) -> None:
     shutil.copy(synth / "val.plan.json", empty)
     assert main(["eval", "--generated", str(empty), "groundtruth=false"]) == 2
     assert "no .mp4" in capsys.readouterr().err
+
+
+def test_reconstruction_part_uses_the_vae_eval(synth, tmp_path, capsys) -> None:
+    """`--vae` runs the VAE package's reconstruction eval on the shard set; its PSNR equals a
+    direct computation with the same VAE."""
+    from cinemamba.latents.clips import to_pixels
+    from cinemamba_vae import VideoAutoencoder, vae_preset
+    from cinemamba_vae.metrics import frames_psnr
+
+    torch.manual_seed(0)
+    vae = VideoAutoencoder(vae_preset("tiny")).eval()
+    vae.save_pretrained(tmp_path / "vae")
+    code = main(["eval", "--shards", str(synth), "--vae", str(tmp_path / "vae"),
+                 "--out", str(tmp_path / "r"), "groundtruth=false",
+                 "reconstruction.max_videos=1", "reconstruction.clip_frames=9"])  # fmt: skip
+    assert code == 0
+    rec = json.loads((tmp_path / "r" / "eval.json").read_text())["reconstruction"]
+    assert rec["clips"] == 1 and rec["lpips"] is None
+    items = list(iter_shards(str(synth), Counter(), max_frames=9))[:1]
+    with torch.no_grad():
+        psnr = [
+            frames_psnr(v := to_pixels(torch.from_numpy(it.frames))[None], vae.decode(vae.encode(v, sample=False))).mean()
+            for it in items
+        ]  # fmt: skip
+    assert rec["psnr"] == pytest.approx(float(np.mean(psnr)), rel=1e-4)
+    assert "## VAE reconstruction" in (tmp_path / "r" / "eval.md").read_text()
+    assert main(["eval", "--generated", str(tmp_path), "--vae", str(tmp_path / "vae")]) == 2
+    assert "needs `shards`" in capsys.readouterr().err

@@ -132,15 +132,18 @@ def eval_prompts(cfg: AblationConfig) -> list[str]:
 
 
 def _final_loss(log_path: Path, tail: float = 0.1) -> tuple[float | None, float | None]:
-    """Mean training loss over the last `tail` of logged steps, and the loop's seconds."""
+    """Mean training loss over the last `tail` of logged steps, and the loop's seconds so far."""
     if not log_path.is_file():
         return None, None
     rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if r.get("kind") == "train" and "loss" in r]
+    rows = [r for r in rows if r.get("kind") == "train"]
+    # The engine logs each model's loss as `MODEL/loss` (`backbone/loss` here).
+    key = next((k for r in rows for k in r if k == "loss" or k.endswith("/loss")), None)
+    rows = [r for r in rows if key in r]
     if not rows:
         return None, None
     last = rows[-max(1, round(len(rows) * tail)) :]
-    return float(np.mean([r["loss"] for r in last])), float(rows[-1]["time"])
+    return float(np.mean([r[key] for r in last])), float(rows[-1]["time"])
 
 
 def train_step_memory(arch: BackboneConfig, latent_shape: tuple[int, ...], text: tuple[int, int],
@@ -263,9 +266,10 @@ def evaluate_mixer(
             batch = prompts[k : k + e.batch]
             videos += list(to_uint8(pipe.generate(batch, frames=frames, seed=e.seed + k, **gen)))
         seconds = (time.perf_counter() - started) / len(prompts)
-        # The peak is reached inside one solver step (and the decode), so 2 steps measure it.
+        # Denoising only (the VAE decode is the same for every mixer); the peak is reached
+        # inside one solver step, so 2 steps measure it.
         _, peak = peak_memory(
-            lambda f=frames: pipe.generate(
+            lambda f=frames: pipe.sample_latents(
                 prompts[:1], frames=f, seed=e.seed, **{**gen, "steps": 2}
             )
         )
@@ -275,7 +279,7 @@ def evaluate_mixer(
             "frames": frames,
             "videos": len(videos),
             "seconds_per_video": seconds,
-            "gen_peak_mib": peak / MIB,
+            "sample_peak_mib": peak / MIB,
             "scores": mean_scores(rows),
         }
         log.info("%s at %s (%d frames): %.1f s/video", name, tag, frames, seconds)
@@ -405,7 +409,7 @@ def to_markdown(results: Mapping[str, Any]) -> str:
                 "train-step peak MiB",
                 "final loss",
                 *[f"gen s/video {t}" for t in tags],
-                *[f"gen peak MiB {t}" for t in tags],
+                *[f"sampling peak MiB {t}" for t in tags],
             ],
             [
                 [
@@ -417,7 +421,7 @@ def to_markdown(results: Mapping[str, Any]) -> str:
                     m["step_peak_mib"],
                     m["final_loss"],
                     *[m["lengths"][t]["seconds_per_video"] for t in tags],
-                    *[m["lengths"][t]["gen_peak_mib"] for t in tags],
+                    *[m["lengths"][t]["sample_peak_mib"] for t in tags],
                 ]
                 for n, m in mixers.items()
             ],
@@ -477,8 +481,8 @@ def plot(results: Mapping[str, Any], path: Path) -> Path:
         x - 0.4 + width / 2, [mixers[n]["step_peak_mib"] for n in names], width, label="train step"
     )
     for k, t in enumerate(tags, 1):
-        ax.bar(x - 0.4 + width * (k + 0.5), [mixers[n]["lengths"][t]["gen_peak_mib"] for n in names],
-               width, label=f"generate {t}")  # fmt: skip
+        ax.bar(x - 0.4 + width * (k + 0.5), [mixers[n]["lengths"][t]["sample_peak_mib"] for n in names],
+               width, label=f"sample {t}")  # fmt: skip
     ax.set(title="peak tensor memory", ylabel="MiB")
     ax.set_xticks(x, names, rotation=20, fontsize=8)
     ax.legend(fontsize=7)

@@ -313,6 +313,8 @@ def evaluate(cfg: EvalConfig, *, scorer: Scorer | None = None) -> dict:
     """Run every configured part over the configured sets; returns the report dict."""
     if not (cfg.shards or cfg.generated):
         raise ValueError("nothing to evaluate: set `shards` and/or `generated`")
+    if cfg.reconstruction.vae and not cfg.shards:
+        raise ValueError("reconstruction.vae needs `shards` (the videos to reconstruct)")
     # Fail on a missing I3D file or VAE before reading any video.
     features = I3DFeatures.from_file(cfg.fvd.i3d, cfg.fvd.device) if cfg.fvd.i3d else None
     if cfg.groundtruth and scorer is None:
@@ -340,8 +342,6 @@ def evaluate(cfg: EvalConfig, *, scorer: Scorer | None = None) -> dict:
     if features is not None:
         report["fvd"] = _fvd_report(sets, lengths)
     if cfg.reconstruction.vae:
-        if not cfg.shards:
-            raise ValueError("reconstruction.vae needs `shards` (the videos to reconstruct)")
         report["reconstruction"] = run_reconstruction(cfg.shards, cfg.reconstruction)
     return report
 
