@@ -23,6 +23,15 @@ REPO = Path(__file__).resolve().parents[3]
 TINY = str(REPO / "configs" / "vae" / "tiny.yaml")
 
 
+@pytest.fixture(autouse=True)
+def single_thread():
+    """Tiny tensors: one thread is faster, and far faster on an oversubscribed shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two synthetic 9-frame 16x16 videos in one shard."""
