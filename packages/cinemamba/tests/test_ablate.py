@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from cinemamba.ablate import (
@@ -30,6 +31,15 @@ from cinemamba_backbone import BackboneConfig
 
 REPO = Path(__file__).resolve().parents[3]
 EXPERIMENT = str(REPO / "configs/experiment/backbone_tiny.yaml")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one thread avoids 2-thread stalls on the shared, oversubscribed CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def test_mixer_entries_and_training_overrides(tmp_path) -> None:
