@@ -6,8 +6,8 @@
 
 Every case runs in a fresh process. Peak memory is the rise of the peak resident set
 (VmHWM, reset through /proc/self/clear_refs) over the resident set just before the call,
-with inputs already allocated. Times are medians; the machine may be shared, so compare
-numbers within one run (the floor is measured in the same process as the scan).
+with inputs already allocated. Times are medians of process CPU time with one torch thread
+(robust to other jobs on a shared machine); the floor is measured in the same process.
 """
 
 from __future__ import annotations
@@ -54,11 +54,13 @@ def _peak_rise_bytes(fn) -> int:
 
 
 def _median_time(fn, repeats: int) -> float:
+    """Median CPU time of the process: with one thread this is the compute time, robust to
+    other processes taking the cores (wall time on a shared machine is not)."""
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = time.process_time()
         fn()
-        times.append(time.perf_counter() - start)
+        times.append(time.process_time() - start)
     return statistics.median(times)
 
 

@@ -12,8 +12,8 @@ import torch
 from cinemamba_backbone._kernels import kernel_for
 from cinemamba_backbone.ops.attention import attention
 from cinemamba_backbone.ops.conv import causal_conv1d_torch
+from cinemamba_backbone.ops.cpu_scan import selective_scan_torch
 from cinemamba_backbone.ops.reference import causal_conv1d_ref, selective_scan_ref, ssd_ref
-from cinemamba_backbone.ops.selective_scan import selective_scan_torch
 from cinemamba_backbone.ops.ssd import ssd_torch
 
 __all__ = [

@@ -17,7 +17,7 @@ import torch
 from einops import rearrange
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-TILE_BYTES = 512 * 1024  # forward state tile: fits, with its scratch, in a 1-2 MB L2
+TILE_BYTES = 1024 * 1024  # forward state tile (measured: 1 MB beats 128-512 KB, as op count drops)
 
 
 def default_block(length: int) -> int:
