@@ -1,0 +1,104 @@
+"""The demo's stage runner: stamps, reuse, --fresh, config changes, interrupted stages."""
+
+import json
+
+import pytest
+
+from cinemamba.demo.runner import STAMP, Stage, StageRunner, config_hash
+
+
+def _stages(calls: list[str], cfg_a: int = 1, cfg_b: int = 2, fail_b: bool = False):
+    def run_a(work, inputs):
+        calls.append("a")
+        (work / "a.txt").write_text(str(cfg_a))
+        return {"value": cfg_a}
+
+    def run_b(work, inputs):
+        calls.append("b")
+        if (work / "partial.txt").exists():
+            calls.append("b-resumed")
+        (work / "partial.txt").write_text("half")
+        if fail_b:
+            raise RuntimeError("boom")
+        a = int((inputs["a"] / "a.txt").read_text())
+        (work / "b.txt").write_text(str(a + cfg_b))
+        return {"value": a + cfg_b}
+
+    def run_c(work, inputs):
+        calls.append("c")
+        (work / "c.txt").write_text("c")
+
+    return [
+        Stage("a", run_a, {"x": cfg_a}),
+        Stage("b", run_b, {"y": cfg_b}, needs=["a"]),
+        Stage("c", run_c, {}, needs=[]),
+    ]
+
+
+def test_runs_then_reuses_then_fresh(tmp_path):
+    lines: list[str] = []
+    calls: list[str] = []
+    records = StageRunner(tmp_path, _stages(calls), say=lines.append).run()
+    assert calls == ["a", "b", "c"]
+    assert [r.status for r in records] == ["ran"] * 3
+    assert (tmp_path / "b" / "b.txt").read_text() == "3"
+    stamp = json.loads((tmp_path / "b" / STAMP).read_text())
+    assert stamp["hash"] == records[1].hash and stamp["summary"] == {"value": 3}
+    assert not list(tmp_path.glob("*.tmp"))
+    assert any(line.startswith("[demo 1/3] a: done in") for line in lines)
+
+    calls.clear()
+    records = StageRunner(tmp_path, _stages(calls), say=lines.append).run()
+    assert calls == []
+    assert [r.status for r in records] == ["reused"] * 3
+    assert records[1].summary == {"value": 3}
+
+    calls.clear()
+    StageRunner(tmp_path, _stages(calls), fresh=True, say=lines.append).run()
+    assert calls == ["a", "b", "c"]
+
+    calls.clear()
+    StageRunner(tmp_path, _stages(calls), fresh=["a"], say=lines.append).run()
+    assert calls == ["a", "b"]  # b reads a, so it reruns; c does not
+
+
+def test_config_change_redoes_stage_and_dependents_only(tmp_path):
+    calls: list[str] = []
+    StageRunner(tmp_path, _stages(calls), say=lambda s: None).run()
+    calls.clear()
+    StageRunner(tmp_path, _stages(calls, cfg_a=5), say=lambda s: None).run()
+    assert calls == ["a", "b"]
+    assert (tmp_path / "b" / "b.txt").read_text() == "7"
+    calls.clear()
+    StageRunner(tmp_path, _stages(calls, cfg_a=5, cfg_b=1), say=lambda s: None).run()
+    assert calls == ["b"]
+
+
+def test_failed_stage_keeps_partial_work_and_resumes(tmp_path):
+    calls: list[str] = []
+    with pytest.raises(RuntimeError, match="boom"):
+        StageRunner(tmp_path, _stages(calls, fail_b=True), say=lambda s: None).run()
+    assert (tmp_path / "b.tmp" / "partial.txt").exists() and not (tmp_path / "b").exists()
+    calls.clear()
+    StageRunner(tmp_path, _stages(calls), say=lambda s: None).run()
+    assert calls == ["b", "b-resumed", "c"]  # same hash: the partial directory is handed back
+    # A different config wipes the partial directory instead of resuming it.
+    with pytest.raises(RuntimeError):
+        StageRunner(tmp_path, _stages(calls, cfg_b=9, fail_b=True), say=lambda s: None).run()
+    calls.clear()
+    StageRunner(tmp_path, _stages(calls, cfg_b=4), say=lambda s: None).run()
+    assert calls == ["b"]
+
+
+def test_bad_stage_lists_are_rejected(tmp_path):
+    with pytest.raises(ValueError, match="unique"):
+        StageRunner(tmp_path, [Stage("a", lambda w, i: None, {})] * 2)
+    with pytest.raises(ValueError, match="needs"):
+        StageRunner(tmp_path, [Stage("a", lambda w, i: None, {}, needs=["b"])])
+    with pytest.raises(ValueError, match="unknown stage"):
+        StageRunner(tmp_path, [Stage("a", lambda w, i: None, {})], fresh=["zzz"])
+
+
+def test_config_hash_is_order_independent():
+    assert config_hash({"a": 1, "b": [1, 2]}) == config_hash({"b": [1, 2], "a": 1})
+    assert config_hash({"a": 1}) != config_hash({"a": 2})
