@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cinemamba.train import NonFiniteError, TrainConfig, export_weights, train
+from cinemamba.train import NonFiniteError, TrainConfig, consolidate, export_weights, train
 from cinemamba.train import checkpoint as ckpt_io
 from cinemamba.train.toy import RegressionTask, ToyConfig
 
@@ -101,6 +101,11 @@ def test_keep_last_and_atomic_layout(tmp_path: Path) -> None:
     assert (ckpt / "rng" / "rank_00000.pt").is_file()
     with pytest.raises(FileNotFoundError, match="no EMA"):
         export_weights(run, tmp_path / "x.safetensors", ema=True)
+    # the command line gives the same file as the function; the run dir means its latest
+    assert consolidate.main([str(run), str(tmp_path / "cli.safetensors"), "--no-ema"]) == 0
+    ref = _weights(run, 5)
+    cli = load_file(str(tmp_path / "cli.safetensors"))
+    assert sorted(cli) == sorted(ref) and all(torch.equal(cli[k], ref[k]) for k in ref)
 
 
 @pytest.mark.parametrize("stage", ["zero0", "zero3"])

@@ -430,6 +430,9 @@ class Trainer:
                     self._evaluate(step)
             if start == cfg.steps:
                 self.monitor.message(f"already at step {step} of {cfg.steps}; nothing to do")
+            # No rank leaves (and tears down its sockets) while a peer still finishes its last
+            # collective.
+            dist.barrier()
             return TrainResult(step, "done", last_ckpt, losses)
         finally:
             self._restore_signal_handlers()
