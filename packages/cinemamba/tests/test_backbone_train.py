@@ -153,3 +153,33 @@ def test_resumed_run_continues_exactly(made: dict[str, Path]) -> None:
     train_backbone(_experiment(made, "resumed", "train.steps=3", "train.batch_size=1"))
     a, b = _losses(made["root"] / "straight"), _losses(made["root"] / "resumed")
     assert len(a) == len(b) == 3 and a == b, (a, b)
+
+
+def test_raw_bad_samples_are_dropped_and_counted(made: dict[str, Path]) -> None:
+    """A corrupt video in a raw shard is dropped from its micro-batch and counted by reason."""
+    import io
+    import shutil
+    import tarfile
+
+    bad = made["root"] / "raw_bad"
+    shutil.copytree(made["raw"], bad)
+    for shard in bad.glob("*.tar"):
+        with tarfile.open(shard) as tar:
+            members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+        with tarfile.open(shard, "w") as tar:
+            for m, data in members:
+                data = b"garbage" if m.name.endswith("0000000.mp4") else data
+                m.size = len(data)
+                tar.addfile(m, io.BytesIO(data))
+    exp = _experiment(made, "unused", "task.data.source=raw", f"task.data.path={bad}",
+                      "task.data.clip.frames=9", "task.data.clip.start=random")  # fmt: skip
+    task = BackboneTask(exp.task)
+    task.validate()
+    data = task.train_data(
+        DataSpec(rank=0, world_size=1, micro_batch_size=2, seed=0, start_batch=0)
+    )
+    sizes = [next(data)["frames"].shape[0] for _ in range(6)]
+    bad_draws = task.skipped().get("undecodable", 0)
+    assert bad_draws > 0 and sum(sizes) == 12 - bad_draws and min(sizes) >= 1
+    batch = next(data)
+    assert batch["frames"].dtype == torch.uint8 and batch["frames"].shape[1:] == (9, 32, 32, 3)
