@@ -98,8 +98,12 @@ class StageRunner:
         *,
         fresh: bool | Sequence[str] = False,
         say: Callable[[str], None] = _say,
+        label: str = "demo",
+        total: int | None = None,
     ) -> None:
         self.out = Path(out)
+        self.label = label
+        self.total = total or len(stages)  # steps shown in progress lines (may include more)
         self.stages = list(stages)
         names = [s.name for s in self.stages]
         if len(set(names)) != len(names):
@@ -148,9 +152,8 @@ class StageRunner:
         self.out.mkdir(parents=True, exist_ok=True)
         records: list[StageRecord] = []
         redo = set(self.fresh)
-        total = len(self.stages)
         for k, stage in enumerate(self.stages, 1):
-            head = f"[demo {k}/{total}] {stage.name}"
+            head = f"[{self.label} {k}/{self.total}] {stage.name}"
             # A stage that reruns makes everything reading it rerun, whatever its stamp says.
             if any(n in redo for n in stage.needs):
                 redo.add(stage.name)
