@@ -31,7 +31,7 @@ COMMON = [
     "train.steps=6", "train.batch_size=8", "train.grad_accum=2", "train.log_every=1",
     "train.checkpoint_every=2", "train.keep_last=10", "train.progress=false",
     "train.optimizer.lr=0.05", "train.optimizer.warmup_steps=2", "train.optimizers.critic.lr=0.01",
-    "train.ema_decay=0.8", "task.adversarial=true",
+    "train.ema_decay=0.8", "train.eval_every=2", "task.adversarial=true",
 ]  # fmt: skip
 # fp32 sums over 2 ranks vs 1 rank differ only in rounding order
 TRAJECTORY_RTOL = 1e-5
@@ -96,13 +96,13 @@ def _ok(proc: subprocess.CompletedProcess) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
 
 
-def _losses(run_dir: Path) -> dict[int, dict[str, float]]:
+def _losses(run_dir: Path, kind: str = "train") -> dict[int, dict[str, float]]:
     """Per step, the last logged record (a resumed run re-logs steps after its checkpoint)."""
     out = {}
     for line in (run_dir / "log.jsonl").read_text().splitlines():
         rec = json.loads(line)
-        if rec["kind"] == "train":
-            out[rec["step"]] = {k: v for k, v in rec.items() if k.endswith(("/loss", "/mse"))}
+        if rec["kind"] == kind:
+            out[rec["step"]] = {k: v for k, v in rec.items() if k.endswith(("loss", "mse"))}
     return out
 
 
@@ -126,6 +126,12 @@ def test_two_process_zero_matches_one_process(runs: dict[str, Path], stage: str)
         assert set(ref[step]) == {"regressor/loss", "regressor/mse", "critic/loss"}
         for key, value in ref[step].items():
             assert got[step][key] == pytest.approx(value, rel=TRAJECTORY_RTOL), (step, key)
+    # evaluation every 2 steps swaps the EMA into the (partitioned) weights and back: the
+    # EMA scores agree, and the trajectory above shows the trained weights came back intact
+    ref, got = _losses(runs["z0"], "eval"), _losses(runs[stage], "eval")
+    assert sorted(ref) == sorted(got) == [2, 4, 6]
+    for step in ref:
+        assert got[step]["mse"] == pytest.approx(ref[step]["mse"], rel=TRAJECTORY_RTOL)
 
 
 @pytest.mark.parametrize("stage", ["z2", "z3"])

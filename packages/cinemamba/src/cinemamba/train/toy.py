@@ -25,7 +25,8 @@ from cinemamba.train.config import TrainConfig
 from cinemamba.train.runner import main as runner_main
 from cinemamba.train.task import DataSpec, LossOutput
 
-HELD_OUT = 2**40  # the evaluation stream; training streams are micro-batch indices
+HELD_OUT = 2**40  # the evaluation stream; training streams are blocks of sample indices
+_BLOCK = 64  # samples drawn per generator seed
 
 
 @dataclass
@@ -92,29 +93,33 @@ class RegressionTask:
         y = x @ w + self.cfg.noise * torch.randn(count, 1, generator=gen)
         return x, y
 
-    def _global_micro(self, seed: int, j: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Global micro-batch `j` (all ranks' samples), independent of how it is split."""
-        if not self.cfg.data:
-            return self._synthetic(seed, j, size)
-        if self.table is None:
-            blob = torch.load(self.cfg.data, weights_only=True)
-            self.table = (blob["x"].float(), blob["y"].float())
-        x, y = self.table
-        idx = torch.arange(j * size, (j + 1) * size) % len(x)
-        return x[idx], y[idx]
+    def _samples(self, seed: int, first: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Samples `first .. first+count-1` of the stream: a pure function of the sample index,
+        so the same global batch comes out however it is split over ranks and micro-batches."""
+        if self.cfg.data:
+            if self.table is None:
+                blob = torch.load(self.cfg.data, weights_only=True)
+                self.table = (blob["x"].float(), blob["y"].float())
+            x, y = self.table
+            idx = torch.arange(first, first + count) % len(x)
+            return x[idx], y[idx]
+        blocks = range(first // _BLOCK, (first + count - 1) // _BLOCK + 1)
+        parts = [self._synthetic(seed, b, _BLOCK) for b in blocks]
+        x = torch.cat([p[0] for p in parts])
+        y = torch.cat([p[1] for p in parts])
+        start = first - blocks[0] * _BLOCK
+        return x[start : start + count], y[start : start + count]
 
     def train_data(self, spec: DataSpec) -> Iterator[dict[str, torch.Tensor]]:
-        """Rank r's slice of global micro-batch j (world_size x micro_batch_size samples)."""
+        """Micro-batch j of rank r: global samples (j*W + r)*m ... (j*W + r)*m + m - 1."""
         self.seed = spec.seed
         m = spec.micro_batch_size
         j = spec.start_batch
         while True:
-            x, y = self._global_micro(spec.seed, j, spec.world_size * m)
-            first = spec.rank * m
-            x, y = x[first : first + m], y[first : first + m]
+            first = (j * spec.world_size + spec.rank) * m
+            x, y = self._samples(spec.seed, first, m)
             if self.cfg.bad_every:
-                index = torch.arange(first, first + m) + j * spec.world_size * m
-                keep = index % self.cfg.bad_every != 0
+                keep = torch.arange(first, first + m) % self.cfg.bad_every != 0
                 self.dropped += int((~keep).sum())
                 x, y = x[keep], y[keep]
             yield {"x": x, "y": y}
