@@ -69,6 +69,9 @@ class StageRecord:
     seconds: float  # wall time of the run that produced the directory
     finished: str  # ISO time the directory was completed
     summary: dict[str, Any] = field(default_factory=dict)
+    # CPU time of this process (all its threads) in the stage: on a shared, oversubscribed
+    # machine it is what the wall time would be on idle cores (single-threaded runs).
+    cpu_seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -77,6 +80,7 @@ class StageRecord:
             "hash": self.hash,
             "status": self.status,
             "seconds": round(self.seconds, 2),
+            "cpu_seconds": round(self.cpu_seconds, 2),
             "finished": self.finished,
             "summary": self.summary,
         }
@@ -170,6 +174,7 @@ class StageRunner:
                         float(stamp["seconds"]),
                         stamp["finished"],
                         dict(stamp.get("summary") or {}),
+                        float(stamp.get("cpu_seconds", 0.0)),
                     )
                 )
                 continue
@@ -191,22 +196,29 @@ class StageRunner:
         what = f" - {stage.description}" if stage.description else ""
         self.say(f"{head}: {'resuming' if resumed else 'running'}{what}")
         inputs = {n: self.directory(n) for n in stage.needs}
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         spent_before = float(pending.get("seconds", 0.0)) if resumed and pending else 0.0
+        cpu_before = float(pending.get("cpu_seconds", 0.0)) if resumed and pending else 0.0
         try:
             summary = dict(stage.run(work, inputs) or {})
         except BaseException:
             # Keep the partial work (and the time spent) for a resumed run with the same hash.
             spent = spent_before + time.perf_counter() - start
-            write_json(work / PENDING, {"hash": digest, "config": stage.config, "seconds": spent})
+            cpu = cpu_before + time.process_time() - cpu_start
+            write_json(
+                work / PENDING,
+                {"hash": digest, "config": stage.config, "seconds": spent, "cpu_seconds": cpu},
+            )
             self.say(f"{head}: failed after {spent:.1f} s (partial output kept in {work})")
             raise
         seconds = spent_before + time.perf_counter() - start
+        cpu = cpu_before + time.process_time() - cpu_start
         finished = time.strftime("%Y-%m-%dT%H:%M:%S")
         stamp = {
             "hash": digest,
             "stage": stage.name,
             "seconds": round(seconds, 2),
+            "cpu_seconds": round(cpu, 2),
             "finished": finished,
             "config": stage.config,
             "summary": summary,
@@ -216,8 +228,8 @@ class StageRunner:
         if final.exists():
             shutil.rmtree(final)
         os.replace(work, final)
-        self.say(f"{head}: done in {seconds:.1f} s")
-        return StageRecord(stage.name, digest, "ran", seconds, finished, summary)
+        self.say(f"{head}: done in {seconds:.1f} s (CPU {cpu:.1f} s)")
+        return StageRecord(stage.name, digest, "ran", seconds, finished, summary, cpu)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

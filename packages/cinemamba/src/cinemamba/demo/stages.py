@@ -19,18 +19,22 @@ from typing import Any
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
+from cinemamba.config import ConfigError
 from cinemamba.data.synth import SceneObject, trajectory
 from cinemamba.data.synth_video import render_scene, write_synth
 from cinemamba.data.video import write_video
 from cinemamba.demo.config import DemoConfig, is_heldout, plain, prompt_specs
+from cinemamba.demo.context import CleanContext
 from cinemamba.demo.runner import Stage, write_json
 from cinemamba.latents.clips import ClipConfig
 from cinemamba.latents.export import ExportConfig, export_latents
-from cinemamba.tasks.backbone import train_backbone
+from cinemamba.tasks.backbone import BackboneTask
 from cinemamba.tasks.vae import train_vae
 from cinemamba.train import checkpoint as ckpt_io
+from cinemamba.train import train
 from cinemamba.train.export import consolidated_state_dict
 from cinemamba_backbone import VideoDiT
 from cinemamba_conditioning import build_text_encoder
@@ -203,6 +207,8 @@ def export_stage(cfg: DemoConfig) -> Stage:
 def backbone_experiment(cfg: DemoConfig):
     """The backbone experiment as the demo runs it (checkpoints at half and all steps)."""
     exp = copy.deepcopy(cfg.backbone)
+    if cfg.context_prob > 0 and not exp.task.per_frame_t:
+        raise ConfigError("context_prob > 0 needs backbone.task.per_frame_t=true")
     exp.task.text_encoder = copy.deepcopy(cfg.text_encoder)
     exp.task.data.source = "latents"
     exp.task.samples.prompts = []  # the demo generates its own videos afterwards
@@ -221,20 +227,26 @@ def backbone_stage(cfg: DemoConfig) -> Stage:
     hashed.train.run_dir = ""
     hashed.task.vae = ""
     hashed.task.data.path = ""
+    hashed = {**_hashable(hashed), "context_prob": cfg.context_prob}
+    if cfg.context_prob > 0:
+        hashed["context_frames"] = cfg.generate.context
 
     def run(work: Path, inputs: Mapping[str, Path]) -> dict[str, Any]:
         job = copy.deepcopy(exp)
         job.train.run_dir = str(work / RUN_DIR)
         job.task.vae = str(inputs["vae-stats"] / VAE_DIR)
         job.task.data.path = str(inputs["export"] / LATENTS_DIR)
-        result = train_backbone(job)
-        return {"steps": result.step, "losses": result.losses}
+        task = BackboneTask(job.task)
+        if cfg.context_prob > 0:
+            task.process = CleanContext(task.process, cfg.context_prob, cfg.generate.context)
+        result = train(job.train, task, full_config=OmegaConf.structured(job))
+        return {"steps": result.step, **{k: round(v, 5) for k, v in result.losses.items()}}
 
     b = exp.task.backbone
     return Stage(
         "backbone",
         run,
-        _hashable(hashed),
+        hashed,
         needs=["vae-stats", "export"],
         description=(
             f"{b.mixer} VideoDiT (width {b.hidden_size}, depth {b.depth}), "
