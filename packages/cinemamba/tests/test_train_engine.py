@@ -103,6 +103,19 @@ def test_grad_accum_matches_one_big_batch(tmp_path: Path) -> None:
             torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
 
 
+def test_phase_skipped_until_it_starts(tmp_path: Path) -> None:
+    """A phase whose loss is None (a discriminator that starts late) neither steps nor logs."""
+    run = tmp_path / "run"
+    train(_cfg(run, steps=4, ema_decay=0.0), RegressionTask(ToyConfig(adversarial=True, critic_start=2)))  # fmt: skip
+    logged = [("critic/loss" in r) for r in _records(run)]
+    assert logged == [False, False, True, True]
+    torch.manual_seed(0)
+    initial = RegressionTask(ToyConfig(adversarial=True)).build_models()["critic"].state_dict()
+    c2, c3 = (_weights(run, s, model="critic") for s in (2, 3))
+    assert all(torch.equal(c2[k], initial[k]) for k in c2)
+    assert not all(torch.equal(c3[k], initial[k]) for k in c3)
+
+
 def test_keep_last_and_atomic_layout(tmp_path: Path) -> None:
     """Only the last K checkpoints stay, none under a temporary name."""
     run = tmp_path / "run"

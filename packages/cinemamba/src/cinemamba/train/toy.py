@@ -39,6 +39,7 @@ class ToyConfig:
     data: str = ""  # optional .pt file with tensors x (N, dim), y (N, 1); empty: synthetic
     adversarial: bool = False  # add a critic model and phase (two optimizers)
     critic_weight: float = 0.1
+    critic_start: int = 0  # the critic phase is skipped before this step (a GAN's late start)
     bad_every: int = 0  # every n-th sample is "corrupt": dropped and counted (logging test)
     fault_nan_loss_at: int = -1  # step whose loss is NaN
     fault_nan_grad_at: int = -1  # step whose loss is finite but gradient is NaN
@@ -131,7 +132,7 @@ class RegressionTask:
 
     def loss(
         self, phase: str, models: Mapping[str, nn.Module], batch: dict, step: int
-    ) -> LossOutput:
+    ) -> LossOutput | None:
         """MSE (+ critic term) for the regressor; a least-squares critic loss for the critic."""
         cfg = self.cfg
         if step == cfg.fault_kill_at:
@@ -155,6 +156,8 @@ class RegressionTask:
                     0.0 * sum(p.sum() for p in models["regressor"].parameters())
                 )
             return LossOutput(loss, logs)
+        if step < cfg.critic_start:
+            return None
         real = models["critic"](torch.cat([x, y], dim=1)).float()
         fake = models["critic"](torch.cat([x, pred.detach()], dim=1)).float()
         return LossOutput((real - 1).pow(2).mean() + fake.pow(2).mean())

@@ -248,16 +248,16 @@ class Trainer:
                 p.requires_grad_(active is None or name == active)
 
     def _run_phase(self, phase: str, batches: list[Any], step: int) -> dict[str, float] | None:
-        cfg = self.cfg
+        """Accumulate over the micro-batches, agree on skipping, step one model; its stats."""
         engine = self.engines[phase]
-        lr = lr_at(self.opt_cfgs[phase], step, cfg.steps)
+        lr = lr_at(self.opt_cfgs[phase], step, self.cfg.steps)
         for group in engine.optimizer.param_groups:
             group["lr"] = lr
         self.grad_bad[phase].zero_()
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         loss_bad = torch.zeros((), dtype=torch.float64, device=self.device)
         logs: dict[str, torch.Tensor] = {}
-        ran = []
+        skipped_micro = 0
         own_norm = None
         # The active model is its DeepSpeed engine; the others are their bare modules, frozen:
         # an engine's forward hooks would otherwise start its own backward bookkeeping (and
@@ -267,14 +267,14 @@ class Trainer:
         try:
             for i, batch in enumerate(batches):
                 raw = self.task.loss(phase, views, batch, step)
-                ran.append(raw is not None)
-                if raw is None:
-                    continue
-                if not all(ran):
+                skipped_micro += raw is None
+                if skipped_micro not in (0, i + 1):
                     raise ValueError(
                         f"task.loss skipped phase {phase!r} for some micro-batches of step {step}"
                         " but not others; decide from the step only"
                     )
+                if raw is None:
+                    continue
                 out = as_loss_output(raw, phase)
                 value = out.loss.detach().double()
                 finite = torch.isfinite(value)
@@ -285,25 +285,7 @@ class Trainer:
                     logs[key] = logs.get(key, torch.zeros_like(v)) + v
                 engine.backward(out.loss)
                 if i == len(batches) - 1:
-                    keys = sorted(logs)
-                    vec = torch.stack(
-                        [loss_sum, loss_bad, self.grad_bad[phase].double(),
-                         torch.tensor(float(self._signal > 0), device=self.device, dtype=torch.float64),
-                         *(logs[k] for k in keys)]
-                    )  # fmt: skip
-                    distributed.all_reduce_sum(vec)
-                    bad = vec[1].item() > 0 or vec[2].item() > 0
-                    if vec[3].item() > 0:
-                        self._signal = self._signal or signal.SIGTERM
-                    if bad:
-                        what = "loss" if vec[1].item() > 0 else "gradient"
-                        msg = f"step {step}: non-finite {what} in phase {phase!r}"
-                        if cfg.nonfinite == "stop":
-                            raise NonFiniteError(
-                                f"{msg}; stopping (train.nonfinite=stop). Weights are unchanged "
-                                "since the last step; set train.nonfinite=skip to skip such steps"
-                            )
-                        self.monitor.message(f"{msg}: optimizer step skipped, weights unchanged")
+                    totals, bad = self._agree(phase, step, loss_sum, loss_bad, logs)
                     self.gates[phase].skip = bad
                     if not bad and self.stage == 0 and self.dtype == torch.float32:
                         # DeepSpeed reports no norm here; the grads are full and reduced.
@@ -312,11 +294,11 @@ class Trainer:
                 self.gates[phase].skip = False
         finally:
             self._set_frozen(None)
-        if not any(ran):
+        if skipped_micro:
             return None
         n = len(batches) * self.world
-        stats = {"loss": vec[0].item() / n, "lr": lr, "skipped": float(bad)}
-        stats.update({k: vec[4 + j].item() / n for j, k in enumerate(keys)})
+        stats = {"loss": totals.pop("loss") / n, "lr": lr, "skipped": float(bad)}
+        stats.update({k: v / n for k, v in totals.items()})
         if bad:
             self.bad_steps[phase] = self.bad_steps.get(phase, 0) + 1
             return stats
@@ -324,9 +306,40 @@ class Trainer:
         norm = own_norm if norm is None else norm
         if norm is not None:
             stats["grad_norm"] = float(norm)
-        if phase in self.emas and (step + 1) % cfg.ema_every == 0:
+        if phase in self.emas and (step + 1) % self.cfg.ema_every == 0:
             self.emas[phase].update()
         return stats
+
+    def _agree(
+        self,
+        phase: str,
+        step: int,
+        loss_sum: torch.Tensor,
+        loss_bad: torch.Tensor,
+        logs: dict[str, torch.Tensor],
+    ) -> tuple[dict[str, float], bool]:
+        """One all-reduce per phase and step: summed losses and logs, non-finite counts and
+        the preemption flag. Returns the sums and whether every rank skips this step."""
+        keys = sorted(logs)
+        signalled = torch.tensor(float(self._signal != 0), dtype=torch.float64, device=self.device)
+        vec = torch.stack(
+            [loss_sum, loss_bad, self.grad_bad[phase].double(), signalled, *(logs[k] for k in keys)]
+        )
+        distributed.all_reduce_sum(vec)
+        values = vec.tolist()
+        if values[3] > 0:
+            self._signal = self._signal or signal.SIGTERM
+        bad = values[1] > 0 or values[2] > 0
+        if bad:
+            what = "loss" if values[1] > 0 else "gradient"
+            msg = f"step {step}: non-finite {what} in phase {phase!r}"
+            if self.cfg.nonfinite == "stop":
+                raise NonFiniteError(
+                    f"{msg}; stopping (train.nonfinite=stop). Weights are unchanged since the "
+                    "last step; set train.nonfinite=skip to skip such steps"
+                )
+            self.monitor.message(f"{msg}: optimizer step skipped, weights unchanged")
+        return {"loss": values[0], **dict(zip(keys, values[4:], strict=True))}, bad
 
     # ---------------------------------------------------------------- loop
     def _evaluate(self, step: int) -> None:
