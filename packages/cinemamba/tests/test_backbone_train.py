@@ -27,6 +27,15 @@ pytestmark = pytest.mark.distributed
 CONFIG = Path(__file__).parents[3] / "configs" / "experiment" / "backbone_tiny.yaml"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny tensors: one thread avoids 2-thread stalls on the shared, oversubscribed CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """4 raw synth videos (12 frames, 32x32, 2 per shard), a tiny VAE, their latent export."""
@@ -144,7 +153,6 @@ def test_cli_reports_config_errors_in_one_line(made: dict[str, Path], capsys) ->
     assert "task.data.path='/nope' is not a shard directory" in capsys.readouterr().err
 
 
-@pytest.mark.slow
 def test_resumed_run_continues_exactly(made: dict[str, Path]) -> None:
     """3 steps straight == 2 steps, stop, resume to 3 (latent stream and noise by batch index)."""
     straight = _experiment(made, "straight", "train.steps=3", "train.batch_size=1")
