@@ -10,12 +10,14 @@ discriminator would. The `fault_*` fields inject failures for the engine's tests
 from __future__ import annotations
 
 import os
+import random
 import signal
 import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -40,6 +42,7 @@ class ToyConfig:
     adversarial: bool = False  # add a critic model and phase (two optimizers)
     critic_weight: float = 0.1
     critic_start: int = 0  # the critic phase is skipped before this step (a GAN's late start)
+    input_noise: float = 0.0  # augmentation drawn from the python, numpy and torch RNGs
     bad_every: int = 0  # every n-th sample is "corrupt": dropped and counted (logging test)
     fault_nan_loss_at: int = -1  # step whose loss is NaN
     fault_nan_grad_at: int = -1  # step whose loss is finite but gradient is NaN
@@ -140,6 +143,10 @@ class RegressionTask:
         if step == cfg.fault_sigterm_at and phase == self.phases[0]:
             os.kill(os.getpid(), signal.SIGTERM)
         x, y = batch["x"], batch["y"]
+        if cfg.input_noise:
+            # all three global RNGs, so an exact resume needs every one of them restored
+            scale = cfg.input_noise * (0.5 + random.random()) * (0.5 + float(np.random.rand()))
+            x = x + scale * torch.randn_like(x)
         pred = models["regressor"](x)
         if phase == "regressor":
             mse = F.mse_loss(pred.float(), y.float())
