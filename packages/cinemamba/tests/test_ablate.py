@@ -1,9 +1,10 @@
-"""`cinemamba ablate`: mixer entries and overrides, lengths, loss/memory measurement, the
-report and plot from a results dict, and config errors."""
+"""`cinemamba ablate`: mixer entries and the per-mixer experiment, lengths, loss and memory
+measurement, the report and plot from a results dict, config errors; end to end (slow)."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -18,19 +19,21 @@ from cinemamba.ablate import (
     ablation_stages,
     eval_lengths,
     eval_prompts,
-    mixer_overrides,
+    experiment_yaml,
+    mixer_experiment,
     mixer_pattern,
-    train_overrides,
+    run_ablation,
     train_step_memory,
     write_report,
 )
 from cinemamba.cli import main
-from cinemamba.data.synth import parse_caption
+from cinemamba.config import ConfigError
+from cinemamba.demo.config import SCORES, load_demo_config
 from cinemamba.tasks.backbone import load_backbone_experiment
 from cinemamba_backbone import BackboneConfig
 
 REPO = Path(__file__).resolve().parents[3]
-EXPERIMENT = str(REPO / "configs/experiment/backbone_tiny.yaml")
+DEMO = str(REPO / "configs/experiment/demo.yaml")
 
 
 @pytest.fixture(autouse=True)
@@ -42,41 +45,51 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def test_mixer_entries_and_training_overrides(tmp_path) -> None:
+@pytest.fixture(scope="module")
+def demo():
+    return load_demo_config(DEMO)
+
+
+def test_mixer_entries_and_experiments(demo, tmp_path) -> None:
     assert mixer_pattern("bimamba") == ["bimamba"]
     assert mixer_pattern("bimamba+attention") == ["bimamba", "attention"]
     with pytest.raises(ValueError, match="'mambo'.*valid"):
         mixer_pattern("mambo+attention")
-    cfg = AblationConfig(experiment=EXPERIMENT, vae="v", latents="l", steps=7, seed=5,
-                         overrides=["train.batch_size=2"])  # fmt: skip
+    cfg = AblationConfig(demo=DEMO, steps=7, seed=5, overrides=[
+        "train.batch_size=2", "task.backbone.mixer=attention", "task.per_frame_t=false"])  # fmt: skip
     for name, blocks in [
         ("mamba", ["mamba", "mamba"]),
         ("attention+bimamba", ["attention", "bimamba"]),
     ]:
-        exp = load_backbone_experiment(cfg.experiment, train_overrides(cfg, name, tmp_path / "r"))
+        exp = mixer_experiment(cfg, demo, name, tmp_path / "r", tmp_path / "v", tmp_path / "l")
+        # The mixer's own setting wins over a shared override; everything else is shared.
         assert exp.task.backbone.block_mixers() == blocks
         assert (exp.train.steps, exp.train.seed, exp.train.batch_size) == (7, 5, 2)
-        assert exp.train.run_dir == str(tmp_path / "r")
-        assert (exp.task.vae, exp.task.data.path) == ("v", "l")
-    # The mixer's own overrides come last, so a shared override cannot change the mixer.
-    assert train_overrides(cfg, "mamba", tmp_path)[-2:] == mixer_overrides("mamba")
+        assert exp.task.per_frame_t is False and exp.task.data.source == "latents"
+        assert exp.task.text_encoder == demo.text_encoder
+        assert exp.task.backbone.hidden_size == demo.backbone.task.backbone.hidden_size
+        # The YAML the training child reads rebuilds the same experiment.
+        (tmp_path / "e.yaml").write_text(experiment_yaml(exp))
+        again = load_backbone_experiment(tmp_path / "e.yaml")
+        assert asdict(again.task) == asdict(exp.task)
+        assert (again.train.steps, again.train.run_dir) == (7, str(tmp_path / "r"))
+    with pytest.raises(ConfigError, match="task.backbone.widht"):
+        bad = AblationConfig(demo=DEMO, overrides=["task.backbone.widht=3"])
+        mixer_experiment(bad, demo, "mamba", tmp_path, tmp_path, tmp_path)
 
 
-def test_eval_lengths_and_prompts() -> None:
-    cfg = AblationConfig(eval=AblationEval(lengths=[1, 4, 8], prompts=5))
+def test_eval_lengths_and_prompts(demo) -> None:
+    cfg = AblationConfig(eval=AblationEval(lengths=[1, 4, 8]))
     # m times the training clip's frame intervals: latent frames scale by m for a causal VAE.
-    assert eval_lengths(cfg, 17) == {"1x": 17, "4x": 65, "8x": 129}
-    prompts = eval_prompts(cfg)
-    assert len(prompts) == 5 and len(set(prompts)) == 5
-    assert all(parse_caption(p) for p in prompts)  # every prompt is scorable
-    assert eval_prompts(cfg) == prompts  # a pure function of the seed
+    assert eval_lengths(cfg, 33) == {"1x": 33, "4x": 129, "8x": 257}
+    assert eval_prompts(cfg, demo) == list(demo.generate.prompts)
+    cfg.eval.prompts = ["a red star stays still"]
+    assert eval_prompts(cfg, demo) == ["a red star stays still"]
 
 
 def test_final_loss_from_log(tmp_path) -> None:
-    rows = [
-        {"kind": "train", "step": s, "time": s * 0.5, "backbone/loss": float(100 - s)}
-        for s in range(1, 21)
-    ]
+    rows = [{"kind": "train", "step": s, "time": s * 0.5, "backbone/loss": float(100 - s)}
+            for s in range(1, 21)]  # fmt: skip
     rows.insert(3, {"kind": "eval", "step": 3, "time": 1.0, "sample_seconds": 2.0})
     (tmp_path / "log.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     loss, seconds = _final_loss(tmp_path / "log.jsonl")
@@ -85,7 +98,7 @@ def test_final_loss_from_log(tmp_path) -> None:
     assert _final_loss(tmp_path / "missing.jsonl") == (None, None)
 
 
-def test_train_step_memory_grows_with_batch_and_attention_length() -> None:
+def test_train_step_memory_grows_with_batch() -> None:
     arch = BackboneConfig.from_preset("tiny", in_channels=4, text_dim=16, sample_size=4)
     small = train_step_memory(arch, (4, 3, 4, 4), (5, 16), batch=1)
     big = train_step_memory(arch, (4, 3, 4, 4), (5, 16), batch=4)
@@ -93,53 +106,108 @@ def test_train_step_memory_grows_with_batch_and_attention_length() -> None:
 
 
 def _fake_results() -> dict:
-    tags = {"1x": 17, "4x": 65}
-    cfg = AblationConfig(experiment=EXPERIMENT, steps=10)
-    cfg.eval.lengths = [1, 4]
-    cfg.eval.headline = ["colour", "quarters/q4"]
-    from dataclasses import asdict
+    tags = {"1x": 33, "4x": 129}
+    cfg = AblationConfig(demo=DEMO, steps=10, eval=AblationEval(lengths=[1, 4]))
 
-    def lengths(base: float) -> dict:
-        return {t: {"frames": f, "videos": 2, "seconds_per_video": 0.1 * f, "sample_peak_mib": f / 10,
-                    "scores": {"colour": base / (1 + i), "quarters": {"q1": base, "q4": base / 2}}}
-                for i, (t, f) in enumerate(tags.items())}  # fmt: skip
+    def scores(base: float) -> dict:
+        s = {k: base for k in SCORES}
+        return {
+            **s,
+            "drift": 0.25,
+            "quarters": {f"q{q}": {k: base - 0.1 * q for k in SCORES} for q in range(1, 5)},
+        }
 
     mixers = {
         name: {"mixer": name, "pattern": name.split("+"), "params": 1000 + k, "steps": 10,
                "batch_size": 8, "train_seconds": 12.5 + k, "wall_seconds": 20.0,
                "peak_rss_mib": 900.0, "step_peak_mib": 3.0 + k, "final_loss": 0.5 - 0.1 * k,
-               "lengths": lengths(0.9 - 0.2 * k)}
+               "lengths": {t: {"frames": f, "videos": 4, "seconds_per_video": 0.1 * f,
+                               "sample_peak_mib": f / 10, "scores": scores(0.9 - 0.2 * k - 0.1 * i)}
+                           for i, (t, f) in enumerate(tags.items())}}
         for k, name in enumerate(["bimamba", "attention", "bimamba+attention"])
     }  # fmt: skip
-    ceiling = {t: {"frames": f, "videos": 2, "scores": {"colour": 1.0, "quarters": {"q1": 1.0, "q4": 1.0}}}
-               for t, f in tags.items()}  # fmt: skip
+    ceiling = {t: {"frames": f, "videos": 4, "scores": scores(1.0)} for t, f in tags.items()}
     return {"config": asdict(cfg), "mixers": mixers, "ceiling": ceiling}
 
 
 def test_report_markdown_and_plot(tmp_path) -> None:
-    results = _fake_results()
-    json_path, md_path, png_path = write_report(results, tmp_path)
+    json_path, md_path, png_path = write_report(_fake_results(), tmp_path)
     assert json.loads(json_path.read_text())["mixers"]["attention"]["params"] == 1001
     md = md_path.read_text()
-    assert "| bimamba+attention | bimamba+attention | 1002 |" in md
-    assert "## `colour` by generated length" in md
-    assert "| attention | 0.7 | 0.35 |" in md  # colour at 1x and 4x for the second mixer
-    assert "| real videos (ceiling) | 1 | 1 |" in md
-    assert "| quarters / q4 |" in md
+    assert "| bimamba+attention | bimamba+attention | 1002 | 14.5 |" in md
+    # attention (k=1) at 4x: 0.9 - 0.2 - 0.1 for every headline score, then drift.
+    assert "| attention | 4x (129 f) | 0.6 | 0.6 | 0.6 | 0.6 | 0.25 |" in md
+    assert "| real videos (ceiling) | 1x (33 f) | 1 | 1 | 1 | 1 | 0.25 |" in md
+    assert "per quarter at 4x (129 frames)" in md
+    assert "| attention | colour_accuracy | 0.5 | 0.4 | 0.3 | 0.2 |" in md
     with Image.open(png_path) as img:
-        assert img.size[0] > 800 and img.size[1] > 300
+        assert img.size[0] > 1000 and img.size[1] > 300
 
 
-def test_ablation_config_errors(tmp_path, capsys) -> None:
-    cfg = AblationConfig(experiment=EXPERIMENT, vae=str(tmp_path), latents=str(tmp_path))
-    cfg.mixers = ["bimamba", "nope"]
+def test_ablation_config_errors(demo, tmp_path, capsys) -> None:
+    def scorer(video, prompt):
+        return {}
+
+    cfg = AblationConfig(demo=DEMO, mixers=["bimamba", "nope"])
     with pytest.raises(ValueError, match="'nope'"):
-        ablation_stages(cfg, scorer=lambda v, p: {})
-    cfg.mixers = ["bimamba"]
+        ablation_stages(cfg, demo, scorer)
+    cfg = AblationConfig(demo=DEMO, vae=str(tmp_path))
+    with pytest.raises(ConfigError, match="both"):
+        ablation_stages(cfg, demo, scorer)
     cfg.latents = str(tmp_path / "no-latents")
-    with pytest.raises(ValueError, match="latents"):
-        ablation_stages(cfg, scorer=lambda v, p: {})
+    with pytest.raises(ConfigError, match="no-latents"):
+        ablation_stages(cfg, demo, scorer)
+    cfg = AblationConfig(demo=DEMO, mixers=["mamba", "mamba"])
+    with pytest.raises(ConfigError, match="distinct"):
+        ablation_stages(cfg, demo, scorer)
     yaml = tmp_path / "a.yaml"
-    yaml.write_text(f"experiment: {EXPERIMENT}\nsteps: 3\n")
+    yaml.write_text(f"demo: {DEMO}\nsteps: 3\n")
     assert main(["ablate", str(yaml), "mixer=[mamba]"]) == 2
     assert "mixer" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_ablation_end_to_end(tmp_path) -> None:
+    """Two mixers, 2 training steps each, on a tiny random VAE's latents; with a stand-in scorer
+    (mean red level), so only the wiring is under test here."""
+    from cinemamba.data.synth import SceneConfig
+    from cinemamba.data.synth_video import write_synth
+    from cinemamba.latents import ClipConfig, ExportConfig, export_latents
+    from cinemamba_conditioning import TextEncoderConfig
+    from cinemamba_vae import VideoAutoencoder, vae_preset
+
+    write_synth(tmp_path / "raw", "train", 4, SceneConfig(frames=12, height=32, width=32),
+                samples_per_shard=2)  # fmt: skip
+    torch.manual_seed(0)
+    VideoAutoencoder(vae_preset("tiny")).save_pretrained(tmp_path / "vae")
+    export_latents(ExportConfig(
+        input=str(tmp_path / "raw"), output=str(tmp_path / "lat"), vae=str(tmp_path / "vae"),
+        text_encoder=TextEncoderConfig(random_init_seed=0), clip=ClipConfig(frames=9, start="first"),
+        progress=False))  # fmt: skip
+    cfg = AblationConfig(
+        out=str(tmp_path / "out"), demo=DEMO, mixers=["mamba", "bimamba+attention"], steps=2,
+        vae=str(tmp_path / "vae"), latents=str(tmp_path / "lat"), threads=1,
+        overrides=["train.batch_size=2", "train.log_every=1", "train.checkpoint_every=0",
+                   "task.per_frame_t=false"],
+        eval=AblationEval(lengths=[1, 2], steps=2, batch=2, save_videos=1,
+                          prompts=["a red circle moves to the right quickly",
+                                   "a blue square moves up quickly"]))  # fmt: skip
+
+    def scorer(video: np.ndarray, prompt: str) -> dict:
+        red = float(video[..., 0].mean() / 255)
+        return dict.fromkeys(SCORES, red)
+
+    results = run_ablation(cfg, scorer=scorer)
+    assert list(results["mixers"]) == ["mamba", "bimamba+attention"]
+    for name, m in results["mixers"].items():
+        assert m["steps"] == 2 and m["final_loss"] > 0 and m["peak_rss_mib"] > 100
+        assert m["pattern"] == (["mamba", "mamba"] if name == "mamba" else ["bimamba", "attention"])
+        assert [v["frames"] for v in m["lengths"].values()] == [9, 17]
+    out = Path(cfg.out)
+    assert (out / "eval-mamba" / "2x_0.mp4").is_file() and (
+        out / "eval-mamba" / "2x_0.txt"
+    ).is_file()
+    assert "## Cost" in (out / "ablation.md").read_text() and (out / "ablation.png").is_file()
+    # A re-run reuses every stage: nothing is trained again.
+    again = run_ablation(cfg, scorer=scorer)
+    assert {s["status"] for s in again["stages"]} == {"reused"}

@@ -1,18 +1,22 @@
 """`cinemamba ablate`: the seed paper's experiment — one small backbone per temporal mixer.
 
-Every mixer trains the same experiment (same latents, VAE, text encoder, seed, step budget),
-each in its own `cinemamba train` process so its wall time and peak RSS are its own. Then each
-trained backbone generates videos for the same prompts at 1x, 4x and 8x the training length
-(`frames = 1 + m * (F - 1)` for a training clip of F frames, i.e. m times as many latent frame
-intervals) and the classical-detector ground-truth scores of those videos are averaged per
-length. Results: `ablation.json`, `ablation.md` and `ablation.png` under `out`.
+The shared part is the demo's (`cinemamba.demo`): its synthetic set, VAE, latent statistics and
+latent export run once, as the demo's own stages, or are taken from an existing demo run
+(`vae` + `latents`). Then every mixer trains the demo's backbone experiment with the same
+latents, seed and step budget, each in its own `cinemamba train` process so that its wall time
+and peak RSS are its own; only the temporal mixer differs. Each trained backbone generates the
+same prompts at 1x, 4x and 8x the training length (`frames = 1 + m * (F - 1)` for a training
+clip of F frames: m times as many latent frames for the causal VAE), and the ground-truth
+detector scores every video overall and per quarter. The same prompts rendered as real
+synthetic videos are the ceiling. Results: `ablation.json`, `ablation.md`, `ablation.png`.
 
-Stages run through the demo's resumable `StageRunner`: a re-run reuses every finished mixer
-(same config hash) and redoes only what changed or was interrupted.
+All stages run through the demo's resumable `StageRunner`: a re-run reuses every finished
+stage whose config is unchanged (so adding a mixer trains only that mixer).
 """
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import logging
@@ -28,16 +32,27 @@ from typing import Any
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 
-from cinemamba.data.synth import SceneConfig
-from cinemamba.data.synth_video import make_sample
+from cinemamba.config import ConfigError, _merge
 from cinemamba.data.video import write_video
+from cinemamba.demo.config import SCORES, DemoConfig, load_demo_config, plain
+from cinemamba.demo.evaluate import score_video
 from cinemamba.demo.runner import Stage, StageRunner, write_json
+from cinemamba.demo.stages import LATENTS_DIR, VAE_DIR, real_video
 from cinemamba.eval.run import Scorer, default_scorer, flat_scores, markdown_table, mean_scores
-from cinemamba.tasks.backbone import BackboneExperiment, load_backbone_experiment
+from cinemamba.tasks.backbone import BackboneExperiment
 from cinemamba_backbone import TEMPORAL_MIXERS, BackboneConfig, VideoDiT
 from cinemamba_conditioning import build_text_encoder
-from cinemamba_sampling import PipelineConfig, VideoPipeline, build_process, peak_memory, to_uint8
+from cinemamba_sampling import (
+    PipelineConfig,
+    VideoPipeline,
+    build_process,
+    contact_sheet,
+    peak_memory,
+    save_png,
+    to_uint8,
+)
 from cinemamba_vae import VideoAutoencoder
 
 log = logging.getLogger(__name__)
@@ -52,39 +67,42 @@ MIB = 2**20
 class AblationEval:
     """How each trained backbone is evaluated."""
 
-    prompts: int = 8  # captions of validation scenes 0..prompts-1 of the synthetic set
+    prompts: list[str] = field(default_factory=list)  # empty: the demo's generate.prompts
     lengths: list[int] = field(default_factory=lambda: [1, 4, 8])  # multiples of training length
     steps: int = 16
     guidance: float = 3.0
-    mode: str = "oneshot"  # the paper's way; rolling / streaming are pipeline options
+    mode: str = "oneshot"  # the paper's way: every frame denoised at once
     seed: int = 0
-    batch: int = 4  # prompts generated together
+    batch: int = 8  # prompts generated together
     save_videos: int = 2  # mp4 + contact sheet of the first N prompts per length
-    headline: list[str] = field(default_factory=list)  # score paths tabled and plotted
+    headline: list[str] = field(default_factory=lambda: list(SCORES))  # tabled and plotted
 
 
 @dataclass
 class AblationConfig:
     """`cinemamba ablate` schema.
 
+    demo / demo_overrides: the demo config whose data, VAE, latents and backbone experiment are
+        shared by every mixer. vae / latents: take these from an existing run instead (both or
+        neither; e.g. `runs/demo/vae-stats/vae` and `runs/demo/export/latents`).
     mixers: temporal mixer names (TEMPORAL_MIXERS); `a+b` is a hybrid whose blocks cycle through
         a, b, ... (BackboneConfig.mixer_pattern).
-    experiment / overrides: the backbone experiment every mixer trains (`cinemamba train`),
-        with `key=value` overrides applied to all; `steps` is the equal step budget.
-    vae / latents: the shared VAE directory and latent shard set (e.g. a demo run's stages).
+    steps / overrides: the equal step budget, and `key=value` overrides of the demo's backbone
+        experiment (`train.*`, `task.*`) applied to every mixer.
     """
 
     out: str = "runs/ablation"
+    demo: str = "configs/experiment/demo.yaml"
+    demo_overrides: list[str] = field(default_factory=list)
+    vae: str = ""
+    latents: str = ""
     mixers: list[str] = field(
         default_factory=lambda: ["bimamba", "mamba", "attention", "bimamba+attention"]
     )
-    experiment: str = "configs/experiment/backbone_tiny.yaml"
-    overrides: list[str] = field(default_factory=list)
-    steps: int = 300
+    steps: int = 800
     seed: int = 0
-    vae: str = ""
-    latents: str = ""
-    scene: dict[str, Any] = field(default_factory=dict)  # SceneConfig fields of the prompts' set
+    overrides: list[str] = field(default_factory=list)
+    threads: int = 0  # torch threads here and in each training child (0 = torch's default)
     eval: AblationEval = field(default_factory=AblationEval)
 
 
@@ -92,7 +110,7 @@ def mixer_pattern(name: str) -> list[str]:
     """Block pattern of a mixer entry: `bimamba` -> [bimamba]; `bimamba+attention` -> both."""
     parts = [p.strip() for p in name.split("+")]
     bad = [p for p in parts if p not in TEMPORAL_MIXERS]
-    if bad or not parts:
+    if bad:
         raise ValueError(
             f"mixer entry {name!r}: unknown temporal mixer(s) {bad}; valid: "
             f"{sorted(TEMPORAL_MIXERS)} (join names with '+' for a hybrid)"
@@ -100,32 +118,55 @@ def mixer_pattern(name: str) -> list[str]:
     return parts
 
 
-def mixer_overrides(name: str) -> list[str]:
-    """`cinemamba train` overrides that select a mixer entry."""
-    parts = mixer_pattern(name)
-    if len(parts) == 1:
-        return [f"task.backbone.mixer={parts[0]}", "task.backbone.mixer_pattern=[]"]
-    return [f"task.backbone.mixer={parts[0]}", f"task.backbone.mixer_pattern=[{','.join(parts)}]"]
+def slug(name: str) -> str:
+    """Stage-name form of a mixer entry (`bimamba+attention` -> `bimamba_attention`)."""
+    return name.replace("+", "_")
 
 
-def train_overrides(cfg: AblationConfig, name: str, run_dir: Path) -> list[str]:
-    """Every override of one mixer's training run (shared ones first, the mixer's last)."""
-    return [
-        *cfg.overrides,
-        f"train.steps={cfg.steps}",
-        f"train.seed={cfg.seed}",
-        f"train.run_dir={run_dir}",
-        f"task.vae={cfg.vae}",
-        f"task.data.path={cfg.latents}",
-        *mixer_overrides(name),
-    ]
+def mixer_experiment(
+    cfg: AblationConfig, demo: DemoConfig, name: str, run_dir: Path, vae: Path, latents: Path
+) -> BackboneExperiment:
+    """The demo's backbone experiment for one mixer: shared overrides, then the budget, seed,
+    paths and the mixer itself (last, so no shared override can change it)."""
+    exp = copy.deepcopy(demo.backbone)
+    exp.task.text_encoder = copy.deepcopy(demo.text_encoder)
+    exp.task.data.source = "latents"
+    exp.task.samples.prompts = []
+    node = OmegaConf.structured(exp)
+    if cfg.overrides:
+        bad = [o for o in cfg.overrides if "=" not in o]
+        if bad:
+            raise ConfigError(f"ablation overrides must look like key=value, got {bad}")
+        node = _merge(node, OmegaConf.from_dotlist(list(cfg.overrides)), "ablation `overrides`")
+    exp = OmegaConf.to_object(node)
+    exp.train.steps = cfg.steps
+    exp.train.seed = cfg.seed
+    exp.train.run_dir = str(run_dir)
+    exp.train.eval_every = 0
+    exp.task.vae = str(vae)
+    exp.task.data.path = str(latents)
+    pattern = mixer_pattern(name)
+    exp.task.backbone.mixer = pattern[0]
+    exp.task.backbone.mixer_pattern = pattern if len(pattern) > 1 else []
+    exp.task.backbone.validate()
+    return exp
 
 
-def eval_prompts(cfg: AblationConfig) -> list[str]:
-    """Captions of the first `eval.prompts` validation scenes (held-out and seen colour x shape
-    pairs alternate); the same captions `evaluate_ceiling` renders."""
-    scene = SceneConfig(**{**cfg.scene, "frames": 1})
-    return [make_sample(i, "val", cfg.seed, scene)[1] for i in range(cfg.eval.prompts)]
+def experiment_yaml(exp: BackboneExperiment) -> str:
+    """The experiment as a `cinemamba train` YAML (the DeepSpeed section comes from its file)."""
+    data = OmegaConf.to_container(OmegaConf.structured(exp))
+    data["train"]["deepspeed"] = {}  # re-read from train.deepspeed_config by the child
+    return OmegaConf.to_yaml(data)
+
+
+def eval_prompts(cfg: AblationConfig, demo: DemoConfig) -> list[str]:
+    """The prompts every backbone generates (and the ceiling renders)."""
+    return list(cfg.eval.prompts) or list(demo.generate.prompts)
+
+
+def eval_lengths(cfg: AblationConfig, train_frames: int) -> dict[str, int]:
+    """Pixel frames per length multiple: m times the training clip's frame intervals."""
+    return {f"{m}x": 1 + m * (train_frames - 1) for m in cfg.eval.lengths}
 
 
 # ---------------------------------------------------------------------------------- training
@@ -146,6 +187,22 @@ def _final_loss(log_path: Path, tail: float = 0.1) -> tuple[float | None, float 
     return float(np.mean([r[key] for r in last])), float(rows[-1]["time"])
 
 
+def latent_shapes(
+    latents: str | Path, latent_frames: int = 0
+) -> tuple[tuple[int, ...], tuple[int, int]]:
+    """Training latent clip shape (C, t, h, w) and text shape (L, D) of a latent shard set: the
+    first stored sample's latents (cropped to `latent_frames` when set) and the manifest."""
+    latents = Path(latents)
+    manifest = json.loads((latents / "latents.json").read_text())
+    with tarfile.open(latents / manifest["shards"][0]["name"]) as tar:
+        member = next(m for m in tar if m.name.endswith(".latent.npy"))
+        shape = np.load(io.BytesIO(tar.extractfile(member).read())).shape  # (C, t, h, w)
+    if latent_frames:
+        shape = (shape[0], min(shape[1], latent_frames), *shape[2:])
+    text = manifest["text_encoder"]
+    return tuple(int(s) for s in shape), (int(text["context_length"]), int(text["dim"]))
+
+
 def train_step_memory(arch: BackboneConfig, latent_shape: tuple[int, ...], text: tuple[int, int],
                       batch: int) -> int:  # fmt: skip
     """Peak bytes of tensors allocated by one forward + backward of a batch (torch profiler)."""
@@ -164,98 +221,78 @@ def train_step_memory(arch: BackboneConfig, latent_shape: tuple[int, ...], text:
     return peak
 
 
-def train_mixer(cfg: AblationConfig, name: str, work: Path) -> dict[str, Any]:
-    """Train one mixer in a child `cinemamba train` process; measure time, peak RSS, loss."""
-    run_dir = work / "run"
-    cmd = [sys.executable, "-m", "cinemamba.cli", "train", cfg.experiment,
-           *train_overrides(cfg, name, run_dir)]  # fmt: skip
+def train_mixer(exp: BackboneExperiment, work: Path, threads: int = 0) -> dict[str, Any]:
+    """Train one experiment in a child `cinemamba train` process; measure time, RSS, loss."""
+    config = work / "experiment.yaml"
+    config.write_text(experiment_yaml(exp))
+    cmd = [sys.executable, "-m", "cinemamba.cli", "train", str(config)]
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+    name = "+".join(exp.task.backbone.block_mixers())
     log.info("training %s: %s", name, " ".join(cmd))
     started = time.perf_counter()
     with open(work / "train.log", "ab") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
         # wait4 gives this child's own resource usage (getrusage(CHILDREN) would mix mixers).
         _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - started
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
-        raise RuntimeError(f"training {name!r} failed with exit code {code}; see {work}/train.log")
-    experiment = _experiment(cfg, name, run_dir)
-    arch = experiment.task.backbone
-    loss, loop_seconds = _final_loss(run_dir / "log.jsonl")
-    latent_shape, text_shape = _shapes(cfg.latents, experiment.task.data.latent_frames)
-    micro = experiment.train.batch_size // max(1, experiment.train.grad_accum)
-    params = sum(p.numel() for p in VideoDiT(arch).parameters())
+        raise RuntimeError(f"training {name} failed (exit code {code}); see {work / 'train.log'}")
+    loss, loop_seconds = _final_loss(Path(exp.train.run_dir) / "log.jsonl")
+    latent, text = latent_shapes(exp.task.data.path, exp.task.data.latent_frames)
+    micro = exp.train.batch_size // max(1, exp.train.grad_accum)
+    arch = exp.task.backbone
     return {
-        "mixer": name,
         "pattern": arch.block_mixers(),
-        "params": params,
-        "steps": experiment.train.steps,
-        "batch_size": experiment.train.batch_size,
+        "params": sum(p.numel() for p in VideoDiT(arch).parameters()),
+        "steps": exp.train.steps,
+        "batch_size": exp.train.batch_size,
         "train_seconds": loop_seconds if loop_seconds is not None else wall,
         "wall_seconds": wall,
         "peak_rss_mib": usage.ru_maxrss / 1024,  # Linux reports KiB
-        "step_peak_mib": train_step_memory(arch, latent_shape, text_shape, micro) / MIB,
+        "step_peak_mib": train_step_memory(arch, latent, text, micro) / MIB,
         "final_loss": loss,
-        "latent_shape": list(latent_shape),
+        "latent_shape": list(latent),
     }
-
-
-def _experiment(cfg: AblationConfig, name: str, run_dir: Path) -> BackboneExperiment:
-    return load_backbone_experiment(cfg.experiment, train_overrides(cfg, name, run_dir))
-
-
-def _shapes(latents: str | Path, latent_frames: int = 0) -> tuple[tuple[int, ...], tuple[int, int]]:
-    """Training latent clip shape (C, t, h, w) and text shape (L, D) of a latent shard set: the
-    first stored sample's latents (cropped to `latent_frames` when set) and the manifest."""
-    latents = Path(latents)
-    manifest = json.loads((latents / "latents.json").read_text())
-    first = latents / manifest["shards"][0]["name"]
-    with tarfile.open(first) as tar:
-        member = next(m for m in tar if m.name.endswith(".latent.npy"))
-        shape = np.load(io.BytesIO(tar.extractfile(member).read())).shape  # (C, t, h, w)
-    if latent_frames:
-        shape = (shape[0], min(shape[1], latent_frames), *shape[2:])
-    text = manifest["text_encoder"]
-    return tuple(int(s) for s in shape), (int(text["context_length"]), int(text["dim"]))
 
 
 # -------------------------------------------------------------------------------- evaluation
 
 
-def eval_lengths(cfg: AblationConfig, train_frames: int) -> dict[str, int]:
-    """Pixel frames per length multiple: m times the training clip's frame intervals."""
-    return {f"{m}x": 1 + m * (train_frames - 1) for m in cfg.eval.lengths}
+def _mean_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean of `demo.evaluate.score_video` rows: headline scores and per-quarter headlines."""
+    return mean_scores(
+        [{**r["scores"], "quarters": {f"q{i + 1}": q for i, q in enumerate(r["quarters"])}}
+         for r in rows]
+    )  # fmt: skip
 
 
-def _train_clip(cfg: AblationConfig, experiment: BackboneExperiment, vae: VideoAutoencoder):
-    """Pixel (frames, height, width) of the training clips (from the latent shapes)."""
-    (_, t, h, w), _ = _shapes(cfg.latents, experiment.task.data.latent_frames)
+def train_clip(
+    latents: str | Path, latent_frames: int, vae: VideoAutoencoder
+) -> tuple[int, int, int]:
+    """Pixel (frames, height, width) of the training clips, from the stored latent shape."""
+    (_, t, h, w), _ = latent_shapes(latents, latent_frames)
     st, s = vae.config.temporal_compression, vae.config.spatial_compression
     return 1 + st * (t - 1), h * s, w * s
 
 
 def _save_examples(work: Path, tag: str, videos: list[np.ndarray], prompts: list[str],
                    count: int, fps: float) -> None:  # fmt: skip
-    from cinemamba_sampling import contact_sheet, save_png
-
     for i, (frames, prompt) in enumerate(zip(videos[:count], prompts, strict=False)):
         write_video(work / f"{tag}_{i}.mp4", frames, fps=fps)
-        (work / f"{tag}_{i}.txt").write_text(prompt + "\n")  # the eval sidecar convention
-        save_png(work / f"{tag}_{i}.png", contact_sheet(frames))
+        (work / f"{tag}_{i}.txt").write_text(prompt + "\n")  # the `cinemamba eval` sidecar
+        save_png(work / f"{tag}_{i}.png", contact_sheet(frames, max_frames=32))
 
 
-def evaluate_mixer(
-    cfg: AblationConfig, name: str, run_dir: Path, work: Path, scorer: Scorer
-) -> dict[str, Any]:
+def evaluate_mixer(cfg: AblationConfig, demo: DemoConfig, exp: BackboneExperiment, run_dir: Path,
+                   work: Path, scorer: Scorer) -> dict[str, Any]:  # fmt: skip
     """Generate the eval prompts at every length with one trained backbone and score them."""
-    experiment = _experiment(cfg, name, run_dir)
-    task = experiment.task
-    vae = VideoAutoencoder.from_pretrained(cfg.vae).eval()
-    backbone = VideoDiT.from_pretrained(run_dir / "backbone", kernels=task.kernels).eval()
-    pipe = VideoPipeline(vae, backbone, build_text_encoder(task.text_encoder),
-                         build_process(task.process), PipelineConfig(progress=False))  # fmt: skip
-    frames0, height, width = _train_clip(cfg, experiment, vae)
-    prompts = eval_prompts(cfg)
+    vae = VideoAutoencoder.from_pretrained(exp.task.vae).eval()
+    backbone = VideoDiT.from_pretrained(run_dir / "backbone", kernels=exp.task.kernels).eval()
+    pipe = VideoPipeline(vae, backbone, build_text_encoder(exp.task.text_encoder),
+                         build_process(exp.task.process), PipelineConfig(progress=False))  # fmt: skip
+    frames0, height, width = train_clip(exp.task.data.path, exp.task.data.latent_frames, vae)
+    prompts = eval_prompts(cfg, demo)
     e = cfg.eval
     gen = dict(height=height, width=width, steps=e.steps, guidance=e.guidance, mode=e.mode)
     out: dict[str, Any] = {}
@@ -269,96 +306,122 @@ def evaluate_mixer(
         # Denoising only (the VAE decode is the same for every mixer); the peak is reached
         # inside one solver step, so 2 steps measure it.
         _, peak = peak_memory(
-            lambda f=frames: pipe.sample_latents(
-                prompts[:1], frames=f, seed=e.seed, **{**gen, "steps": 2}
-            )
-        )
-        rows = [scorer(v, p) for v, p in zip(videos, prompts, strict=True)]
-        _save_examples(work, tag, videos, prompts, e.save_videos, fps=8.0)
+            lambda f=frames: pipe.sample_latents(prompts[:1], frames=f, seed=e.seed,
+                                                 **{**gen, "steps": 2})
+        )  # fmt: skip
+        rows = [score_video(scorer, v, p) for v, p in zip(videos, prompts, strict=True)]
+        _save_examples(work, tag, videos, prompts, e.save_videos, fps=demo.data.fps)
         out[tag] = {
             "frames": frames,
             "videos": len(videos),
             "seconds_per_video": seconds,
             "sample_peak_mib": peak / MIB,
-            "scores": mean_scores(rows),
+            "scores": _mean_rows(rows),
         }
-        log.info("%s at %s (%d frames): %.1f s/video", name, tag, frames, seconds)
+        log.info(
+            "%s at %s (%d frames): %.1f s/video", exp.task.backbone.mixer, tag, frames, seconds
+        )
     return out
 
 
-def evaluate_ceiling(cfg: AblationConfig, frames0: int, height: int, width: int,
+def evaluate_ceiling(cfg: AblationConfig, demo: DemoConfig, frames0: int,
                      scorer: Scorer) -> dict[str, Any]:  # fmt: skip
-    """The same prompts' real synthetic videos, rendered at every length and scored."""
+    """The same prompts as real synthetic videos at every length, scored: the ceiling."""
     out: dict[str, Any] = {}
+    prompts = eval_prompts(cfg, demo)
     for tag, frames in eval_lengths(cfg, frames0).items():
-        scene = SceneConfig(**{**cfg.scene, "frames": frames, "height": height, "width": width})
-        rows = []
-        for i in range(cfg.eval.prompts):
-            video, caption, _ = make_sample(i, "val", cfg.seed, scene)
-            rows.append(scorer(video, caption))
-        out[tag] = {"frames": frames, "videos": len(rows), "scores": mean_scores(rows)}
+        rows = [
+            score_video(scorer, real_video(demo, p, frames, i), p) for i, p in enumerate(prompts)
+        ]
+        out[tag] = {"frames": frames, "videos": len(rows), "scores": _mean_rows(rows)}
     return out
 
 
 # ---------------------------------------------------------------------------------- pipeline
 
 
-def ablation_stages(cfg: AblationConfig, scorer: Scorer) -> list[Stage]:
-    """One train and one eval stage per mixer, and the real-video ceiling (StageRunner stages)."""
+def shared_stages(cfg: AblationConfig, demo: DemoConfig) -> tuple[list[Stage], Any, Any]:
+    """The demo's data/VAE/latent stages (none when `vae` and `latents` are given), and two
+    functions giving the VAE and latent directories from a stage's `inputs`."""
+    if bool(cfg.vae) != bool(cfg.latents):
+        raise ConfigError("give both `vae` and `latents` (an existing run) or neither")
+    if cfg.vae:
+        for key in ("vae", "latents"):
+            if not Path(getattr(cfg, key)).is_dir():
+                raise ConfigError(f"ablation `{key}`={getattr(cfg, key)!r} is not a directory")
+        vae, latents = Path(cfg.vae).resolve(), Path(cfg.latents).resolve()
+        return [], (lambda inputs: vae), (lambda inputs: latents)
+    from cinemamba.demo.stages import export_stage, synth_stage, vae_stage, vae_stats_stage
+
+    stages = [synth_stage(demo), vae_stage(demo), vae_stats_stage(demo), export_stage(demo)]
+    return (stages, (lambda inputs: inputs["vae-stats"] / VAE_DIR),
+            (lambda inputs: inputs["export"] / LATENTS_DIR))  # fmt: skip
+
+
+def ablation_stages(cfg: AblationConfig, demo: DemoConfig, scorer: Scorer) -> list[Stage]:
+    """Shared stages, one train and one eval stage per mixer, and the real-video ceiling."""
     for entry in cfg.mixers:
         mixer_pattern(entry)  # fail before anything runs
-    for name in ("vae", "latents"):
-        if not getattr(cfg, name) or not Path(getattr(cfg, name)).is_dir():
-            raise ValueError(
-                f"ablation `{name}` must be an existing directory, got {getattr(cfg, name)!r}"
-            )
-    shared = {"vae": str(Path(cfg.vae).resolve()), "latents": str(Path(cfg.latents).resolve()),
-              "experiment": Path(cfg.experiment).read_text(), "overrides": list(cfg.overrides),
-              "steps": cfg.steps, "seed": cfg.seed}  # fmt: skip
-    stages: list[Stage] = []
+    if len({slug(m) for m in cfg.mixers}) != len(cfg.mixers):
+        raise ConfigError(f"mixers must be distinct, got {cfg.mixers}")
+    stages, vae_of, latents_of = shared_stages(cfg, demo)
+    needs = ["vae-stats", "export"] if stages else []
+    external = {"vae": cfg.vae, "latents": cfg.latents} if cfg.vae else {}
+    blank = Path("")
     for name in cfg.mixers:
-        slug = name.replace("+", "_")
+        tag = slug(name)
+        hashed = {**plain(mixer_experiment(cfg, demo, name, blank, blank, blank)), **external}
+        hashed["train"].pop("deepspeed_config", None)  # a resolved, machine-specific path
 
         def train_run(work: Path, inputs: Mapping[str, Path], name: str = name) -> dict:
-            result = train_mixer(cfg, name, work)
+            exp = mixer_experiment(
+                cfg, demo, name, work / "run", vae_of(inputs), latents_of(inputs)
+            )
+            result = {"mixer": name, **train_mixer(exp, work, cfg.threads)}
             write_json(work / "train.json", result)
             return result
 
-        def eval_run(work: Path, inputs: Mapping[str, Path], name: str = name, slug: str = slug):
-            result = evaluate_mixer(cfg, name, inputs[f"train-{slug}"] / "run", work, scorer)
+        def eval_run(work: Path, inputs: Mapping[str, Path], name: str = name, tag: str = tag):
+            exp = mixer_experiment(cfg, demo, name, blank, vae_of(inputs), latents_of(inputs))
+            run_dir = inputs[f"train-{tag}"] / "run"
+            result = evaluate_mixer(cfg, demo, exp, run_dir, work, scorer)
             write_json(work / "eval.json", result)
             return {"lengths": list(result)}
 
-        stages.append(Stage(f"train-{slug}", train_run, {**shared, "mixer": name},
+        stages.append(Stage(f"train-{tag}", train_run, hashed, needs=needs,
                             description=f"train the {name} backbone ({cfg.steps} steps)"))  # fmt: skip
-        stages.append(Stage(f"eval-{slug}", eval_run, {"eval": asdict(cfg.eval), "scene": cfg.scene},
-                            needs=[f"train-{slug}"],
+        stages.append(Stage(f"eval-{tag}", eval_run, {"eval": asdict(cfg.eval)},
+                            needs=[*needs, f"train-{tag}"],
                             description=f"generate and score at {cfg.eval.lengths}x"))  # fmt: skip
 
     def ceiling_run(work: Path, inputs: Mapping[str, Path]) -> dict:
-        experiment = load_backbone_experiment(cfg.experiment, cfg.overrides)
-        vae = VideoAutoencoder.from_pretrained(cfg.vae)
-        result = evaluate_ceiling(cfg, *_train_clip(cfg, experiment, vae), scorer)
+        vae = VideoAutoencoder.from_pretrained(vae_of(inputs))
+        frames0, _, _ = train_clip(latents_of(inputs), demo.backbone.task.data.latent_frames, vae)
+        result = evaluate_ceiling(cfg, demo, frames0, scorer)
         write_json(work / "eval.json", result)
         return {"lengths": list(result)}
 
-    stages.append(Stage("ceiling", ceiling_run, {**shared, "eval": asdict(cfg.eval),
-                                                   "scene": cfg.scene},
-                        description="score the real synthetic videos (the ceiling)"))  # fmt: skip
+    stages.append(Stage("ceiling", ceiling_run, {"eval": asdict(cfg.eval), **external,
+                                                  "data": plain(demo.data)}, needs=needs,
+                        description="score the same prompts as real videos (the ceiling)"))  # fmt: skip
     return stages
 
 
 def run_ablation(cfg: AblationConfig, *, scorer: Scorer | None = None, fresh: bool = False) -> dict:
-    """Train and evaluate every mixer (reusing finished stages), then write the report."""
+    """Run (or reuse) every stage, then write the report; returns the results dict."""
+    demo = load_demo_config(cfg.demo, cfg.demo_overrides)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
     scorer = scorer or default_scorer()
-    stages = ablation_stages(cfg, scorer)
-    runner = StageRunner(cfg.out, stages, fresh=fresh)
-    runner.run()
-    results: dict[str, Any] = {"config": asdict(cfg), "mixers": {}}
+    stages = ablation_stages(cfg, demo, scorer)
+    runner = StageRunner(cfg.out, stages, fresh=fresh, label="ablate")
+    records = runner.run()
+    results: dict[str, Any] = {"config": asdict(cfg), "mixers": {}, "ceiling": None,
+                               "stages": [r.as_dict() for r in records]}  # fmt: skip
     for name in cfg.mixers:
-        slug = name.replace("+", "_")
-        train = json.loads((runner.directory(f"train-{slug}") / "train.json").read_text())
-        evals = json.loads((runner.directory(f"eval-{slug}") / "eval.json").read_text())
+        tag = slug(name)
+        train = json.loads((runner.directory(f"train-{tag}") / "train.json").read_text())
+        evals = json.loads((runner.directory(f"eval-{tag}") / "eval.json").read_text())
         results["mixers"][name] = {**train, "lengths": evals}
     results["ceiling"] = json.loads((runner.directory("ceiling") / "eval.json").read_text())
     write_report(results, Path(cfg.out))
@@ -379,73 +442,54 @@ def _score(scores: Mapping[str, Any], key: str) -> float | None:
 
 
 def to_markdown(results: Mapping[str, Any]) -> str:
-    """`ablation.md`: setup, cost per mixer, headline scores per length, all scores."""
-    cfg = results["config"]
-    mixers = results["mixers"]
-    ceiling = results["ceiling"]
-    heads = list(cfg["eval"]["headline"])
+    """`ablation.md`: setup, cost per mixer, scores per length, scores per quarter."""
+    cfg, mixers, ceiling = results["config"], results["mixers"], results["ceiling"]
     tags = list(ceiling)
     frames = {t: ceiling[t]["frames"] for t in tags}
-    any_mixer = next(iter(mixers.values()))
+    first = next(iter(mixers.values()))
+    rows_of = {**{n: m["lengths"] for n, m in mixers.items()}, "real videos (ceiling)": ceiling}
+    found = [k for k, _ in flat_scores(ceiling[tags[0]]["scores"]) if not k.startswith("quarters/")]
+    keys = [k for k in cfg["eval"]["headline"] if k in found] + [
+        k for k in found if k not in cfg["eval"]["headline"]
+    ]
+    e = cfg["eval"]
     lines = [
         "# Temporal mixer ablation",
         "",
-        f"Same experiment (`{cfg['experiment']}`), latents, seed ({cfg['seed']}) and step budget "
-        f"({cfg['steps']} steps of batch {any_mixer['batch_size']}) for every mixer; "
-        f"{cfg['eval']['prompts']} validation prompts generated at "
-        + ", ".join(f"{t} ({frames[t]} frames)" for t in tags)
-        + f" with {cfg['eval']['steps']} solver steps, guidance {cfg['eval']['guidance']}, "
-        f"mode `{cfg['eval']['mode']}`.",
+        f"Demo config `{cfg['demo']}` (overrides: {cfg['demo_overrides'] or 'none'}); every mixer "
+        f"trains {cfg['steps']} steps of batch {first['batch_size']} on the same latents with seed "
+        f"{cfg['seed']} (backbone overrides: {cfg['overrides'] or 'none'}). "
+        f"{first['lengths'][tags[0]]['videos']} prompts generated at "
+        + ", ".join(f"{t} = {frames[t]} frames" for t in tags)
+        + f" ({e['steps']} solver steps, guidance {e['guidance']}, mode `{e['mode']}`).",
         "",
         "## Cost",
         "",
         markdown_table(
-            [
-                "mixer",
-                "blocks",
-                "params",
-                "train s",
-                "peak RSS MiB",
-                "train-step peak MiB",
-                "final loss",
-                *[f"gen s/video {t}" for t in tags],
-                *[f"sampling peak MiB {t}" for t in tags],
-            ],
-            [
-                [
-                    n,
-                    "+".join(m["pattern"]),
-                    m["params"],
-                    m["train_seconds"],
-                    m["peak_rss_mib"],
-                    m["step_peak_mib"],
-                    m["final_loss"],
-                    *[m["lengths"][t]["seconds_per_video"] for t in tags],
-                    *[m["lengths"][t]["sample_peak_mib"] for t in tags],
-                ]
-                for n, m in mixers.items()
-            ],
-        ),  # fmt: skip
-    ]
-    for head in heads:
-        lines += ["", f"## `{head}` by generated length", ""]
-        rows = [
-            [n, *[_score(m["lengths"][t]["scores"], head) for t in tags]] for n, m in mixers.items()
-        ]
-        rows.append(["real videos (ceiling)", *[_score(ceiling[t]["scores"], head) for t in tags]])
-        lines.append(markdown_table(["mixer", *[f"{t} ({frames[t]} f)" for t in tags]], rows))
-    lines += ["", "## All scores", ""]
-    columns = [(n, t) for n in [*mixers, "ceiling"] for t in tags]
-    keys = list(dict.fromkeys(k for m in mixers.values() for t in tags
-                              for k, _ in flat_scores(m["lengths"][t]["scores"])))  # fmt: skip
-    table = []
-    for key in keys:
-        row = [key.replace("/", " / ")]
-        for n, t in columns:
-            scores = (ceiling if n == "ceiling" else mixers[n]["lengths"])[t]["scores"]
-            row.append(_score(scores, key))
-        table.append(row)
-    lines.append(markdown_table(["score", *[f"{n} {t}" for n, t in columns]], table))
+            ["mixer", "blocks", "params", "train s", "peak RSS MiB", "train-step peak MiB",
+             "final loss", *[f"s/video {t}" for t in tags], *[f"sampling peak MiB {t}" for t in tags]],
+            [[n, "+".join(m["pattern"]), m["params"], m["train_seconds"], m["peak_rss_mib"],
+              m["step_peak_mib"], m["final_loss"],
+              *[m["lengths"][t]["seconds_per_video"] for t in tags],
+              *[m["lengths"][t]["sample_peak_mib"] for t in tags]] for n, m in mixers.items()],
+        ),
+        "",
+        "## Scores by generated length (whole video)",
+        "",
+        markdown_table(
+            ["mixer", "length", *keys],
+            [[n, f"{t} ({frames[t]} f)", *[_score(r[t]["scores"], k) for k in keys]]
+             for n, r in rows_of.items() for t in tags],
+        ),
+        "",
+        f"## Along the video: per quarter at {tags[-1]} ({frames[tags[-1]]} frames)",
+        "",
+        markdown_table(
+            ["mixer", "score", "q1", "q2", "q3", "q4"],
+            [[n, k, *[_score(r[tags[-1]]["scores"], f"quarters/q{q}/{k}") for q in range(1, 5)]]
+             for n, r in rows_of.items() for k in e["headline"]],
+        ),
+    ]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
