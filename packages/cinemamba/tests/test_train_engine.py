@@ -190,3 +190,19 @@ def test_bf16_two_models_zero1(tmp_path: Path) -> None:
             assert w.dtype == torch.float32
             # bf16-rounded weights would miss this by ~1e-3 relative
             torch.testing.assert_close(e3[k], 0.5 * e2[k] + 0.5 * w, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.slow  # the first run compiles DeepSpeed's CPU Adam (minutes); cached in .venv after
+def test_optimizer_offload_matches_adamw(tmp_path: Path) -> None:
+    """ZeRO-2 with the optimizer offloaded (DeepSpeed CPU Adam) follows the ZeRO-0 AdamW run,
+    and a non-finite gradient still leaves the offloaded weights unchanged."""
+    ref, off = tmp_path / "ref", tmp_path / "off"
+    train(_cfg(ref, steps=4, ema_decay=0.0), RegressionTask(ToyConfig(fault_nan_grad_at=2)))
+    cfg = _cfg(off, steps=4, ema_decay=0.0, deepspeed_config="zero2_offload")
+    cfg.optimizer.name = "cpu_adam"
+    train(cfg, RegressionTask(ToyConfig(fault_nan_grad_at=2)))
+    assert [r["regressor/skipped"] for r in _records(off)] == [0, 0, 1, 0]
+    for step in (1, 2, 3, 4):
+        a, b = _weights(ref, step), _weights(off, step)
+        for key in a:
+            torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-6)
