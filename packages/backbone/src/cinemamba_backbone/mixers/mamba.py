@@ -58,6 +58,30 @@ class SelectiveSSM(TemporalMixer):
         self.A_log._no_weight_decay = True
         self.D._no_weight_decay = True
 
+    def scan_inputs(
+        self, x: torch.Tensor, conv_tail: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, ...]:
+        """Conv + projections: x (b, d_inner, l) -> (u, Δ, B, C) in scan layout.
+
+        With ``conv_tail`` (b, d_inner, k-1) the conv continues a previous chunk.
+        """
+        length = x.shape[-1]
+        weight = rearrange(self.conv1d.weight, "d 1 k -> d k")
+        if conv_tail is None:
+            x = causal_conv1d(x.contiguous(), weight, self.conv1d.bias, True, **self.kernel_kwargs)
+        else:
+            x = causal_conv1d_torch(x, weight, self.conv1d.bias, True, initial=conv_tail)
+        x_dbl = self.x_proj(rearrange(x, "b d l -> (b l) d"))
+        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = rearrange(self.dt_proj.weight @ dt.t(), "d (b l) -> b d l", l=length)
+        B = rearrange(B, "(b l) n -> b n l", l=length).contiguous()
+        C = rearrange(C, "(b l) n -> b n l", l=length).contiguous()
+        return x, dt, B, C
+
+    def scan_params(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(A, D, Δ bias) in fp32, as the scan takes them."""
+        return -torch.exp(self.A_log.float()), self.D.float(), self.dt_proj.bias.float()
+
     def ssm(
         self,
         x: torch.Tensor,
@@ -66,38 +90,19 @@ class SelectiveSSM(TemporalMixer):
         return_state: bool = False,
     ) -> tuple[torch.Tensor, MixerState | None]:
         """x, z (b, d_inner, l) -> y (b, d_inner, l) [gated by SiLU(z) if given], new state."""
-        length = x.shape[-1]
-        weight = rearrange(self.conv1d.weight, "d 1 k -> d k")
-        if state is None and not return_state:
-            x = causal_conv1d(x.contiguous(), weight, self.conv1d.bias, True, **self.kernel_kwargs)
-            conv_state = ssm_state = None
-        else:
+        conv_state = ssm_state = None
+        if state is not None or return_state:
             if state is None:
                 state = self.init_state(x.shape[0], x.device, x.dtype)
-            conv_state, ssm_state = state
-            tail = conv_state
+            tail, ssm_state = state
             xp = torch.cat([tail.to(x.dtype), x], dim=-1)  # (b, d, k-1+l)
             conv_state = xp[..., xp.shape[-1] - (self.d_conv - 1) :]
-            x = causal_conv1d_torch(x, weight, self.conv1d.bias, True, initial=tail)
-        x_dbl = self.x_proj(rearrange(x, "b d l -> (b l) d"))
-        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = rearrange(self.dt_proj.weight @ dt.t(), "d (b l) -> b d l", l=length)
-        B = rearrange(B, "(b l) n -> b n l", l=length).contiguous()
-        C = rearrange(C, "(b l) n -> b n l", l=length).contiguous()
-        A = -torch.exp(self.A_log.float())
+            u, dt, B, C = self.scan_inputs(x, tail)
+        else:
+            u, dt, B, C = self.scan_inputs(x)
+        A, D, dt_bias = self.scan_params()
         out = selective_scan(
-            x,
-            dt,
-            A,
-            B,
-            C,
-            self.D.float(),
-            z,
-            self.dt_proj.bias.float(),
-            True,
-            return_state,
-            ssm_state,
-            **self.kernel_kwargs,
+            u, dt, A, B, C, D, z, dt_bias, True, return_state, ssm_state, **self.kernel_kwargs
         )
         if not return_state:
             return out, None
@@ -177,6 +182,6 @@ class BiMamba(TemporalMixer):
         xz = rearrange(self.in_proj(x), "b l e -> b e l")
         xs, z = xz.chunk(2, dim=1)
         y_fwd, _ = self.forward_ssm.ssm(xs)
-        y_bwd, _ = self.backward_ssm.ssm(xs.flip(-1))
+        y_bwd, _ = self.backward_ssm.ssm(xs.flip(-1))  # the backward core sees time flipped
         y = (y_fwd + y_bwd.flip(-1)) * F.silu(z)
         return self.out_proj(rearrange(y, "b e l -> b l e"))
