@@ -140,6 +140,9 @@ def test_training_refuses_latents_of_another_encoder(made: dict[str, Path]) -> N
     vae.save_pretrained(other)
     with pytest.raises(ConfigError, match="made by VAE"):
         train_backbone(_experiment(made, "refused", f"task.vae={other}"))
+    with pytest.raises(ConfigError, match="in_channels=4 but the VAE"):
+        train_backbone(_experiment(made, "refused", "task.data.source=raw",
+                                   f"task.data.path={made['raw']}", "task.backbone.in_channels=4"))  # fmt: skip
     assert not (made["root"] / "refused").exists()
 
 

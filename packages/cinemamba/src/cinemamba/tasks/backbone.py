@@ -45,7 +45,7 @@ from cinemamba_sampling import (
     save_png,
     to_uint8,
 )
-from cinemamba_vae import VideoAutoencoder
+from cinemamba_vae import VideoAutoencoder, load_vae_config
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +168,15 @@ class BackboneTask:
                 data.clip.validate()
             except ValueError as err:
                 raise ConfigError(f"task.data.clip: {err}") from None
+            channels = load_vae_config(Path(cfg.vae) / "config.yaml").latent_channels
+            if cfg.backbone.in_channels != channels:
+                raise ConfigError(
+                    f"task.backbone.in_channels={cfg.backbone.in_channels} but the VAE "
+                    f"{cfg.vae!r} makes {channels} latent channels"
+                )
             return
+        if not cfg.vae:
+            log.warning("task.vae is empty: the VAE the latents were made with is not checked")
         try:
             self.latent_set = open_latent_set(
                 data.path,
