@@ -114,10 +114,10 @@ def load_experiment(
 ) -> DictConfig:
     """Merge an experiment schema with a YAML file, its DeepSpeed config and dotlist overrides.
 
-    Order (later wins): schema defaults, DeepSpeed file (`train.deepspeed_config`, resolved to
-    an absolute path), experiment file, command line. Unknown
-    keys raise ConfigError naming the key, except inside `train.deepspeed`, which DeepSpeed's own
-    validation checks (see `validate`).
+    Order (later wins): schema defaults, DeepSpeed file (`train.deepspeed_config`, looked up
+    beside the experiment file, in ./configs/deepspeed and in the repository's, then pinned as
+    an absolute path), experiment file, command line. Unknown keys raise ConfigError naming the
+    key, except inside `train.deepspeed`, which `validate` checks against DeepSpeed's schema.
     """
     cfg = OmegaConf.structured(schema)
     OmegaConf.set_struct(cfg, True)
@@ -156,7 +156,7 @@ def load_experiment(
         OmegaConf.update(nested, f"{prefix}deepspeed_config", str(ds_file.resolve()))
         cfg = _merge(cfg, nested, f"DeepSpeed config {str(ds_file)!r}")
     for src, where in sources:
-        if isinstance(src, DictConfig):  # keep the pinned path unless a later source changes it
+        if isinstance(src, DictConfig):  # a source's name or relative path -> the pinned path
             for node_key, _ in _train_node_keys(probe):
                 key = f"{node_key}.deepspeed_config" if node_key else "deepspeed_config"
                 if OmegaConf.select(src, key) is not None:
