@@ -244,3 +244,16 @@ def test_cli_on_a_finished_export_skips_everything(made: dict[str, Path], caplog
     shards = [n for n in before if n.endswith(".tar")]
     assert len(shards) == 3 and all(before[n] == after[n] for n in shards)
     assert main(["export-latents", "input=x", "clip.frame=9"]) == 2  # typo: a clear error
+
+
+def test_clips_the_vae_cannot_encode(made: dict[str, Path]) -> None:
+    """A frame count the VAE cannot take fails up front; a size it cannot take is counted per
+    sample, and a set with no usable sample is an error naming the reasons."""
+    cfg = _cfg(made["root"], "bad_frames")
+    cfg.clip.frames = 10
+    with pytest.raises(ValueError, match="clip.frames=10: the VAE encodes 1 \\+ 4\\*k frames"):
+        export_latents(cfg)
+    cfg = _cfg(made["root"], "bad_size")
+    cfg.clip.height = cfg.clip.width = 30  # not divisible by the 4x spatial compression
+    with pytest.raises(ValueError, match="no usable samples .*'unencodable': 6"):
+        export_latents(cfg)

@@ -145,7 +145,13 @@ def _export_shard(
                     log.warning("skipping %s: %s", key, err)
                     bar.update()
                     continue
-                latents, text = enc.encode(to_pixels(frames), caption)
+                try:
+                    latents, text = enc.encode(to_pixels(frames), caption)
+                except ValueError as err:  # e.g. a frame size the VAE cannot take
+                    skipped["unencodable"] += 1
+                    log.warning("skipping %s: %s", key, err)
+                    bar.update()
+                    continue
                 if not torch.isfinite(latents).all():
                     skipped["nonfinite_latents"] += 1
                     log.warning("skipping %s: the VAE produced non-finite latents", key)
@@ -284,6 +290,12 @@ def export_latents(
         log.info("rank %d: %d of %d shards already complete, skipped", rank, report.already_done,
                  len(mine))  # fmt: skip
     enc = _Encoders(cfg)
+    st = enc.vae.config.temporal_compression
+    if (cfg.clip.frames - 1) % st:
+        raise ValueError(
+            f"clip.frames={cfg.clip.frames}: the VAE encodes 1 + {st}*k frames "
+            f"(e.g. {1 + st * max(1, (cfg.clip.frames - 1) // st)})"
+        )
     header = {
         "format": fmt.FORMAT,
         "vae": {"identity": enc.vae_identity, "path": str(cfg.vae),
