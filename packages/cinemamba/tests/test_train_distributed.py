@@ -60,7 +60,7 @@ def _launch_srun_style(run_dir: Path, *overrides: str, nproc: int = 2) -> list[i
     args = ["-m", "cinemamba.train.toy", f"train.run_dir={run_dir}", *COMMON, *overrides]
     procs = []
     for rank in range(nproc):
-        rank_env = {**env, "SLURM_PROCID": str(rank), "SLURM_NTASKS": str(nproc), "SLURM_LOCALID": str(rank)}  # fmt: skip
+        rank_env = {**env, "SLURM_STEP_ID": "0", "SLURM_PROCID": str(rank), "SLURM_NTASKS": str(nproc), "SLURM_LOCALID": str(rank)}  # fmt: skip
         procs.append(
             subprocess.Popen(
                 [sys.executable, *args],

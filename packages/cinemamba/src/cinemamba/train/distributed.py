@@ -34,11 +34,17 @@ def prepare_environment() -> None:
     if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():
         os.environ["DS_ACCELERATOR"] = "cpu"
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(sys.prefix, "torch_extensions"))
-    if "SLURM_PROCID" in os.environ and "RANK" not in os.environ:
-        # srun starts one task per rank without a launcher; map its variables.
+    if "SLURM_STEP_ID" in os.environ and "RANK" not in os.environ:
+        # srun starts one task per rank without a launcher; map its variables (only inside an
+        # srun step: a batch script's own shell also sees SLURM_NTASKS but is a single process).
         os.environ["RANK"] = os.environ["SLURM_PROCID"]
         os.environ["WORLD_SIZE"] = os.environ["SLURM_NTASKS"]
         os.environ["LOCAL_RANK"] = os.environ.get("SLURM_LOCALID", "0")
+        if int(os.environ.get("SLURM_NNODES", "1")) > 1 and "MASTER_ADDR" not in os.environ:
+            raise RuntimeError(
+                "srun across nodes: export MASTER_ADDR (the first node's address) and "
+                "MASTER_PORT before srun"
+            )
     if "RANK" not in os.environ:
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
     os.environ.setdefault("LOCAL_RANK", "0")
