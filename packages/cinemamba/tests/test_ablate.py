@@ -16,13 +16,14 @@ from cinemamba.ablate import (
     AblationConfig,
     AblationEval,
     _final_loss,
-    ablation_stages,
+    check_mixers,
     eval_lengths,
     eval_prompts,
     experiment_yaml,
     mixer_experiment,
     mixer_pattern,
     run_ablation,
+    shared_inputs,
     train_step_memory,
     write_report,
 )
@@ -145,21 +146,16 @@ def test_report_markdown_and_plot(tmp_path) -> None:
 
 
 def test_ablation_config_errors(demo, tmp_path, capsys) -> None:
-    def scorer(video, prompt):
-        return {}
-
-    cfg = AblationConfig(demo=DEMO, mixers=["bimamba", "nope"])
     with pytest.raises(ValueError, match="'nope'"):
-        ablation_stages(cfg, demo, scorer)
+        check_mixers(AblationConfig(demo=DEMO, mixers=["bimamba", "nope"]))
+    with pytest.raises(ConfigError, match="distinct"):
+        check_mixers(AblationConfig(demo=DEMO, mixers=["mamba", "mamba"]))
     cfg = AblationConfig(demo=DEMO, vae=str(tmp_path))
     with pytest.raises(ConfigError, match="both"):
-        ablation_stages(cfg, demo, scorer)
+        shared_inputs(cfg, demo)
     cfg.latents = str(tmp_path / "no-latents")
     with pytest.raises(ConfigError, match="no-latents"):
-        ablation_stages(cfg, demo, scorer)
-    cfg = AblationConfig(demo=DEMO, mixers=["mamba", "mamba"])
-    with pytest.raises(ConfigError, match="distinct"):
-        ablation_stages(cfg, demo, scorer)
+        shared_inputs(cfg, demo)
     yaml = tmp_path / "a.yaml"
     yaml.write_text(f"demo: {DEMO}\nsteps: 3\n")
     assert main(["ablate", str(yaml), "mixer=[mamba]"]) == 2

@@ -83,8 +83,9 @@ class AblationConfig:
     """`cinemamba ablate` schema.
 
     demo / demo_overrides: the demo config whose data, VAE, latents and backbone experiment are
-        shared by every mixer. vae / latents: take these from an existing run instead (both or
-        neither; e.g. `runs/demo/vae-stats/vae` and `runs/demo/export/latents`).
+        shared by every mixer; its data / VAE / latent stages run under `shared_out` (default
+        `out`; `runs/demo` reuses a finished demo run with the same config).
+    vae / latents: take the VAE and latents from these directories instead (both or neither).
     mixers: temporal mixer names (TEMPORAL_MIXERS); `a+b` is a hybrid whose blocks cycle through
         a, b, ... (BackboneConfig.mixer_pattern).
     steps / overrides: the equal step budget, and `key=value` overrides of the demo's backbone
@@ -94,6 +95,7 @@ class AblationConfig:
     out: str = "runs/ablation"
     demo: str = "configs/experiment/demo.yaml"
     demo_overrides: list[str] = field(default_factory=list)
+    shared_out: str = ""  # where the shared demo stages live (default: out)
     vae: str = ""
     latents: str = ""
     mixers: list[str] = field(
@@ -340,9 +342,13 @@ def evaluate_ceiling(cfg: AblationConfig, demo: DemoConfig, frames0: int,
 # ---------------------------------------------------------------------------------- pipeline
 
 
-def shared_stages(cfg: AblationConfig, demo: DemoConfig) -> tuple[list[Stage], Any, Any]:
-    """The demo's data/VAE/latent stages (none when `vae` and `latents` are given), and two
-    functions giving the VAE and latent directories from a stage's `inputs`."""
+def shared_inputs(cfg: AblationConfig, demo: DemoConfig, fresh: bool = False) -> dict[str, Any]:
+    """The VAE and latent directories every mixer uses, and what identifies them.
+
+    Either the given `vae` + `latents`, or the demo's own data / VAE / latent stages, run (or
+    reused: same config hash) under `shared_out` (default `out`). Pointing `shared_out` at a
+    demo run with the same demo config reuses that run's finished stages.
+    """
     if bool(cfg.vae) != bool(cfg.latents):
         raise ConfigError("give both `vae` and `latents` (an existing run) or neither")
     if cfg.vae:
@@ -350,59 +356,70 @@ def shared_stages(cfg: AblationConfig, demo: DemoConfig) -> tuple[list[Stage], A
             if not Path(getattr(cfg, key)).is_dir():
                 raise ConfigError(f"ablation `{key}`={getattr(cfg, key)!r} is not a directory")
         vae, latents = Path(cfg.vae).resolve(), Path(cfg.latents).resolve()
-        return [], (lambda inputs: vae), (lambda inputs: latents)
+        return {
+            "vae": vae,
+            "latents": latents,
+            "identity": {"vae": str(vae), "latents": str(latents)},
+        }
     from cinemamba.demo.stages import export_stage, synth_stage, vae_stage, vae_stats_stage
 
     stages = [synth_stage(demo), vae_stage(demo), vae_stats_stage(demo), export_stage(demo)]
-    return (stages, (lambda inputs: inputs["vae-stats"] / VAE_DIR),
-            (lambda inputs: inputs["export"] / LATENTS_DIR))  # fmt: skip
+    runner = StageRunner(cfg.shared_out or cfg.out, stages, fresh=fresh, label="ablate shared")
+    runner.run()
+    return {
+        "vae": runner.directory("vae-stats") / VAE_DIR,
+        "latents": runner.directory("export") / LATENTS_DIR,
+        "identity": {"export": runner.hashes["export"]},  # covers data, VAE and stats too
+    }
 
 
-def ablation_stages(cfg: AblationConfig, demo: DemoConfig, scorer: Scorer) -> list[Stage]:
-    """Shared stages, one train and one eval stage per mixer, and the real-video ceiling."""
+def check_mixers(cfg: AblationConfig) -> None:
+    """Every mixer entry valid and distinct (raises before anything runs)."""
     for entry in cfg.mixers:
-        mixer_pattern(entry)  # fail before anything runs
+        mixer_pattern(entry)
     if len({slug(m) for m in cfg.mixers}) != len(cfg.mixers):
         raise ConfigError(f"mixers must be distinct, got {cfg.mixers}")
-    stages, vae_of, latents_of = shared_stages(cfg, demo)
-    needs = ["vae-stats", "export"] if stages else []
-    external = {"vae": cfg.vae, "latents": cfg.latents} if cfg.vae else {}
-    blank = Path("")
+
+
+def mixer_stages(cfg: AblationConfig, demo: DemoConfig, shared: Mapping[str, Any],
+                 scorer: Scorer) -> list[Stage]:  # fmt: skip
+    """One train and one eval stage per mixer, and the real-video ceiling."""
+    check_mixers(cfg)
+    vae, latents, identity = shared["vae"], shared["latents"], dict(shared["identity"])
+    stages: list[Stage] = []
     for name in cfg.mixers:
         tag = slug(name)
-        hashed = {**plain(mixer_experiment(cfg, demo, name, blank, blank, blank)), **external}
+        blank = mixer_experiment(cfg, demo, name, Path(""), Path(""), Path(""))
+        hashed = {**plain(blank), "shared": identity}
         hashed["train"].pop("deepspeed_config", None)  # a resolved, machine-specific path
 
         def train_run(work: Path, inputs: Mapping[str, Path], name: str = name) -> dict:
-            exp = mixer_experiment(
-                cfg, demo, name, work / "run", vae_of(inputs), latents_of(inputs)
-            )
+            exp = mixer_experiment(cfg, demo, name, work / "run", vae, latents)
             result = {"mixer": name, **train_mixer(exp, work, cfg.threads)}
             write_json(work / "train.json", result)
             return result
 
         def eval_run(work: Path, inputs: Mapping[str, Path], name: str = name, tag: str = tag):
-            exp = mixer_experiment(cfg, demo, name, blank, vae_of(inputs), latents_of(inputs))
-            run_dir = inputs[f"train-{tag}"] / "run"
-            result = evaluate_mixer(cfg, demo, exp, run_dir, work, scorer)
+            exp = mixer_experiment(cfg, demo, name, Path(""), vae, latents)
+            result = evaluate_mixer(cfg, demo, exp, inputs[f"train-{tag}"] / "run", work, scorer)
             write_json(work / "eval.json", result)
             return {"lengths": list(result)}
 
-        stages.append(Stage(f"train-{tag}", train_run, hashed, needs=needs,
+        stages.append(Stage(f"train-{tag}", train_run, hashed,
                             description=f"train the {name} backbone ({cfg.steps} steps)"))  # fmt: skip
         stages.append(Stage(f"eval-{tag}", eval_run, {"eval": asdict(cfg.eval)},
-                            needs=[*needs, f"train-{tag}"],
-                            description=f"generate and score at {cfg.eval.lengths}x"))  # fmt: skip
+                            needs=[f"train-{tag}"],
+                            description=f"generate and score at {list(cfg.eval.lengths)}x"))  # fmt: skip
 
     def ceiling_run(work: Path, inputs: Mapping[str, Path]) -> dict:
-        vae = VideoAutoencoder.from_pretrained(vae_of(inputs))
-        frames0, _, _ = train_clip(latents_of(inputs), demo.backbone.task.data.latent_frames, vae)
+        frames0, _, _ = train_clip(latents, demo.backbone.task.data.latent_frames,
+                                   VideoAutoencoder.from_pretrained(vae))  # fmt: skip
         result = evaluate_ceiling(cfg, demo, frames0, scorer)
         write_json(work / "eval.json", result)
         return {"lengths": list(result)}
 
-    stages.append(Stage("ceiling", ceiling_run, {"eval": asdict(cfg.eval), **external,
-                                                  "data": plain(demo.data)}, needs=needs,
+    stages.append(Stage("ceiling", ceiling_run,
+                        {"eval": asdict(cfg.eval), "shared": identity, "data": plain(demo.data)},
                         description="score the same prompts as real videos (the ceiling)"))  # fmt: skip
     return stages
 
@@ -410,11 +427,13 @@ def ablation_stages(cfg: AblationConfig, demo: DemoConfig, scorer: Scorer) -> li
 def run_ablation(cfg: AblationConfig, *, scorer: Scorer | None = None, fresh: bool = False) -> dict:
     """Run (or reuse) every stage, then write the report; returns the results dict."""
     demo = load_demo_config(cfg.demo, cfg.demo_overrides)
+    check_mixers(cfg)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     scorer = scorer or default_scorer()
-    stages = ablation_stages(cfg, demo, scorer)
-    runner = StageRunner(cfg.out, stages, fresh=fresh, label="ablate")
+    shared = shared_inputs(cfg, demo, fresh)
+    runner = StageRunner(cfg.out, mixer_stages(cfg, demo, shared, scorer), fresh=fresh,
+                         label="ablate")  # fmt: skip
     records = runner.run()
     results: dict[str, Any] = {"config": asdict(cfg), "mixers": {}, "ceiling": None,
                                "stages": [r.as_dict() for r in records]}  # fmt: skip
