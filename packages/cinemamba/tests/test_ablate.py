@@ -207,3 +207,14 @@ def test_ablation_end_to_end(tmp_path) -> None:
     # A re-run reuses every stage: nothing is trained again.
     again = run_ablation(cfg, scorer=scorer)
     assert {s["status"] for s in again["stages"]} == {"reused"}
+
+
+def test_shipped_config_loads_and_its_prompts_parse() -> None:
+    from cinemamba.config import load_config, to_object
+    from cinemamba.demo.config import prompt_specs
+
+    cfg = to_object(load_config(AblationConfig, REPO / "configs/ablation/tiny.yaml"))
+    assert cfg.mixers == ["bimamba", "mamba", "attention", "bimamba+attention"]
+    check_mixers(cfg)
+    assert len(prompt_specs(list(cfg.eval.prompts))) == 8
+    assert set(cfg.eval.headline) == set(SCORES)
