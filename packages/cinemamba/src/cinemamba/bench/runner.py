@@ -1,0 +1,233 @@
+"""`cinemamba bench`: run the benchmarks as functions and regenerate docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+
+from cinemamba.bench import generation, scripts, training
+from cinemamba.bench.generation import GenerationScale
+from cinemamba.bench.measure import MIN_REPEATS, Section, machine_description
+from cinemamba.bench.scripts import KernelScale
+from cinemamba.bench.training import TrainScale
+
+log = logging.getLogger(__name__)
+
+BENCHMARKS = ("data", "vae", "scan", "backbone", "train", "sampling", "growth")
+QUICK_TARGET_S = 180.0  # the issue: quick mode < 3 min
+
+
+@dataclass(frozen=True)
+class Scale:
+    """Sizes of every benchmark for one mode."""
+
+    kernels: KernelScale = field(default_factory=KernelScale)
+    train: TrainScale = field(default_factory=TrainScale)
+    generation: GenerationScale = field(default_factory=GenerationScale)
+
+
+SCALES: dict[str, Scale] = {
+    # What docs/benchmarks.md is made from (about 20 min on 2 quiet cores).
+    "full": Scale(
+        KernelScale(vae_frames=129, vae_script_memory=(65, 257, 1025)),
+        TrainScale(),
+        GenerationScale(),
+    ),
+    # Routine use, under 3 min: fewer and shorter lengths, cases run in-process.
+    "quick": Scale(
+        KernelScale(
+            spawn=False,
+            scan_t=(64, 256),
+            scan_dims=(64, 64, 16),
+            model_t=(16, 32, 64, 128),
+            vae_frames=33,
+        ),
+        TrainScale(
+            videos=4,
+            video_frames=20,
+            size=32,
+            clip_frames=9,
+            batch_size=1,
+            warmup_steps=1,
+            zero_stages=(0, 2),
+        ),
+        GenerationScale(size=32, steps=2, sample_frames=(64, 256), growth_frames=(33, 65, 129)),
+    ),  # fmt: skip
+    # Seconds, for the test of the runner itself; the numbers mean little.
+    "micro": Scale(
+        KernelScale(
+            spawn=False,
+            scan_t=(8,),
+            scan_dims=(4, 8, 4),
+            model_t=(2, 4, 6, 8),
+            model_dims=(16, 1),
+            mixers=("bimamba", "attention"),
+            vae_size=16,
+            vae_frames=5,
+        ),
+        TrainScale(
+            videos=2,
+            video_frames=6,
+            size=16,
+            clip_frames=5,
+            batch_size=1,
+            warmup_steps=1,
+            zero_stages=(0,),
+        ),
+        GenerationScale(
+            size=16,
+            steps=1,
+            guidance=1.0,
+            sample_frames=(9,),
+            growth_frames=(5, 9, 13),
+            window=2,
+            context=1,
+            chunk=1,
+        ),
+    ),  # fmt: skip
+}
+
+
+def run_benchmarks(scale: Scale, only: Sequence[str] = BENCHMARKS) -> list[Section]:
+    """Run the chosen benchmarks in the canonical order; a failing one is reported, not fatal."""
+    unknown = sorted(set(only) - set(BENCHMARKS))
+    if unknown:
+        raise ValueError(f"unknown benchmark(s) {unknown}; valid: {', '.join(BENCHMARKS)}")
+    calls = {
+        "vae": lambda: [scripts.vae(scale.kernels)],
+        "scan": lambda: [scripts.scan(scale.kernels)],
+        "backbone": lambda: [scripts.backbone(scale.kernels)],
+        "sampling": lambda: [generation.sampling(scale.generation)],
+        "growth": lambda: [generation.growth(scale.generation)],
+    }
+    sections: list[Section] = []
+    wanted = [b for b in BENCHMARKS if b in only]
+    for name in wanted:
+        if name == "train" and "data" in wanted:
+            continue  # ran together with data (shared shards)
+        parts = tuple(p for p in ("data", "train") if p in wanted)
+        call = calls.get(name, lambda parts=parts: training.training(scale.train, parts))
+        log.info("benchmark %s ...", name if name not in ("data", "train") else "+".join(parts))
+        start, cpu = time.perf_counter(), time.process_time()
+        try:
+            done = call()
+        except Exception as err:  # one broken benchmark must not hide the others' numbers
+            log.exception("benchmark %s failed", name)
+            done = [Section(name, f"{name} (failed)", lines=[f"Failed: `{err!r}`"])]
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+        for section in done:  # data and train share one call: split its time evenly
+            section.seconds, section.cpu_seconds = elapsed / len(done), cpu / len(done)
+        sections += done
+    return sections
+
+
+def _num(x: float) -> str:
+    return f"{x:.4g}" if math.isfinite(x) else str(x)
+
+
+def render(sections: Sequence[Section], machine: dict[str, str], mode: str, wall_s: float) -> str:
+    """docs/benchmarks.md: machine, summary of every figure, then each section's tables."""
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    quick = ""
+    if mode == "quick":
+        verdict = "pass" if wall_s < QUICK_TARGET_S else "FAIL"
+        quick = f" (target < {QUICK_TARGET_S:.0f} s: {verdict})"
+    out = [
+        "# Benchmarks",
+        "",
+        f"Generated by `cinemamba bench --{mode}` on {stamp}; wall time {wall_s:.0f} s{quick}. "
+        "Do not edit by hand: rerun `cinemamba bench --full` (this page) or "
+        "`cinemamba bench --quick --out FILE` (routine check).",
+        "",
+        "## Machine",
+        "",
+        "| | |",
+        "|---|---|",
+        *(f"| {k} | {v} |" for k, v in machine.items()),
+        "",
+        "## How to read the figures",
+        "",
+        "Every figure is a ratio measured in the same run as its reference: a floor from "
+        "measured machine rates (exp throughput and copy bandwidth for the scan; counted "
+        "matmul/conv FLOPs ÷ measured GEMM rate elsewhere, a lower bound since elementwise "
+        "work is not counted), the straightforward implementation (reference scan, unchunked "
+        "VAE call, plain PyAV decode, oneshot sampling), or the temporal-attention baseline. "
+        "Ratio = measured ÷ reference, the median over the repeats of the per-repeat ratios; "
+        "spread = their min–max. Times are process CPU seconds with the torch thread count "
+        "above unless a section says wall time; CPU time is robust to other jobs on a shared "
+        "machine. Memory figures are deterministic and come from one profiled run.",
+        "",
+        "## Summary",
+        "",
+        "| benchmark | figure | measured | reference | ratio | spread | repeats | target |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for section in sections:
+        for f in section.figures:
+            lo, hi = f.spread
+            target = "—"
+            if f.target is not None:
+                sign = "≥" if f.higher_is_better else "≤"
+                target = f"{sign} {f.target:g}: {'pass' if f.passed else 'FAIL'}"
+            med = sorted(f.measured)[len(f.measured) // 2]
+            ref = sorted(f.reference)[len(f.reference) // 2]
+            out.append(
+                f"| {f.section} | {f.name} | {_num(med)} {f.unit} | {_num(ref)} "
+                f"({f.reference_name}) | {_num(f.ratio)} | {_num(lo)}–{_num(hi)} | "
+                f"{f.repeats} | {target} |"
+            )
+    for section in sections:
+        out += [
+            "",
+            f"## {section.title}",
+            "",
+            f"_{section.seconds:.0f} s wall, {section.cpu_seconds:.0f} s CPU of this process "
+            "(children not counted) in this run._",
+            "",
+        ]
+        out += section.lines
+    return "\n".join(out) + "\n"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write under a temporary name, then rename over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def bench(
+    mode: str = "quick",
+    only: Sequence[str] = BENCHMARKS,
+    out: Path | None = None,
+    threads: int = 1,
+) -> tuple[str, list[Section]]:
+    """Run the benchmarks at `mode` scale; return (markdown, sections), written to `out`."""
+    if mode not in SCALES:
+        raise ValueError(f"unknown bench mode {mode!r}; valid: {', '.join(SCALES)}")
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        machine = machine_description()
+        start = time.perf_counter()
+        sections = run_benchmarks(SCALES[mode], only)
+        wall = time.perf_counter() - start
+    finally:
+        torch.set_num_threads(old_threads)
+    for section in sections:
+        for f in section.figures:
+            if f.repeats < MIN_REPEATS:
+                raise RuntimeError(f"figure {f.name!r} has {f.repeats} repeats (< 5)")
+    text = render(sections, machine, mode, wall)
+    if out is not None:
+        write_atomic(out, text)
+    return text, sections

@@ -1,0 +1,113 @@
+"""`cinemamba bench`: the runner regenerates the markdown with every section and finite ratios;
+the figure arithmetic and the phase clock against hand-made numbers."""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from cinemamba.bench import BENCHMARKS, Figure, slope
+from cinemamba.bench.runner import render
+from cinemamba.bench.training import PhaseClock
+from cinemamba.cli import main
+
+pytestmark = pytest.mark.distributed  # the train benchmark starts a (one-rank) gloo group
+
+TITLES = {
+    "data": "## Data: raw-shard loader vs plain PyAV decode",
+    "vae": "## Video VAE (tiny preset)",
+    "scan": "## Selective scan (CPU fast path)",
+    "backbone": "## VideoDiT vs frame count",
+    "train": "## Training step breakdown (DeepSpeed engine, one process)",
+    "sampling": "## Sampling: seconds per generated frame by long-video mode",
+    "growth": "## Cost growth with frame count (whole pipeline)",
+}
+
+
+def test_figure_ratio_is_median_of_per_repeat_ratios_and_target_checks_it() -> None:
+    """Ratios pair each measurement with the reference of its own repeat."""
+    f = Figure("s", "x", "s", [2, 4, 9, 1, 3], [1, 1, 3, 1, 1], "ref", target=2.5)
+    assert f.ratios == [2, 4, 3, 1, 3]
+    assert f.ratio == 3 and f.spread == (1, 4) and f.repeats == 5
+    assert f.passed is False
+    assert Figure("s", "x", "s", [1.0] * 5, [2.0] * 5, "r", target=0.5).passed is True
+    up = Figure("s", "x", "s", [3.0] * 5, [1.0] * 5, "r", target=2, higher_is_better=True)
+    assert up.passed is True
+    with pytest.raises(ValueError, match="same non-zero count"):
+        Figure("s", "x", "s", [1.0, 2.0], [1.0], "r")
+
+
+def test_slope_recovers_power_laws() -> None:
+    """log-log slope of y = c x^k is k, exactly."""
+    xs = [16.0, 64.0, 256.0, 1024.0]
+    assert slope(xs, [3 * x**2 for x in xs]) == pytest.approx(2.0)
+    assert slope(xs, [0.5 * x for x in xs]) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match=">= 2 paired points"):
+        slope([1.0], [1.0])
+
+
+def test_phase_clock_keeps_exclusive_time() -> None:
+    """Time inside a nested phase is taken out of its parent; the parts add up."""
+    clock = PhaseClock()
+
+    def spin(seconds: float) -> None:
+        end = time.process_time() + seconds
+        while time.process_time() < end:
+            pass
+
+    start = time.process_time()
+    with clock.phase("outer"):
+        spin(0.05)
+        with clock.phase("inner"):
+            spin(0.1)
+    total = time.process_time() - start
+    assert clock.totals["inner"] == pytest.approx(0.1, abs=0.02)
+    assert clock.totals["outer"] == pytest.approx(0.05, abs=0.02)
+    assert clock.totals["inner"] + clock.totals["outer"] == pytest.approx(total, abs=1e-3)
+
+
+def test_render_marks_targets_and_keeps_every_section() -> None:
+    """The summary has one row per figure with pass/FAIL; each section gets its heading."""
+    from cinemamba.bench import Section
+
+    sections = [
+        Section("a", "A", [Figure("a", "fast", "s", [1.0] * 5, [2.0] * 5, "r", target=1)]),
+        Section("b", "B", [Figure("b", "slow", "s", [3.0] * 5, [1.0] * 5, "r", target=1)], ["x"]),
+    ]
+    text = render(sections, {"CPU": "test"}, "quick", 10.0)
+    assert "| a | fast | 1 s | 2 (r) | 0.5 | 0.5–0.5 | 5 | ≤ 1: pass |" in text
+    assert "≤ 1: FAIL" in text and "## A" in text and "## B" in text
+    assert "target < 180 s: pass" in text and "| CPU | test |" in text
+
+
+def test_cli_micro_run_regenerates_every_section(tmp_path: Path) -> None:
+    """`cinemamba bench --micro --out FILE` writes all sections, finite ratios, >= 5 repeats."""
+    out = tmp_path / "benchmarks.md"
+    out.write_text("stale\n")
+    threads = torch.get_num_threads()
+    assert main(["bench", "--micro", "--out", str(out)]) == 0
+    assert torch.get_num_threads() == threads  # the runner restores the thread count
+    text = out.read_text()
+    assert "stale" not in text and not list(tmp_path.glob("*.partial"))
+    for name in BENCHMARKS:
+        assert TITLES[name] in text, name
+    assert "(failed)" not in text
+    for key in ("| CPU |", "| cores (os.cpu_count) |", "| RAM |", "| torch |", "| torch threads |"):
+        assert key in text
+    summary = text.split("## Summary")[1].split("\n## ")[0]
+    rows = [r for r in summary.splitlines() if r.startswith("| ") and not r.startswith("| bench")]
+    assert {r.split(" | ")[0][2:] for r in rows} == set(BENCHMARKS)
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        ratio, spread, repeats = float(cells[4]), cells[5], int(cells[6])
+        lo, hi = (float(x) for x in re.split(r"–", spread))
+        assert math.isfinite(ratio) and lo <= ratio <= hi and repeats >= 5, row
+    growth = text.split(TITLES["growth"])[1]
+    for stage in ("encode", "train step", "sample", "decode"):
+        assert f"| {stage} |" in growth
+    assert "slope time" in growth
