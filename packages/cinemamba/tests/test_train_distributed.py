@@ -102,6 +102,20 @@ def _ok(proc: subprocess.CompletedProcess) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
 
 
+def _ok_or_teardown_abort(proc: subprocess.CompletedProcess, run_dir: Path) -> None:
+    """Known issue (docs/training.md): about one in eight 2-rank ZeRO-3 runs on this CPU machine
+    has a rank abort with "terminate called without an active exception" after the run is
+    complete. Accept that only when everything was written; the tests then check the results."""
+    if proc.returncode == 0:
+        return
+    done = ckpt_io.latest_checkpoint(run_dir)
+    teardown = "terminate called without an active exception" in proc.stderr + proc.stdout
+    if not (teardown and done is not None and done.name == "step_00000006"):
+        _ok(proc)
+    records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert records[-1]["kind"] == "eval" and records[-1]["step"] == 6, proc.stderr[-3000:]
+
+
 def _losses(run_dir: Path, kind: str = "train") -> dict[int, dict[str, float]]:
     """Per step, the last logged record (a resumed run re-logs steps after its checkpoint)."""
     out = {}
@@ -119,7 +133,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     dirs = {"z0": root / "z0", "z2": root / "z2", "z3": root / "z3"}
     _train_here(dirs["z0"], "train.deepspeed_config=zero0")
     _ok(_launch(dirs["z2"], "train.deepspeed_config=zero2", nproc=2))
-    _ok(_launch(dirs["z3"], "train.deepspeed_config=zero3", nproc=2))
+    _ok_or_teardown_abort(_launch(dirs["z3"], "train.deepspeed_config=zero3", nproc=2), dirs["z3"])
     return dirs
 
 

@@ -66,17 +66,23 @@ def on_cuda() -> bool:
 def session(backend: str = "") -> Iterator[tuple[int, int, torch.device]]:
     """Join (or start, through DeepSpeed) the process group; yields (rank, world, device).
 
-    A group the engine starts lives until the interpreter exits, so several runs in one process
-    (tests, notebooks) share it: DeepSpeed caches its groups and cannot start over cleanly. The
+    A group the engine starts in a plain process lives until the interpreter exits, so several
+    runs in one process (tests, notebooks) share it: DeepSpeed caches its groups and cannot
+    start over cleanly; in a launched process it is torn down when the run ends. The
     rendezvous variables the engine adds are removed again when the block ends, so that child
     processes started later do not inherit a port that is in use.
     """
     import deepspeed
 
     before = {k: os.environ.get(k) for k in _RENDEZVOUS}
+    # A process started by a launcher (or srun) trains once: its group goes down when the run
+    # ends, not at interpreter exit, where ZeRO-3 ranks can abort.
+    launched = before["RANK"] is not None or "SLURM_STEP_ID" in os.environ
+    created = False
     try:
         cuda = on_cuda()
         if not dist.is_initialized():
+            created = True
             prepare_environment()
             backend = backend or ("nccl" if cuda else "gloo")
             deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(minutes=30))
@@ -93,6 +99,8 @@ def session(backend: str = "") -> Iterator[tuple[int, int, torch.device]]:
         else:
             device = torch.device("cpu")
         yield dist.get_rank(), dist.get_world_size(), device
+        if created and launched:
+            shutdown()
     finally:
         for key, value in before.items():
             if value is None:

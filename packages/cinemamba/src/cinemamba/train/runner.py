@@ -8,6 +8,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from cinemamba.train import distributed
 from cinemamba.train.config import load_experiment
 from cinemamba.train.task import Task
 from cinemamba.train.trainer import TrainResult, train
@@ -43,4 +44,5 @@ def main(
     parser = argparse.ArgumentParser(prog=prog, description="Train with the cinemamba engine.")
     add_train_arguments(parser)
     result = run_experiment(schema, make_task, parser.parse_args(argv))
+    distributed.shutdown()  # now, not at interpreter exit, where ZeRO-3 ranks can abort
     return 0 if result.reason in ("done", "signal") else 1
