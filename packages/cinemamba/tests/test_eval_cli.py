@@ -24,6 +24,7 @@ from cinemamba.eval.run import (
     iter_shards,
     mean_scores,
     read_prompts,
+    score_with_quarters,
     shard_paths,
     to_markdown,
 )
@@ -224,3 +225,25 @@ def test_reconstruction_part_uses_the_vae_eval(synth, tmp_path, capsys) -> None:
     assert "## VAE reconstruction" in (tmp_path / "r" / "eval.md").read_text()
     assert main(["eval", "--generated", str(tmp_path), "--vae", str(tmp_path / "vae")]) == 2
     assert "needs `shards`" in capsys.readouterr().err
+
+
+def test_score_with_quarters_splits_the_video() -> None:
+    frames = np.zeros((22, 4, 4, 3), np.uint8)
+    frames[:, :, :, 0] = np.arange(22)[:, None, None]  # red level = frame index
+
+    def scorer(f: np.ndarray, prompt: str) -> dict:
+        return {"n": len(f), "red": float(f[..., 0].mean())}
+
+    got = score_with_quarters(scorer, frames, "p")
+    assert (got["n"], got["red"]) == (22, 10.5)
+    assert [q["n"] for q in got["quarters"].values()] == [
+        6,
+        5,
+        5,
+        6,
+    ]  # edges 0, 6, 11, 16, 22 (round half to even)
+    assert got["quarters"]["q1"]["red"] == pytest.approx(2.5)
+    assert got["quarters"]["q4"]["red"] == pytest.approx(18.5)
+    assert "quarters" not in score_with_quarters(scorer, frames[:7], "p")  # too short to split
+    own = score_with_quarters(lambda f, p: {"quarters": {"q1": 1.0}}, frames, "p")
+    assert own == {"quarters": {"q1": 1.0}}  # a scorer's own quarters are kept

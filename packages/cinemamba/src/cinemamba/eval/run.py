@@ -241,6 +241,21 @@ def default_scorer() -> Scorer:
     return score_video
 
 
+def score_with_quarters(scorer: Scorer, frames: np.ndarray, prompt: str) -> dict:
+    """The scorer's scores of the whole video plus `quarters: {q1..q4: scores}` of its four
+    consecutive quarters (unless the scorer reports quarters itself, or the video is shorter
+    than 8 frames), so quality along the length of a video is visible."""
+    overall = dict(scorer(frames, prompt))
+    if "quarters" in overall or len(frames) < 8:
+        return overall
+    edges = np.linspace(0, len(frames), 5).round().astype(int)
+    overall["quarters"] = {
+        f"q{i + 1}": scorer(frames[a:b], prompt)
+        for i, (a, b) in enumerate(zip(edges[:-1], edges[1:], strict=True))
+    }
+    return overall
+
+
 @dataclass
 class SetResult:
     """What one pass over a video set produced."""
@@ -291,7 +306,7 @@ def evaluate_set(
                 skipped["no_prompt"] += 1
             else:
                 try:
-                    result.scores.append(scorer(item.frames, item.prompt))
+                    result.scores.append(score_with_quarters(scorer, item.frames, item.prompt))
                     result.scored += 1
                 except ValueError as err:  # e.g. a caption that names no colour/shape/motion
                     log.warning("not scoring %s: %s", item.key, err)
