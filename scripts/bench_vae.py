@@ -3,6 +3,7 @@
     .venv/bin/python scripts/bench_vae.py memory            # chunked vs full, 64/256/1024 frames
     .venv/bin/python scripts/bench_vae.py speed             # encode/decode frames/s on this CPU
     .venv/bin/python scripts/bench_vae.py psnr --checkpoint DIR --shards 'data/val/*.tar'
+    .venv/bin/python scripts/bench_vae.py tiling --checkpoint DIR --shards 'data/val/*.tar'
 
 Memory is measured per case in a fresh process as the rise of peak resident memory (VmHWM,
 reset through /proc/self/clear_refs) over the resident memory just before the call, with
@@ -104,14 +105,44 @@ def speed(args: argparse.Namespace) -> dict:
 
 
 def psnr(args: argparse.Namespace) -> dict:
-    """Reconstruction metrics of a trained checkpoint over a shard set (see eval-vae)."""
+    """Reconstruction metrics of a trained checkpoint over a shard set (as eval-vae)."""
     from cinemamba.eval.reconstruction import evaluate_reconstruction
 
     vae = VideoAutoencoder.from_pretrained(args.checkpoint).eval()
     report = evaluate_reconstruction(
-        vae, args.shards, frames=args.eval_frames, size=args.eval_size, max_clips=args.max_clips
-    )
-    return {k: report[k] for k in ("psnr", "ssim", "clips", "frames")}
+        vae, args.shards, clip_frames=args.eval_frames, size=args.eval_size,
+        max_videos=args.max_clips,
+    )  # fmt: skip
+    return {k: report[k] for k in ("psnr", "ssim", "clips", "frames", "per_frame")}
+
+
+def tiling(args: argparse.Namespace) -> dict:
+    """Error of spatial tiling against the untiled pass, on clips of a shard set."""
+    from cinemamba.eval.reconstruction import load_clips
+    from cinemamba.latents.clips import ClipConfig, to_pixels
+    from cinemamba_vae.metrics import frames_psnr
+
+    vae = VideoAutoencoder.from_pretrained(args.checkpoint).eval()
+    clip = ClipConfig(frames=args.eval_frames, height=args.eval_size, width=args.eval_size,
+                      start="first")  # fmt: skip
+    video = to_pixels(load_clips(args.shards, clip, args.max_clips))
+    s, size = vae.config.spatial_compression, video.shape[-1]
+    tile, overlap = size // 2 + size // 4, size // 4  # 2x2 tiles sharing a quarter of the frame
+    with torch.no_grad():
+        z = vae.encode(video, sample=False)
+        z_tiled = vae.encode(video, sample=False, tile_size=tile, tile_overlap=overlap)
+        x = vae.decode(z)
+        x_tiled = vae.decode(z, tile_size=tile // s, tile_overlap=overlap // s)
+    scale = z.abs().mean().item()
+    return {
+        "size": size, "tile": tile, "overlap": overlap, "clips": video.shape[0],
+        "encode_max_abs": (z_tiled - z).abs().max().item(),
+        "encode_mean_abs_relative": (z_tiled - z).abs().mean().item() / scale,
+        "decode_max_abs": (x_tiled - x).abs().max().item(),
+        "decode_psnr_vs_untiled_db": frames_psnr(x, x_tiled).mean().item(),
+        "reconstruction_psnr_untiled_db": frames_psnr(video, x).mean().item(),
+        "reconstruction_psnr_tiled_db": frames_psnr(video, x_tiled).mean().item(),
+    }  # fmt: skip
 
 
 def main() -> None:
@@ -120,7 +151,7 @@ def main() -> None:
         print(json.dumps(_child_memory(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))))
         return
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["memory", "speed", "psnr"])
+    p.add_argument("what", choices=["memory", "speed", "psnr", "tiling"])
     p.add_argument("--frames", type=int, nargs="+", default=[65, 257, 1025])
     p.add_argument("--chunk", type=int, default=16, help="pixel frames per encode chunk")
     p.add_argument("--speed-frames", type=int, default=129)
@@ -143,8 +174,10 @@ def main() -> None:
             )
     elif args.what == "speed":
         print(json.dumps(speed(args), indent=1))
-    else:
+    elif args.what == "psnr":
         print(json.dumps(psnr(args), indent=1))
+    else:
+        print(json.dumps(tiling(args), indent=1))
 
 
 if __name__ == "__main__":

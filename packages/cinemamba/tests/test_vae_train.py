@@ -153,3 +153,24 @@ def test_eval_vae_report_per_frame(saved_vae, shards, tmp_path, capsys):
     assert chunked["lpips"] is None
     with pytest.raises(ValueError, match=r"1 \+ 4\*k"):
         evaluate_reconstruction(vae, str(shards), clip_frames=6)
+
+
+def test_gan_phases_under_bf16(shards, tmp_path):
+    run = tmp_path / "gan"
+    extra = [
+        "train.precision=bf16",
+        "task.loss.disc.enabled=true",
+        "task.loss.disc.start_step=2",
+        "task.loss.disc.channels=8",
+        "task.loss.disc.layers=2",
+        "task.loss.disc.lecam_weight=0.1",
+        "task.data.image_prob=0.5",
+    ]
+    result = train_vae(load_vae_experiment(TINY, overrides(shards, run, 3) + extra))
+    assert result.reason == "done"
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if r.get("kind") == "train"]
+    # the discriminator phase is skipped before start_step, then trains (hinge + LeCam)
+    assert [("discriminator/d_loss" in r) for r in train_rows] == [False, False, True]
+    assert train_rows[-1]["vae/adaptive_weight"] > 0 and np.isfinite(train_rows[-1]["vae/loss"])
+    assert "discriminator/lecam" in train_rows[-1]

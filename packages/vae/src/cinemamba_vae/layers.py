@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
+from einops import rearrange, reduce
 from torch import Tensor, nn
 
 
@@ -197,7 +197,9 @@ class Downsample(nn.Module):
         y = self.conv.conv(win)
         if self.shortcut:
             current = win[:, :, self.conv.time_kernel - 1 :: self.conv.time_stride]
-            y = y + (F.avg_pool3d(current, (1, 2, 2)) if self.spatial else current)
+            if self.spatial:  # 2x2 mean (einops: avg_pool3d has no bf16 CPU kernel)
+                current = reduce(current, "b c t (h p) (w q) -> b c t h w", "mean", p=2, q=2)
+            y = y + current
         return y
 
 

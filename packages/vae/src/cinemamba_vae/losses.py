@@ -101,20 +101,22 @@ class VAELoss(nn.Module):
     ) -> tuple[Tensor, dict[str, float]]:
         """Loss for the autoencoder and a dict of its terms (floats, for logging)."""
         cfg = self.cfg
-        rec = self.reconstruction(video, out.reconstruction)
+        # Loss terms in fp32 whatever the model's compute dtype (bf16 training).
+        video, recon = video.float(), out.reconstruction.float()
+        rec = self.reconstruction(video, recon)
         nll = rec
         logs = {"rec": rec.item()}
         if self.lpips is not None:
-            p = self.perceptual(video, out.reconstruction)
+            p = self.perceptual(video, recon)
             nll = nll + cfg.lpips.weight * p
             logs["lpips"] = p.item()
-        kl = kl_divergence(out.mean, out.logvar)
+        kl = kl_divergence(out.mean.float(), out.logvar.float())
         loss = nll + cfg.kl_weight * kl
         logs["kl"] = kl.item()
         if self.gan_active(step):
             if discriminator is None:
                 raise ValueError("the GAN is active at this step but no discriminator was given")
-            g = hinge_g_loss(discriminator(out.reconstruction))
+            g = hinge_g_loss(_score(discriminator, out.reconstruction))
             weight = torch.ones((), device=video.device)
             if cfg.disc.adaptive_weight and torch.is_grad_enabled():
                 if last_layer is None:
@@ -130,8 +132,8 @@ class VAELoss(nn.Module):
         self, discriminator: PatchDiscriminator3D, video: Tensor, recon: Tensor
     ) -> tuple[Tensor, dict[str, float]]:
         """Hinge loss (+ LeCam) for the discriminator; `recon` is detached here."""
-        real = discriminator(video)
-        fake = discriminator(recon.detach())
+        real = _score(discriminator, video)
+        fake = _score(discriminator, recon.detach())
         loss = hinge_d_loss(real, fake)
         logs = {"d_hinge": loss.item(), "d_real": real.mean().item(), "d_fake": fake.mean().item()}
         if self.cfg.disc.lecam_weight > 0:
@@ -141,6 +143,12 @@ class VAELoss(nn.Module):
             update_lecam_ema(discriminator, real, fake, self.cfg.disc.lecam_decay)
         logs["d_loss"] = loss.item()
         return loss, logs
+
+
+def _score(discriminator: nn.Module, video: Tensor) -> Tensor:
+    """fp32 logits of a clip, fed in the discriminator's own dtype."""
+    dtype = next(discriminator.parameters()).dtype
+    return discriminator(video.to(dtype)).float()
 
 
 def build_discriminator(cfg: DiscriminatorConfig) -> PatchDiscriminator3D | None:

@@ -298,11 +298,13 @@ class VideoAutoencoder(nn.Module):
 
     def normalize(self, z: Tensor) -> Tensor:
         """Raw latents -> normalised latents (zero mean, unit std per channel)."""
-        return (z - self.latent_mean.view(-1, 1, 1, 1)) / self.latent_std.view(-1, 1, 1, 1)
+        mean, std = (b.to(z.dtype).view(-1, 1, 1, 1) for b in (self.latent_mean, self.latent_std))
+        return (z - mean) / std
 
     def denormalize(self, z: Tensor) -> Tensor:
         """Normalised latents -> raw latents."""
-        return z * self.latent_std.view(-1, 1, 1, 1) + self.latent_mean.view(-1, 1, 1, 1)
+        mean, std = (b.to(z.dtype).view(-1, 1, 1, 1) for b in (self.latent_mean, self.latent_std))
+        return z * std + mean
 
     def encode(
         self,

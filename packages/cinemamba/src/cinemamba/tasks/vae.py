@@ -198,10 +198,11 @@ class VAETask:
         self, phase: str, models: Mapping[str, nn.Module], batch: Any, step: int
     ) -> LossOutput | None:
         """Generator loss for "vae"; hinge (+ LeCam) for "discriminator" once the GAN is on."""
-        video = self.pixels(batch)
+        vae = models["vae"]
+        # uint8 frames become pixels here, in the VAE's compute dtype (bf16 under bf16 training)
+        video = self.pixels(batch).to(next(vae.parameters()).dtype)
         loss_fn = self.loss_fn.to(video.device)
         if phase == "vae":
-            vae = models["vae"]
             out = vae(video)
             module = getattr(vae, "module", vae)
             loss, logs = loss_fn.generator_loss(
@@ -219,7 +220,7 @@ class VAETask:
         if not loss_fn.gan_active(step):
             return None
         with torch.no_grad():
-            recon = models["vae"](video).reconstruction
+            recon = vae(video).reconstruction
         loss, logs = loss_fn.discriminator_loss(models["discriminator"], video, recon)
         logs.setdefault("lecam", 0.0)
         return LossOutput(loss, logs)
@@ -246,10 +247,10 @@ class VAETask:
             log.warning("ZeRO-3 partitions the weights: use export_weights for the VAE")
             return None
         vae.save_pretrained(Path(run_dir) / "vae")
-        device = next(vae.parameters()).device
+        param = next(vae.parameters())
         frames = self.val_clips()
-        video = to_pixels(frames.to(device))
-        recon = vae.decode(vae.encode(video, sample=False))
+        video = to_pixels(frames.to(param.device))
+        recon = vae.decode(vae.encode(video.to(param.dtype), sample=False)).float()
         psnr, ssim = frames_psnr(video, recon), frames_ssim(video, recon)
         out = Path(run_dir) / "samples"
         out.mkdir(parents=True, exist_ok=True)
