@@ -103,9 +103,10 @@ def _ok(proc: subprocess.CompletedProcess) -> None:
 
 
 def _ok_or_teardown_abort(proc: subprocess.CompletedProcess, run_dir: Path) -> None:
-    """Known issue (docs/training.md): about one in eight 2-rank ZeRO-3 runs on this CPU machine
-    has a rank abort with "terminate called without an active exception" after the run is
-    complete. Accept that only when everything was written; the tests then check the results."""
+    """Known issue (docs/training.md, "Known issues"): a 2-rank ZeRO-3 run on this CPU machine
+    has been seen to abort in one rank ("terminate called without an active exception") after
+    the run was complete. Accept that only when everything was written; the tests then check
+    the results."""
     if proc.returncode == 0:
         return
     done = ckpt_io.latest_checkpoint(run_dir)
