@@ -14,9 +14,10 @@ import numpy as np
 import torch
 from einops import rearrange
 
-from cinemamba.data.video import VideoDecodeError, decode_video, probe_video
+from cinemamba.data.video import VideoDecodeError, VideoInfo, decode_video, probe_video
 
 CLIP_STARTS = ("random", "first")
+CLIP_CROPS = ("none", "center", "random")
 
 
 class SampleError(ValueError):
@@ -33,14 +34,20 @@ class ClipConfig:
 
     frames: pixel frames per clip; the VAE needs 1 + k * temporal_compression.
     stride: take every `stride`-th frame (a lower frame rate).
-    height / width: resize while decoding (0 keeps the stored size).
+    fps: when > 0, a target frame rate: the stride of each video is round(its fps / fps)
+        (at least 1), so sources of mixed frame rates give clips of one rate.
+    height / width: output size (0 keeps the stored size).
+    crop: "none" resizes straight to height x width; "center" / "random" resize the short
+        side to fit (aspect kept) and crop the rest (random: seeded per sample position).
     start: "random" (uniform over valid starts, seeded per sample position) or "first".
     """
 
     frames: int = 17
     stride: int = 1
+    fps: float = 0.0
     height: int = 0
     width: int = 0
+    crop: str = "none"
     start: str = "random"
 
     def validate(self) -> None:
@@ -49,6 +56,10 @@ class ClipConfig:
             raise ValueError(
                 f"clip frames and stride must be >= 1, got {self.frames}, {self.stride}"
             )
+        if self.fps < 0:
+            raise ValueError(f"clip fps must be >= 0 (0: use stride), got {self.fps}")
+        if self.crop not in CLIP_CROPS:
+            raise ValueError(f"clip crop must be one of {CLIP_CROPS}, got {self.crop!r}")
         if self.start not in CLIP_STARTS:
             raise ValueError(f"clip start must be one of {CLIP_STARTS}, got {self.start!r}")
         if (self.height == 0) != (self.width == 0) or self.height < 0 or self.width < 0:
@@ -87,21 +98,51 @@ def decode_clip(
     except (json.JSONDecodeError, UnicodeDecodeError):
         meta = {}
     try:
-        total = int(meta.get("frames") or 0) or probe_video(bytes(data)).frames
-    except VideoDecodeError as err:
+        if meta.get("frames") and meta.get("fps") and meta.get("height") and meta.get("width"):
+            info = VideoInfo(int(meta["frames"]), float(meta["fps"]), meta["height"], meta["width"])
+        else:
+            info = probe_video(bytes(data))
+    except (VideoDecodeError, TypeError, ValueError) as err:
         raise SampleError("undecodable", f"sample {key!r}: {err}") from None
-    span = (clip.frames - 1) * clip.stride + 1
-    if total < span:
-        raise SampleError("too_short", f"sample {key!r} has {total} frames; the clip needs {span}")
-    start = 0 if clip.start == "first" else int(rng.integers(total - span + 1))
-    size = (clip.height, clip.width) if clip.height else None
+    stride = clip.stride
+    if clip.fps > 0 and info.fps > 0:
+        stride = max(1, round(info.fps / clip.fps))
+    span = (clip.frames - 1) * stride + 1
+    if info.frames < span:
+        raise SampleError(
+            "too_short", f"sample {key!r} has {info.frames} frames; the clip needs {span}"
+        )
+    start = 0 if clip.start == "first" else int(rng.integers(info.frames - span + 1))
+    size, box = _resize_and_crop(clip, info.height, info.width, rng)
     try:
-        frames = decode_video(bytes(data), start, clip.frames, clip.stride, size=size)
+        frames = decode_video(bytes(data), start, clip.frames, stride, size=size)
     except VideoDecodeError as err:
         raise SampleError("undecodable", f"sample {key!r}: {err}") from None
     if len(frames) < clip.frames:
         raise SampleError(
             "too_short", f"sample {key!r} decoded {len(frames)} of {clip.frames} frames"
         )
-    info = {"start": start, "stride": clip.stride, "frames": clip.frames}
-    return torch.from_numpy(frames), caption, {"clip": info, "source": meta}
+    if box is not None:
+        top, left = box
+        frames = frames[:, top : top + clip.height, left : left + clip.width]
+    clip_info = {"start": start, "stride": stride, "frames": clip.frames}
+    return (
+        torch.from_numpy(np.ascontiguousarray(frames)),
+        caption,
+        {"clip": clip_info, "source": meta},
+    )
+
+
+def _resize_and_crop(
+    clip: ClipConfig, height: int, width: int, rng: np.random.Generator
+) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
+    """(decode size, crop corner) that turn a height x width video into the clip's size."""
+    if not clip.height:
+        return None, None
+    if clip.crop == "none":
+        return (clip.height, clip.width), None
+    scale = max(clip.height / height, clip.width / width)  # cover the target, keep aspect
+    h, w = max(clip.height, round(height * scale)), max(clip.width, round(width * scale))
+    if clip.crop == "center":
+        return (h, w), ((h - clip.height) // 2, (w - clip.width) // 2)
+    return (h, w), (int(rng.integers(h - clip.height + 1)), int(rng.integers(w - clip.width + 1)))
