@@ -25,10 +25,10 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from cinemamba.config import ConfigError
+from cinemamba.data.loader import LoaderConfig, VideoLoader, resolve_shards
 from cinemamba.data.video import write_video
 from cinemamba.eval.reconstruction import load_clips, reconstruction_strip, save_png, to_uint8
-from cinemamba.latents.clips import ClipConfig, decode_clip, to_pixels
-from cinemamba.latents.stream import SampleStream, ShardList, batch_loader, micro_batches
+from cinemamba.latents.clips import ClipConfig, to_pixels
 from cinemamba.train import DataSpec, LossOutput, TrainConfig, TrainResult, load_experiment, train
 from cinemamba_vae import VAEConfig, VideoAutoencoder
 from cinemamba_vae.losses import VAELoss, VAELossConfig, build_discriminator
@@ -40,16 +40,19 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class VAEDataConfig:
-    """Training clips: raw shards (a directory with the data layer's `PREFIX.plan.json`).
+    """Training clips from raw video shards, read by the data layer's `VideoLoader`.
 
+    path: a shard-set directory (with `PREFIX.plan.json`), a brace pattern, a comma-separated
+        list or `pipe:` commands.
     image_prob: fraction of micro-batches trained as images (frame 0 of each clip).
-    val_path: shards for the periodic reconstructions (default: `path`, first clips).
+    shuffle: shuffle-buffer size in samples (0: stream order).
+    val_path: a shard-set directory for the periodic reconstructions (default: `path`).
     """
 
     path: str = ""
-    url_prefix: str = ""  # stream shards from here (`pipe:...`, http); the plan stays in path
     clip: ClipConfig = field(default_factory=ClipConfig)
     image_prob: float = 0.25
+    shuffle: int = 0
     workers: int = 0
     val_path: str = ""
     val_clips: int = 4
@@ -76,19 +79,6 @@ class VAEExperiment:
 def is_image_batch(seed: int, rank: int, batch: int, prob: float) -> bool:
     """Whether micro-batch `batch` of `rank` trains on single frames (seeded, resumable)."""
     return bool(np.random.default_rng([seed, rank, batch, 11]).random() < prob)
-
-
-def shard_list(path: str, url_prefix: str = "") -> ShardList:
-    """The shards and sample counts of a raw shard set, from its `*.plan.json`."""
-    plans = sorted(Path(path).glob("*.plan.json"))
-    if len(plans) != 1:
-        raise ConfigError(f"task.data.path={path!r} must hold one *.plan.json (a raw shard set)")
-    plan = OmegaConf.to_container(OmegaConf.load(plans[0]))
-    base = url_prefix or f"{path}/"
-    return ShardList(
-        tuple(base + s["name"] for s in plan["shards"]),
-        tuple(int(s["samples"]) for s in plan["shards"]),
-    )
 
 
 class VAETask:
@@ -120,9 +110,12 @@ class VAETask:
             raise ConfigError(f"task.data.clip height/width must be multiples of {s}")
         if not 0 <= cfg.data.image_prob <= 1:
             raise ConfigError(f"task.data.image_prob must be in [0, 1], got {cfg.data.image_prob}")
-        if not cfg.data.path or not Path(cfg.data.path).is_dir():
-            raise ConfigError(f"task.data.path={cfg.data.path!r} is not a shard directory")
-        shard_list(cfg.data.path)
+        if not cfg.data.path:
+            raise ConfigError("task.data.path must name the training shards")
+        try:
+            resolve_shards(cfg.data.path)
+        except (ValueError, OSError) as err:
+            raise ConfigError(f"task.data.path={cfg.data.path!r}: {err}") from None
         try:  # build LPIPS now: missing weights fail before any process group or model
             self._loss = VAELoss(cfg.loss)
         except (LPIPSWeightsError, ValueError) as err:
@@ -147,37 +140,19 @@ class VAETask:
     def train_data(self, spec: DataSpec) -> Iterator[dict[str, Any]]:
         """This rank's micro-batches: uint8 frames (B, T, H, W, 3) and an image flag."""
         data = self.cfg.data
-        shards = shard_list(data.path, data.url_prefix)
-        seed, rank = spec.seed, spec.rank
-
-        def decode(sample: dict, position: int) -> dict:
-            rng = np.random.default_rng([seed, rank, position, 3])
-            frames, _, _ = decode_clip(sample, data.clip, rng)
-            return {"frames": frames}
-
-        def collate(items: list[dict], b: int) -> dict[str, Any]:
-            shapes = {tuple(it["frames"].shape) for it in items}
-            if len(shapes) > 1:
-                raise ValueError(
-                    f"clips of different sizes {sorted(shapes)} in one batch; set "
-                    "task.data.clip.height and width to resize them to one size"
-                )
-            image = is_image_batch(seed, rank, b, data.image_prob)
-            return {
-                "frames": torch.stack([it["frames"] for it in items]),
-                "image": torch.tensor(image),
-            }
-
-        def make(every: int, phase: int):
-            return micro_batches(
-                SampleStream(shards, seed, rank), decode, collate,
-                batch_size=spec.micro_batch_size, start_batch=spec.start_batch,
-                every=every, phase=phase,
-            )  # fmt: skip
-
-        for batch, skipped in batch_loader(make, data.workers):
-            self.counts.update(skipped)
-            yield batch
+        loader = VideoLoader(
+            LoaderConfig(
+                shards=data.path, clip=data.clip, batch_size=spec.micro_batch_size,
+                resampled=True, shuffle=data.shuffle, seed=spec.seed, workers=data.workers,
+                uint8=True,  # pixels are made on the device, in the VAE's dtype
+            ),
+            rank=spec.rank,
+            world_size=spec.world_size,
+        )  # fmt: skip
+        for b, batch in enumerate(loader.batches(spec.start_batch), start=spec.start_batch):
+            self.counts.update(batch["skipped"])
+            image = is_image_batch(spec.seed, spec.rank, b, data.image_prob)
+            yield {"frames": batch["video"], "image": torch.tensor(image)}
 
     def skipped(self) -> Mapping[str, int]:
         """Bad samples dropped on this rank so far, by reason."""
