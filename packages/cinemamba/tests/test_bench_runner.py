@@ -19,7 +19,7 @@ from cinemamba.cli import main
 pytestmark = pytest.mark.distributed  # the train benchmark starts a (one-rank) gloo group
 
 TITLES = {
-    "data": "## Data: raw-shard loader vs plain PyAV decode",
+    "data": "## Data: VideoLoader vs raw PyAV decode",
     "vae": "## Video VAE (tiny preset)",
     "scan": "## Selective scan (CPU fast path)",
     "backbone": "## VideoDiT vs frame count",

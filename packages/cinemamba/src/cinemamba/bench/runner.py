@@ -29,71 +29,45 @@ QUICK_TARGET_S = 180.0  # the issue: quick mode < 3 min
 class Scale:
     """Sizes of every benchmark for one mode."""
 
+    data: str = "full"  # scripts/bench_data.py: "full", "quick", or "micro" (tiny, for tests)
     kernels: KernelScale = field(default_factory=KernelScale)
     train: TrainScale = field(default_factory=TrainScale)
     generation: GenerationScale = field(default_factory=GenerationScale)
 
 
 SCALES: dict[str, Scale] = {
-    # What docs/benchmarks.md is made from (about 20 min on 2 quiet cores).
+    # What docs/benchmarks.md is made from (about 15 min on 2 quiet cores). The scan stops at
+    # T = 256 and VideoDiT at T = 256 without the hybrid: T = 1024 costs 35-50 CPU seconds per
+    # case in scripts/bench_backbone.py, too much for 5 repeats here (run the script for it).
     "full": Scale(
-        KernelScale(vae_frames=129, vae_script_memory=(65, 257, 1025)),
+        "full",
+        KernelScale(scan_t=(64, 256), model_t=(16, 64, 128, 256), mixers=("bimamba", "attention"),
+                    vae_frames=129, vae_script_memory=(65, 257)),
         TrainScale(),
-        GenerationScale(),
+        GenerationScale(steps=2),
     ),
-    # Routine use, under 3 min: fewer and shorter lengths, cases run in-process.
+    # Routine use, under 3 min on quiet cores: fewer, shorter lengths, narrower VideoDiT,
+    # cases in this process.
     "quick": Scale(
-        KernelScale(
-            spawn=False,
-            scan_t=(64, 256),
-            scan_dims=(64, 64, 16),
-            model_t=(16, 32, 64, 128),
-            vae_frames=33,
-        ),
-        TrainScale(
-            videos=4,
-            video_frames=20,
-            size=32,
-            clip_frames=9,
-            batch_size=1,
-            warmup_steps=1,
-            zero_stages=(0, 2),
-        ),
+        "quick",
+        KernelScale(spawn=False, scan_t=(64, 256), scan_dims=(64, 64, 16), model_t=(8, 16, 32, 64),
+                    model_dims=(64, 2), mixers=("bimamba", "attention"), vae_frames=33),
+        TrainScale(videos=4, video_frames=20, size=32, clip_frames=9, batch_size=1,
+                   warmup_steps=1, zero_stages=(0, 2)),
         GenerationScale(size=32, steps=2, sample_frames=(64, 256), growth_frames=(33, 65, 129)),
-    ),  # fmt: skip
+    ),
     # Seconds, for the test of the runner itself; the numbers mean little.
     "micro": Scale(
-        KernelScale(
-            spawn=False,
-            scan_t=(8,),
-            scan_dims=(4, 8, 4),
-            model_t=(2, 4, 6, 8),
-            model_dims=(16, 1),
-            mixers=("bimamba", "attention"),
-            vae_size=16,
-            vae_frames=5,
-        ),
-        TrainScale(
-            videos=2,
-            video_frames=6,
-            size=16,
-            clip_frames=5,
-            batch_size=1,
-            warmup_steps=1,
-            zero_stages=(0,),
-        ),
-        GenerationScale(
-            size=16,
-            steps=1,
-            guidance=1.0,
-            sample_frames=(9,),
-            growth_frames=(5, 9, 13),
-            window=2,
-            context=1,
-            chunk=1,
-        ),
-    ),  # fmt: skip
-}
+        "micro",
+        KernelScale(spawn=False, scan_t=(8,), scan_dims=(4, 8, 4), model_t=(2, 4, 6, 8),
+                    model_dims=(16, 1), mixers=("bimamba", "attention"), vae_size=16,
+                    vae_frames=5),
+        TrainScale(videos=2, video_frames=6, size=16, clip_frames=5, batch_size=1,
+                   warmup_steps=1, zero_stages=(0,)),
+        GenerationScale(size=16, steps=1, guidance=1.0, sample_frames=(9,),
+                        growth_frames=(5, 9, 13), window=2, context=1, chunk=1),
+    ),
+}  # fmt: skip
 
 
 def run_benchmarks(scale: Scale, only: Sequence[str] = BENCHMARKS) -> list[Section]:
@@ -102,6 +76,8 @@ def run_benchmarks(scale: Scale, only: Sequence[str] = BENCHMARKS) -> list[Secti
     if unknown:
         raise ValueError(f"unknown benchmark(s) {unknown}; valid: {', '.join(BENCHMARKS)}")
     calls = {
+        "data": lambda: [scripts.data(scale.data)],
+        "train": lambda: [training.training(scale.train)],
         "vae": lambda: [scripts.vae(scale.kernels)],
         "scan": lambda: [scripts.scan(scale.kernels)],
         "backbone": lambda: [scripts.backbone(scale.kernels)],
@@ -111,20 +87,16 @@ def run_benchmarks(scale: Scale, only: Sequence[str] = BENCHMARKS) -> list[Secti
     sections: list[Section] = []
     wanted = [b for b in BENCHMARKS if b in only]
     for name in wanted:
-        if name == "train" and "data" in wanted:
-            continue  # ran together with data (shared shards)
-        parts = tuple(p for p in ("data", "train") if p in wanted)
-        call = calls.get(name, lambda parts=parts: training.training(scale.train, parts))
-        log.info("benchmark %s ...", name if name not in ("data", "train") else "+".join(parts))
+        log.info("benchmark %s ...", name)
         start, cpu = time.perf_counter(), time.process_time()
         try:
-            done = call()
+            done = calls[name]()
         except Exception as err:  # one broken benchmark must not hide the others' numbers
             log.exception("benchmark %s failed", name)
             done = [Section(name, f"{name} (failed)", lines=[f"Failed: `{err!r}`"])]
         elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
-        for section in done:  # data and train share one call: split its time evenly
-            section.seconds, section.cpu_seconds = elapsed / len(done), cpu / len(done)
+        for section in done:
+            section.seconds, section.cpu_seconds = elapsed, cpu
         sections += done
     return sections
 
@@ -194,6 +166,8 @@ def render(sections: Sequence[Section], machine: dict[str, str], mode: str, wall
             "",
         ]
         out += section.lines
+        notes = [f"- {f.name}: {f.note}" for f in section.figures if f.note]
+        out += ["", *notes] if notes else []
     return "\n".join(out) + "\n"
 
 

@@ -1,4 +1,5 @@
-"""Adapters over the earlier benchmark scripts (scripts/bench_backbone.py, bench_vae.py).
+"""Adapters over the earlier benchmark scripts (scripts/bench_data.py, bench_vae.py,
+bench_backbone.py).
 
 Each script is loaded as a private module instance (not `sys.modules`), so setting its size
 constants for quick runs, or pointing its `_spawn` at a recorder, touches nobody else. The
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import statistics
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +52,19 @@ def load_script(name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def data(mode: str) -> Section:
+    """scripts/bench_data.py: the VideoLoader vs plain PyAV decode of the same clips."""
+    mod = load_script("bench_data")
+    if mode != "micro":
+        return mod.section(quick=mode == "quick")
+    start = time.perf_counter()
+    section = Section("data", "Data: VideoLoader vs raw PyAV decode")
+    section.figures.append(mod.measure(16, 2, 8, 4, repeats=5))  # 2 videos, 16x16, 4 frames
+    section.lines.append("Micro sizes (runner test): 2 videos of 8 frames at 16×16, 4-frame clips.")
+    section.seconds = time.perf_counter() - start
+    return section
 
 
 def _backbone_script(scale: KernelScale) -> tuple[ModuleType, dict]:

@@ -1,4 +1,4 @@
-"""The data loader vs raw PyAV decode, and where the time of a training step goes.
+"""Where the time of a training step goes.
 
 The training step is the real engine (`cinemamba.train.Trainer`, DeepSpeed ZeRO-0 / ZeRO-2,
 one process, gloo) running the backbone task from raw video shards, with the frozen VAE and
@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import statistics
-import tarfile
 import tempfile
 import time
 from collections import defaultdict
@@ -30,7 +29,6 @@ import torch.distributed as dist
 from cinemamba.bench.measure import Figure, Section, count_flops, gemm_rate
 from cinemamba.data.synth import SceneConfig
 from cinemamba.data.synth_video import write_synth
-from cinemamba.data.video import decode_video
 from cinemamba.tasks.backbone import BackboneTask, load_backbone_experiment
 from cinemamba.train import DataSpec
 from cinemamba.train.trainer import Trainer
@@ -190,58 +188,11 @@ def step_flops(raw: Path, vae: Path, root: Path, scale: TrainScale) -> int:
     return count_flops(lambda: task.loss("backbone", {"backbone": model}, batch, 0).loss.backward())
 
 
-def loader_vs_decode(raw: Path, vae: Path, root: Path, scale: TrainScale) -> Section:
-    """CPU seconds per clip: the task's raw loader vs PyAV decoding the same frame count."""
-    exp = _experiment(root, raw, vae, scale, 0, 1)
-    task = BackboneTask(exp.task)
-    videos = []
-    for shard in sorted(raw.glob("*.tar")):
-        with tarfile.open(shard) as tar:
-            videos += [
-                tar.extractfile(m).read() for m in tar.getmembers() if m.name.endswith(".mp4")
-            ]
-
-    def loader() -> None:
-        batches = task.train_data(DataSpec(0, 1, scale.batch_size, 0, 0))
-        for _ in range(max(1, len(videos) // scale.batch_size)):
-            next(batches)
-
-    def plain() -> None:
-        for data in videos[: max(1, len(videos) // scale.batch_size) * scale.batch_size]:
-            decode_video(data, 0, scale.clip_frames)
-
-    clips = max(1, len(videos) // scale.batch_size) * scale.batch_size
-    loader(), plain()  # warm-up: codec setup, shard index
-    pairs = []
-    for _ in range(scale.repeats):  # interleaved, so load changes hit both alike
-        t0 = time.process_time()
-        loader()
-        t1 = time.process_time()
-        plain()
-        pairs.append(((t1 - t0) / clips, (time.process_time() - t1) / clips))
-    section = Section("data", "Data: raw-shard loader vs plain PyAV decode")
-    section.figures.append(Figure(
-        "data", f"loader s/clip ({scale.clip_frames} frames, {scale.size}²)", "s/clip",
-        [p[0] for p in pairs], [p[1] for p in pairs], "PyAV decode_video s/clip",
-    ))  # fmt: skip
-    section.lines.append(
-        f"{len(videos)} synthetic mp4 videos ({scale.video_frames} frames, {scale.size}×"
-        f"{scale.size}) in tar shards. Loader: the backbone task's raw-source micro-batches "
-        f"(shard streaming, seeded clip start, decode, collate) of {scale.batch_size} clips of "
-        f"{scale.clip_frames} frames, 0 workers; reference: `decode_video` of the same number "
-        "of frames from bytes already in memory. CPU seconds per clip."
-    )
-    return section
-
-
-def training(scale: TrainScale, parts: tuple[str, ...] = ("data", "train")) -> list[Section]:
-    """The data section and/or the training-step breakdown (a row per ZeRO stage)."""
+def training(scale: TrainScale) -> Section:
+    """The training-step breakdown, a row per ZeRO stage."""
     with tempfile.TemporaryDirectory(prefix="cinemamba-bench-") as tmp:
         root = Path(tmp)
         raw, vae = make_raw_shards(root, scale)
-        sections = [loader_vs_decode(raw, vae, root, scale)] if "data" in parts else []
-        if "train" not in parts:
-            return sections
         flops = step_flops(raw, vae, root, scale)
         rate = gemm_rate()
         section = Section("train", "Training step breakdown (DeepSpeed engine, one process)")
@@ -274,5 +225,4 @@ def training(scale: TrainScale, parts: tuple[str, ...] = ("data", "train")) -> l
                 "train", f"ZeRO-{stage} step vs FLOP floor", "s", totals,
                 [flops / rate] * len(totals), "counted FLOPs ÷ GEMM rate",
             ))  # fmt: skip
-        sections.append(section)
-    return sections
+    return section
