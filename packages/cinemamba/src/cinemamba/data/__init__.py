@@ -1,1 +1,1 @@
-"""Video data: PyAV I/O, WebDataset shards, the loader and the embedded synthetic set."""
+"""Video data: PyAV I/O, WebDataset shards, the clip loader and the embedded synthetic set."""
