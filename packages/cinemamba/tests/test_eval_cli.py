@@ -133,17 +133,13 @@ def test_mean_scores_nested_and_skips_nan() -> None:
 
 
 def test_evaluate_with_injected_scorer_and_fvd(synth, i3d, tmp_path) -> None:
-    """The orchestration with an independent scorer (mean red level per quarter)."""
+    """The orchestration with an independent scorer (mean red level)."""
     _generated_from(synth, tmp_path / "gen")
 
     def scorer(frames: np.ndarray, prompt: str) -> dict:
         if "never" in prompt:
             raise ValueError("unscorable")
-        q = np.array_split(frames[..., 0].astype(np.float64), 4)
-        return {
-            "red": frames[..., 0].mean(),
-            "quarters": {f"q{i + 1}": x.mean() for i, x in enumerate(q)},
-        }
+        return {"red": float(frames[..., 0].mean())}
 
     cfg = EvalConfig(shards=str(synth), generated=str(tmp_path / "gen"))
     cfg.fvd.i3d = str(i3d)
@@ -156,14 +152,17 @@ def test_evaluate_with_injected_scorer_and_fvd(synth, i3d, tmp_path) -> None:
     # Reference for the real set: the mean over videos of each video's mean red level.
     videos = [it.frames for it in iter_shards(str(synth), Counter())]
     assert real["groundtruth"]["red"] == pytest.approx(np.mean([v[..., 0].mean() for v in videos]))
-    assert set(real["groundtruth"]["quarters"]) == {"q1", "q2", "q3", "q4"}
+    # Quarters: frames [0, 5), [5, 10), [10, 15), [15, 20) of each 20-frame video.
+    q4 = np.mean([v[15:, ..., 0].mean() for v in videos])
+    assert real["groundtruth"]["quarters"]["q4"]["red"] == pytest.approx(q4)
     # Generated = re-encoded real videos: FVD small but defined; every clip counted.
     fvd = report["fvd"]
     assert set(fvd) == {"fvd8", "fvd_full"}
     assert fvd["fvd8"]["real_clips"] == 6 and fvd["fvd8"]["generated_clips"] == 6
     assert 0 <= fvd["fvd8"]["fvd"] < 1e-2
     md = to_markdown(report)
-    assert "| quarters / q1 |" in md and "fvd_full" in md
+    assert "| metric | real q1 | real q2 | real q3 | real q4 | generated q1 |" in md
+    assert "fvd_full" in md
 
 
 def test_cli_writes_json_and_markdown(synth, i3d, tmp_path, capsys) -> None:
@@ -247,3 +246,27 @@ def test_score_with_quarters_splits_the_video() -> None:
     assert "quarters" not in score_with_quarters(scorer, frames[:7], "p")  # too short to split
     own = score_with_quarters(lambda f, p: {"quarters": {"q1": 1.0}}, frames, "p")
     assert own == {"quarters": {"q1": 1.0}}  # a scorer's own quarters are kept
+
+
+def test_default_scorer_on_real_videos_and_wrong_prompts(synth, tmp_path) -> None:
+    """With the classical detector: real synthetic videos score near 1 against their own
+    captions (the ceiling), overall and per quarter; the same videos under prompts naming
+    another colour score near 0 on colour and identity."""
+    from cinemamba.data.synth import COLOUR_NAMES, COLOUR_WORDS, parse_caption
+
+    gen = tmp_path / "gen"
+    gen.mkdir()
+    for i, item in enumerate(iter_shards(str(synth), Counter())):
+        write_video(gen / f"v{i}.mp4", item.frames, fps=8.0)
+        spec = parse_caption(item.prompt)[0]
+        other = COLOUR_NAMES[(COLOUR_NAMES.index(spec.colour) + 3) % len(COLOUR_NAMES)]
+        words = [w for w in COLOUR_WORDS[spec.colour] if w in item.prompt.split()]
+        (gen / f"v{i}.txt").write_text(item.prompt.replace(words[0], other, 1))
+    report = evaluate(EvalConfig(shards=str(synth), generated=str(gen)))
+    real = report["sets"]["real"]["groundtruth"]
+    assert report["sets"]["real"]["scored"] == 6
+    for key in ("colour_accuracy", "shape_accuracy", "motion_accuracy", "identity_persistence"):
+        assert real[key] >= 0.85, (key, real[key])
+        assert min(real["quarters"][q][key] for q in ("q1", "q2", "q3", "q4")) >= 0.75
+    wrong = report["sets"]["generated"]["groundtruth"]
+    assert wrong["colour_accuracy"] <= 0.05 and wrong["identity_persistence"] <= 0.05

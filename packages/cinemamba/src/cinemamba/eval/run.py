@@ -436,9 +436,19 @@ def to_markdown(report: dict) -> str:
     scored = {n: dict(flat_scores(s["groundtruth"])) for n, s in sets.items() if s["groundtruth"]}
     if scored:
         keys = list(dict.fromkeys(k for leaves in scored.values() for k in leaves))
-        parts += ["", "## Ground-truth scores (mean over videos)", ""]
-        rows = [[k.replace("/", " / "), *[scored.get(n, {}).get(k) for n in names]] for k in keys]
+        overall = [k for k in keys if not k.startswith("quarters/")]
+        parts += ["", "## Ground-truth scores (whole video, mean over videos)", ""]
+        rows = [
+            [k.replace("/", " / "), *[scored.get(n, {}).get(k) for n in names]] for k in overall
+        ]
         parts.append(markdown_table(["metric", *names], rows))
+        # Per quarter: the accuracies (drift compares quarters already; frames are counts).
+        per_q = [k for k in overall if not k.startswith(("drift", "frames"))]
+        columns = [(n, q) for n in scored for q in ("q1", "q2", "q3", "q4")]
+        if any(f"quarters/q1/{k}" in scored[n] for n in scored for k in per_q):
+            parts += ["", "## Along the video: ground-truth scores per quarter", ""]
+            rows = [[k, *[scored[n].get(f"quarters/{q}/{k}") for n, q in columns]] for k in per_q]
+            parts.append(markdown_table(["metric", *[f"{n} {q}" for n, q in columns]], rows))
     if "fvd" in report:
         parts += ["", "## FVD (I3D features, real vs generated)", ""]
         fvd = report["fvd"]
