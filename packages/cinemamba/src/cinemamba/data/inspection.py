@@ -1,0 +1,190 @@
+"""`cinemamba data inspect`: what a shard set holds, what is wrong with it, and how it looks.
+
+Reads every sample once: counts samples and bad samples by reason (the loader's reasons),
+collects frames / duration / size / caption-length statistics from each sample's metadata
+(probing the video header when `KEY.json` lacks them), and draws a PNG contact sheet of the
+first few good clips (evenly spaced frames, one row per clip, caption underneath).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tarfile
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import webdataset as wds
+from PIL import Image, ImageDraw
+from tqdm import tqdm
+
+from cinemamba.data.loader import expand_urls
+from cinemamba.data.video import VideoDecodeError, decode_video, probe_video
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ShardStats:
+    """Per-sample values of a shard set, and bad samples by reason."""
+
+    samples: int = 0
+    frames: list[int] = field(default_factory=list)
+    duration: list[float] = field(default_factory=list)
+    size: list[str] = field(default_factory=list)  # "HxW"
+    bytes: list[int] = field(default_factory=list)
+    caption_words: list[int] = field(default_factory=list)
+    skipped: Counter = field(default_factory=Counter)
+
+    def summary(self) -> dict:
+        """JSON-ready summary: counts, min/mean/max per quantity, histograms."""
+
+        def stats(xs):
+            a = np.asarray(xs, np.float64)
+            if a.size == 0:
+                return None
+            return {"min": float(a.min()), "mean": float(a.mean()), "max": float(a.max())}
+
+        return {
+            "samples": self.samples,
+            "good": len(self.frames),
+            "skipped": dict(self.skipped),
+            "frames": stats(self.frames),
+            "duration_s": stats(self.duration),
+            "video_bytes": stats(self.bytes),
+            "caption_words": stats(self.caption_words),
+            "sizes": dict(Counter(self.size).most_common()),
+            "frames_histogram": histogram(self.frames),
+            "duration_histogram": histogram(self.duration),
+        }
+
+
+def histogram(values: list[float], bins: int = 8) -> list[dict]:
+    """Equal-width bins as [{"lo", "hi", "count"}] (one bin when all values are equal)."""
+    if not values:
+        return []
+    a = np.asarray(values, np.float64)
+    counts, edges = np.histogram(a, bins=bins if a.min() < a.max() else 1)
+    return [
+        {"lo": round(float(lo), 3), "hi": round(float(hi), 3), "count": int(c)}
+        for lo, hi, c in zip(edges[:-1], edges[1:], counts, strict=True)
+    ]
+
+
+def _samples(url: str, stats: ShardStats) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {ext: bytes}) of one shard; a truncated or unreadable shard is counted once."""
+    key, fields = None, {}
+    try:
+        with wds.gopen(url) as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
+            for info in tar:
+                if not info.isreg():
+                    continue
+                base, _, ext = info.name.rpartition("/")[2].partition(".")
+                k = info.name[: len(info.name) - len(info.name.rpartition("/")[2])] + base
+                if k != key and key is not None:
+                    yield key, fields
+                    fields = {}
+                key = k
+                fields[ext] = tar.extractfile(info).read()
+        if key is not None:
+            yield key, fields
+    except (tarfile.TarError, EOFError, OSError) as err:
+        reason = "unreadable_shard" if key is None else "truncated_tar"
+        log.warning("shard %s: %s after key %r: %s", url, reason, key, err)
+        stats.skipped[reason] += 1
+
+
+def _bad(stats: ShardStats, reason: str, key: str, url: str, detail: str) -> None:
+    stats.skipped[reason] += 1
+    log.warning("bad sample %s in %s (%s): %s", key, url, reason, detail)
+
+
+def inspect_shards(
+    spec: str, *, contact_clips: int = 6, contact_frames: int = 8
+) -> tuple[ShardStats, list[tuple[np.ndarray, str]]]:
+    """Statistics of every sample of `spec`, and up to `contact_clips` (frames, caption) rows."""
+    stats = ShardStats()
+    rows: list[tuple[np.ndarray, str]] = []
+    for url in tqdm(expand_urls(spec), desc="inspect", unit="shard"):
+        for key, fields in _samples(url, stats):
+            stats.samples += 1
+            video = fields.get("mp4")
+            caption = fields.get("txt", b"").decode("utf-8", "replace").strip()
+            if video is None:
+                _bad(stats, "missing_video", key, url, f"fields {sorted(fields)}")
+                continue
+            if not video:
+                _bad(stats, "empty_video", key, url, "zero-length video")
+                continue
+            if not caption:
+                _bad(stats, "missing_caption", key, url, "no caption")
+                continue
+            try:
+                meta = json.loads(fields["json"]) if "json" in fields else {}
+                info = probe_video(video)
+                first = decode_video(video, 0, 1)  # the header alone does not prove it decodes
+            except (ValueError, VideoDecodeError) as err:
+                _bad(stats, "undecodable", key, url, str(err))
+                continue
+            frames = int(meta.get("frames") or info.frames)
+            fps = float(meta.get("fps") or info.fps)
+            stats.frames.append(frames)
+            stats.duration.append(frames / fps if fps > 0 else 0.0)
+            stats.size.append(f"{first.shape[1]}x{first.shape[2]}")
+            stats.bytes.append(len(video))
+            stats.caption_words.append(len(caption.split()))
+            if len(rows) < contact_clips:
+                idx = np.linspace(0, frames - 1, contact_frames).round().astype(int)
+                picked = [decode_video(video, int(i), 1)[0] for i in idx]
+                rows.append((np.stack(picked), caption))
+    return stats, rows
+
+
+def contact_sheet(rows: list[tuple[np.ndarray, str]], path: str | Path, scale: int = 2) -> Path:
+    """Write rows of frames (each `(N, H, W, 3)` uint8) with captions as one PNG."""
+    if not rows:
+        raise ValueError("no clips to draw: every sample was bad or the shard set is empty")
+    cell_h, cell_w = rows[0][0].shape[1] * scale, rows[0][0].shape[2] * scale
+    text_h = 14
+    n = max(len(f) for f, _ in rows)
+    sheet = Image.new("RGB", (n * cell_w, len(rows) * (cell_h + text_h)), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    for r, (frames, caption) in enumerate(rows):
+        top = r * (cell_h + text_h)
+        for c, frame in enumerate(frames):
+            img = Image.fromarray(frame).resize((cell_w, cell_h), Image.NEAREST)
+            sheet.paste(img, (c * cell_w, top))
+        draw.text((2, top + cell_h + 1), caption[: n * cell_w // 6], fill=(0, 0, 0))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.png")
+    sheet.save(tmp)
+    tmp.replace(path)
+    return path
+
+
+def format_report(summary: dict) -> str:
+    """Human-readable report with text histograms."""
+    lines = [f"samples: {summary['samples']} ({summary['good']} good)"]
+    skipped = summary["skipped"]
+    lines.append(
+        "bad samples: " + (", ".join(f"{k}={v}" for k, v in sorted(skipped.items())) or "none")
+    )
+    for name in ("frames", "duration_s", "video_bytes", "caption_words"):
+        s = summary[name]
+        if s:
+            lines.append(f"{name}: min {s['min']:.4g}  mean {s['mean']:.4g}  max {s['max']:.4g}")
+    lines.append("sizes: " + ", ".join(f"{k} ({v})" for k, v in summary["sizes"].items()))
+    for name in ("frames_histogram", "duration_histogram"):
+        bins = summary[name]
+        if not bins:
+            continue
+        lines.append(name.replace("_", " ") + ":")
+        top = max(b["count"] for b in bins) or 1
+        for b in bins:
+            bar = "#" * round(40 * b["count"] / top)
+            lines.append(f"  [{b['lo']:>9.4g}, {b['hi']:>9.4g}] {b['count']:>6} {bar}")
+    return "\n".join(lines)
