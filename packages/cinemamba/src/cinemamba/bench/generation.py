@@ -87,8 +87,7 @@ def sampling(scale: GenerationScale) -> Section:
                     Figure("sampling", f"{mode} s/frame, {frames} frames", "s/frame",
                            per_mode[mode], per_mode["oneshot"], "oneshot s/frame"),
                     Figure("sampling", f"{mode} denoising peak memory, {frames} frames", "bytes",
-                           [peaks[mode]] * scale.repeats, [peaks["oneshot"]] * scale.repeats,
-                           "oneshot peak", note="deterministic: one profiled run"),
+                           [peaks[mode]], [peaks["oneshot"]], "oneshot peak", exact=True),
                 ]  # fmt: skip
     section.lines += [
         f"Tiny preset, random weights, causal `mamba` mixer, {scale.size}×{scale.size} pixels, "
@@ -191,8 +190,7 @@ def growth(scale: GenerationScale) -> Section:
                     Figure("growth", f"{stage} time, bimamba, {f} frames", "s", bi[0], att[0],
                            "attention"),
                     Figure("growth", f"{stage} peak memory, bimamba, {f} frames", "bytes",
-                           [bi[1]] * scale.repeats, [att[1]] * scale.repeats, "attention",
-                           note="deterministic: one profiled run"),
+                           [bi[1]], [att[1]], "attention", exact=True),
                 ]  # fmt: skip
     return section
 

@@ -40,6 +40,7 @@ class Figure:
     target: float | None = None
     higher_is_better: bool = False
     note: str = ""
+    exact: bool = False  # deterministic (peak tensor bytes): one measurement is the value
 
     def __post_init__(self) -> None:
         if len(self.measured) != len(self.reference) or not self.measured:
