@@ -194,3 +194,15 @@ def test_raw_bad_samples_are_dropped_and_counted(made: dict[str, Path]) -> None:
     assert bad_draws > 0 and sum(sizes) == 12 - bad_draws and min(sizes) >= 1
     batch = next(data)
     assert batch["frames"].dtype == torch.uint8 and batch["frames"].shape[1:] == (9, 32, 32, 3)
+
+
+def test_experiment_takes_deepspeed_and_per_model_optimizer_overrides():
+    """`cinemamba train` merges the DeepSpeed file like every other engine entry point."""
+    from cinemamba.tasks.backbone import load_backbone_experiment
+
+    exp = load_backbone_experiment(
+        Path(__file__).resolve().parents[3] / "configs/experiment/backbone_tiny.yaml",
+        ["train.deepspeed.zero_optimization.stage=2", "train.optimizers.backbone.lr=0.5"],
+    )
+    assert exp.train.deepspeed["zero_optimization"]["stage"] == 2
+    assert exp.train.optimizers["backbone"]["lr"] == 0.5

@@ -26,13 +26,20 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from cinemamba.config import ConfigError, load_config
+from cinemamba.config import ConfigError
 from cinemamba.data.video import write_video
 from cinemamba.latents import format as fmt
 from cinemamba.latents.clips import ClipConfig, decode_clip, to_pixels
 from cinemamba.latents.dataset import CROPS, LatentSet, latent_batches, noise_seed, open_latent_set
 from cinemamba.latents.stream import SampleStream, ShardList, batch_loader, micro_batches
-from cinemamba.train import DataSpec, LossOutput, TrainConfig, TrainResult, train
+from cinemamba.train import (
+    DataSpec,
+    LossOutput,
+    TrainConfig,
+    TrainResult,
+    load_experiment,
+    train,
+)
 from cinemamba_backbone import BackboneConfig, VideoDiT
 from cinemamba_conditioning import TextEmbedding, TextEncoderConfig, build_text_encoder
 from cinemamba_sampling import (
@@ -386,7 +393,7 @@ def load_backbone_experiment(
     path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
 ) -> BackboneExperiment:
     """The experiment config from a YAML file and `key=value` overrides (unknown keys raise)."""
-    return OmegaConf.to_object(load_config(BackboneExperiment, path, list(overrides)))
+    return OmegaConf.to_object(load_experiment(BackboneExperiment, path, list(overrides)))
 
 
 def train_backbone(experiment: BackboneExperiment) -> TrainResult:
