@@ -183,10 +183,18 @@ def _first(table: list[tuple[re.Pattern, str]], text: str, what: str, clause: st
     return best
 
 
+def _find(table: list[tuple[re.Pattern, str]], text: str) -> str | None:
+    try:
+        return _first(table, text, "", text)[2]
+    except ValueError:
+        return None
+
+
 def parse_caption(text: str) -> list[ObjectSpec]:
     """Invert `make_caption`: the colour, shape, motion and speed of each object in a caption.
 
-    Raises ValueError naming the clause when a colour, shape or motion word is missing.
+    Raises ValueError naming the clause when a colour, shape or motion word is missing; a
+    missing speed word gives `speed=None`.
     """
     out = []
     for clause in text.lower().strip().rstrip(".").split(_JOIN):
@@ -195,7 +203,8 @@ def parse_caption(text: str) -> list[ObjectSpec]:
         _, s_end, shape = _first(_SHAPE_RE, clause[c_end:], "shape", clause)
         rest = clause[c_end + s_end :]
         _, _, motion = _first(_MOTION_RE, rest, "motion", clause)
-        speed = None if motion == "stay" else _first(_SPEED_RE, rest, "speed", clause)[2]
+        # Speed is optional in free-form prompts ("a red circle moves to the left").
+        speed = None if motion == "stay" else _find(_SPEED_RE, rest)
         out.append(ObjectSpec(colour, shape, motion, speed))
     return out
 
