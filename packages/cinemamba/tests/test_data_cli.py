@@ -82,7 +82,7 @@ def test_inspect_counts_every_bad_sample_kind(tmp_path):
     )
     report = json.loads(summary.read_text())
     assert report["skipped"] == {
-        "missing_caption": 1, "empty_video": 1, "undecodable": 1, "missing_video": 1, "truncated_tar": 2,
+        "no_caption": 1, "empty_video": 1, "undecodable": 1, "no_video": 1, "truncated_tar": 2,
     }  # fmt: skip
     assert report["good"] == 2  # "ok" and the first sample before the truncation
 

@@ -52,7 +52,7 @@ def test_folder_to_shards_layout_and_skips(folder):
     report = shards_from_folder(
         folder / "videos", folder / "caps.jsonl", out, prefix="x", max_samples=3
     )
-    assert report.samples == 7 and dict(report.skipped) == {"missing_caption": 1, "undecodable": 1}
+    assert report.samples == 7 and dict(report.skipped) == {"no_caption": 1, "undecodable": 1}
     assert [p.name for p in report.shards] == ["x-000000.tar", "x-000001.tar", "x-000002.tar"]
     assert not list(out.glob("*.tmp"))
     entries = {}

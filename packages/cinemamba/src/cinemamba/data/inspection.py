@@ -144,13 +144,13 @@ def inspect_shards(
             video = fields.get("mp4")
             caption = fields.get("txt", b"").decode("utf-8", "replace").strip()
             if video is None:
-                _bad(stats, "missing_video", key, url, f"fields {sorted(fields)}")
+                _bad(stats, "no_video", key, url, f"fields {sorted(fields)}")
                 continue
             if not video:
                 _bad(stats, "empty_video", key, url, "zero-length video")
                 continue
             if not caption:
-                _bad(stats, "missing_caption", key, url, "no caption")
+                _bad(stats, "no_caption", key, url, "no caption")
                 continue
             try:
                 meta = json.loads(fields["json"]) if "json" in fields else {}

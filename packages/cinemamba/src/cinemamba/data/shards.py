@@ -238,7 +238,7 @@ def shards_from_folder(
         caption = next((table[n] for n in (rel, path.name, path.stem) if n in table), None)
         if caption is None or not caption.strip():
             log.warning("skipping %s: no caption", rel)
-            report.skipped["missing_caption"] += 1
+            report.skipped["no_caption"] += 1
             continue
         try:
             info = probe_video(path)
