@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from cinemamba.bench import BENCHMARKS, Figure, slope
-from cinemamba.bench.runner import render
+from cinemamba.bench.runner import BEGIN, END, merge, render
 from cinemamba.bench.training import PhaseClock
 from cinemamba.cli import main
 
@@ -85,15 +85,29 @@ def test_render_marks_targets_and_keeps_every_section() -> None:
     assert "target < 180 s: pass" in text and "| CPU | test |" in text
 
 
+def test_merge_replaces_only_the_generated_block() -> None:
+    """Hand-written text before and after the markers survives any number of regenerations."""
+    first = render([], {"CPU": "one"}, "full", 1.0)
+    page = merge("# Benchmarks\n\nintro\n\n## VAE\n\nzebra\n", first)
+    assert page.startswith("# Benchmarks\n\n" + BEGIN) and page.endswith("## VAE\n\nzebra\n")
+    edited = page.replace("# Benchmarks\n", "# Benchmarks\n\naardvark\n")
+    again = merge(edited, render([], {"CPU": "two"}, "full", 2.0))
+    assert "| CPU | two |" in again and "| CPU | one |" not in again
+    assert again.count(BEGIN) == again.count(END) == 1
+    assert again.count("intro") == again.count("zebra") == again.count("aardvark") == 1
+    assert merge(None, first) == first
+
+
 def test_cli_micro_run_regenerates_every_section(tmp_path: Path) -> None:
     """`cinemamba bench --micro --out FILE` writes all sections, finite ratios, >= 5 repeats."""
     out = tmp_path / "benchmarks.md"
-    out.write_text("stale\n")
+    out.write_text("# Benchmarks\n\n## Backbone\n\nhand-written note\n")
     threads = torch.get_num_threads()
     assert main(["bench", "--micro", "--out", str(out)]) == 0
     assert torch.get_num_threads() == threads  # the runner restores the thread count
     text = out.read_text()
-    assert "stale" not in text and not list(tmp_path.glob("*.partial"))
+    assert text.count("hand-written note") == 1 and not list(tmp_path.glob("*.partial"))
+    assert text.index(END) < text.index("hand-written note")
     for name in BENCHMARKS:
         assert TITLES[name] in text, name
     assert "(failed)" not in text
