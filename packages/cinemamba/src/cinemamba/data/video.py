@@ -7,6 +7,7 @@ libswscale while they are converted to RGB, which is much cheaper than resizing 
 
 from __future__ import annotations
 
+import functools
 import io
 from dataclasses import dataclass
 from fractions import Fraction
@@ -77,6 +78,26 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float = 24.0, **kwarg
     tmp.replace(path)
 
 
+def describe_source(source: bytes | str | Path) -> str:
+    """How an error names a video: its path, or the size of an in-memory buffer."""
+    if isinstance(source, bytes | bytearray | memoryview):
+        return f"<{len(source)}-byte video buffer>"
+    return repr(str(source))
+
+
+def _names_source(fn):
+    """Prefix a VideoDecodeError raised by `fn(source, ...)` with the name of the input."""
+
+    @functools.wraps(fn)
+    def wrapper(source, *args, **kwargs):
+        try:
+            return fn(source, *args, **kwargs)
+        except VideoDecodeError as err:
+            raise VideoDecodeError(f"{describe_source(source)}: {err}") from None
+
+    return wrapper
+
+
 def _open(source: bytes | str | Path) -> av.container.InputContainer:
     if isinstance(source, bytes | bytearray | memoryview):
         if len(source) == 0:
@@ -97,6 +118,7 @@ def _fps(stream) -> float:
     return float(rate) if rate else 0.0
 
 
+@_names_source
 def probe_video(source: bytes | str | Path, *, count: bool = False) -> VideoInfo:
     """Frame count, fps and size from the container header (decode-counts when `count` or missing)."""
     with _open(source) as container:
@@ -114,6 +136,7 @@ def probe_video(source: bytes | str | Path, *, count: bool = False) -> VideoInfo
     return VideoInfo(frames=frames, fps=fps, height=height, width=width)
 
 
+@_names_source
 def decode_video(
     source: bytes | str | Path,
     start: int = 0,
@@ -165,6 +188,7 @@ def decode_video(
     return np.stack(out)
 
 
+@_names_source
 def transcode_video(source: str | Path, *, crf: int = 18, preset: str = "veryfast") -> bytes:
     """Re-encode any video PyAV can read as H.264 mp4 bytes, streaming frame by frame."""
     with _open(source) as src:
