@@ -1,0 +1,123 @@
+"""`cinemamba demo` end to end at a microscopic budget: outputs, stage reuse, --fresh."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from cinemamba.cli import main
+from cinemamba.commands.demo import DEFAULT_CONFIG, STAGES
+from cinemamba.config import ConfigError
+from cinemamba.demo import load_demo_config, run_demo
+from cinemamba.demo.config import SCORES
+from cinemamba.demo.evaluate import quarter_bounds
+
+PROMPTS = "[a red circle moves to the right quickly,a yellow circle moves down quickly]"
+MICRO = [
+    "threads=1",
+    "data.videos=4",
+    "data.frames=9",
+    "data.size=16",
+    "data.samples_per_shard=2",
+    "vae_stats_videos=2",
+    "vae.train.steps=2",
+    "vae.train.batch_size=2",
+    "vae.train.optimizer.warmup_steps=0",
+    "backbone.train.steps=2",
+    "backbone.train.batch_size=2",
+    "backbone.train.optimizer.warmup_steps=0",
+    "backbone.task.backbone.sample_size=4",
+    "generate.frames=17",
+    "generate.steps=2",
+    "generate.window=3",
+    "generate.context=1",
+    f"generate.prompts={PROMPTS}",
+]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny tensors: two threads only add synchronisation on a shared CPU.
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def _stage_lines(text: str) -> dict[str, str]:
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("[demo ") and ": " in line:
+            stage, status = line.split("] ", 1)[1].split(": ", 1)
+            out.setdefault(stage, status)
+    return out
+
+
+def test_demo_runs_reuses_and_redoes(tmp_path, capsys):
+    out = tmp_path / "demo"
+    cfg = load_demo_config(DEFAULT_CONFIG, [*MICRO, f"out={out}"])
+    result = run_demo(cfg)
+    assert [r.status for r in result.records] == ["ran"] * len(STAGES)
+    assert [r.name for r in result.records] == list(STAGES)
+
+    # Outputs: one mp4 + contact sheet per prompt and mode, metrics.json, report.md.
+    metrics = json.loads((out / "metrics.json").read_text())
+    final = [v for v in metrics["videos"] if v["variant"] == "final"]
+    assert len(final) == 2 * 2 and len(metrics["videos"]) == 2 * 4  # + half-budget videos
+    for video in metrics["videos"]:
+        for key in ("mp4", "sheet", "array"):
+            assert (out / "generate" / video[key]).stat().st_size > 0
+        frames = np.load(out / "generate" / video["array"])
+        assert frames.shape == (17, 16, 16, 3) and frames.dtype == np.uint8
+        assert len(video["quarters"]) == 4
+        assert set(SCORES) <= set(video["scores"])
+        assert all(0.0 <= video["scores"][s] <= 1.0 for s in SCORES)
+    assert {v["heldout"] for v in final} == {False, True}  # yellow circle is held out
+    assert set(metrics["summary"]["reached"]) == set(SCORES)
+    assert [s["name"] for s in metrics["stages"]] == list(STAGES)
+    report = (out / "report.md").read_text()
+    assert "## Targets" in report and "## Stages" in report
+    for video in final:
+        assert f"generate/{video['sheet']}" in report
+    lines = _stage_lines(capsys.readouterr().err)
+    assert all(lines[s].startswith("running") for s in STAGES)
+
+    # Second run: every stage reused, nothing retrained.
+    mtime = (out / "backbone" / "stamp.json").stat().st_mtime_ns
+    assert main(["demo", "--config", str(DEFAULT_CONFIG), *MICRO, f"out={out}"]) == 0
+    lines = _stage_lines(capsys.readouterr().err)
+    assert all(lines[s].startswith("reused") for s in STAGES)
+    assert (out / "backbone" / "stamp.json").stat().st_mtime_ns == mtime
+
+    # A changed generation setting redoes generate + evaluate only; --fresh redoes everything.
+    assert main(["demo", "--config", str(DEFAULT_CONFIG), *MICRO, f"out={out}",
+                 "generate.steps=1"]) == 0  # fmt: skip
+    lines = _stage_lines(capsys.readouterr().err)
+    assert [s for s in STAGES if lines[s].startswith("running")] == ["generate", "evaluate"]
+    assert main(["demo", "--config", str(DEFAULT_CONFIG), "--fresh", *MICRO,
+                 f"out={out}"]) == 0  # fmt: skip
+    lines = _stage_lines(capsys.readouterr().err)
+    assert all(lines[s].startswith("running") for s in STAGES)
+
+
+def test_demo_config_errors_name_the_field():
+    with pytest.raises(ConfigError, match="generate.frames"):
+        load_demo_config(DEFAULT_CONFIG, ["generate.frames=100"])
+    with pytest.raises(ConfigError, match="generate.modes"):
+        load_demo_config(DEFAULT_CONFIG, ["generate.modes=[sideways]"])
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_demo_config(DEFAULT_CONFIG, ["generate.prompts=[a thing happens]"])
+    with pytest.raises(ConfigError, match="generat"):
+        load_demo_config(DEFAULT_CONFIG, ["generat.frames=17"])
+
+
+def test_full_demo_config_is_long_enough():
+    cfg = load_demo_config(DEFAULT_CONFIG)
+    assert cfg.generate.frames >= 8 * cfg.data.frames
+    assert set(cfg.generate.modes) >= {"oneshot", "rolling"}
+
+
+def test_quarter_bounds_cover_the_video():
+    assert quarter_bounds(17) == [(0, 4), (4, 8), (8, 13), (13, 17)]
+    with pytest.raises(ValueError):
+        quarter_bounds(3)
