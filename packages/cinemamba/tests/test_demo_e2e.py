@@ -74,6 +74,10 @@ def test_demo_runs_reuses_and_redoes(tmp_path, capsys):
         assert all(0.0 <= video["scores"][s] <= 1.0 for s in SCORES)
     assert {v["heldout"] for v in final} == {False, True}  # yellow circle is held out
     assert set(metrics["summary"]["reached"]) == set(SCORES)
+    # Real videos of the prompts, raw and through the VAE (the two ceilings), are scored too.
+    for ref in ("reference", "reference_vae"):
+        assert len(metrics[ref]["videos"]) == 2 and set(SCORES) <= set(metrics[ref]["scores"])
+    assert metrics["reference"]["scores"]["colour_accuracy"] == 1.0
     assert [s["name"] for s in metrics["stages"]] == list(STAGES)
     report = (out / "report.md").read_text()
     assert "## Targets" in report and "## Stages" in report

@@ -15,12 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from cinemamba.demo.config import SCORES, DemoConfig, plain
 from cinemamba.demo.runner import Stage, write_json
-from cinemamba.demo.stages import real_video
+from cinemamba.demo.stages import VAE_DIR, real_video
 from cinemamba.eval.run import Scorer, default_scorer, flat_scores
+from cinemamba.latents.clips import to_pixels
+from cinemamba_sampling import to_uint8
+from cinemamba_vae import VideoAutoencoder
 
 QUARTERS = 4
 
@@ -89,6 +93,14 @@ def summarize(rows: list[dict[str, Any]], targets: Mapping[str, float]) -> dict[
     return {"overall": overall, "reached": reached, "worst": worst, "groups": groups}
 
 
+@torch.no_grad()
+def vae_roundtrip(vae: VideoAutoencoder, frames: np.ndarray, chunk: int) -> np.ndarray:
+    """uint8 frames encoded and decoded by the VAE: what a perfect backbone could at best show."""
+    video = to_pixels(torch.from_numpy(frames))[None]  # (1, 3, T, H, W)
+    latents = vae.encode(video, sample=False, chunk_frames=chunk * vae.config.temporal_compression)
+    return to_uint8(vae.decode(latents, chunk_frames=chunk))[0]
+
+
 def evaluate_stage(cfg: DemoConfig, scorer: Scorer | None = None) -> Stage:
     """Score every generated video and the real reference videos; write metrics.json."""
     gen = cfg.generate
@@ -101,14 +113,18 @@ def evaluate_stage(cfg: DemoConfig, scorer: Scorer | None = None) -> Stage:
         for video in tqdm(videos, desc="evaluate", unit="video"):
             frames = np.load(inputs["generate"] / video["array"])
             rows.append({**video, **score_video(score, frames, video["prompt"])})
-        reference = []
+        vae = VideoAutoencoder.from_pretrained(inputs["vae-stats"] / VAE_DIR).eval()
+        reference, through_vae = [], []
         for i, prompt in enumerate(tqdm(gen.prompts, desc="reference", unit="video")):
             frames = real_video(cfg, prompt, gen.frames, i)
             reference.append({"prompt": prompt, **score_video(score, frames, prompt)})
+            rebuilt = vae_roundtrip(vae, frames, gen.decode_chunk_frames)
+            through_vae.append({"prompt": prompt, **score_video(score, rebuilt, prompt)})
         metrics = {
             "targets": targets,
             "summary": summarize(rows, targets),
             "reference": {"videos": reference, "scores": mean_of(reference)},
+            "reference_vae": {"videos": through_vae, "scores": mean_of(through_vae)},
             "videos": rows,
         }
         write_json(work / "metrics.json", metrics)
@@ -121,8 +137,9 @@ def evaluate_stage(cfg: DemoConfig, scorer: Scorer | None = None) -> Stage:
             "targets": targets,
             "frames": gen.frames,
             "prompts": list(gen.prompts),
+            "vae_ceiling": True,
             "data": plain(cfg.data),
         },
-        needs=["generate"],
+        needs=["vae-stats", "generate"],
         description="ground-truth detector scores, overall and per quarter",
     )
