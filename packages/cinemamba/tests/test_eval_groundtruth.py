@@ -123,6 +123,8 @@ def test_wrong_prompts_score_low(real_set):
         shape.append(score_detections(r["blobs"], prompt_of(spec), *hw))
         spec = ObjectSpec(s.colour, s.shape, *_wrong_motion(s))
         motion.append(score_detections(r["blobs"], prompt_of(spec), *hw))
+    print("wrong colour / shape / motion:", _mean(colour, "colour_accuracy"),
+          _mean(shape, "shape_accuracy"), _mean(motion, "motion_accuracy"))  # fmt: skip
     assert _mean(colour, "colour_accuracy") == 0.0
     assert _mean(colour, "identity_persistence") == 0.0
     assert _mean(shape, "shape_accuracy") <= 0.02
