@@ -177,6 +177,23 @@ def test_empty_and_noise_videos_have_no_identity():
         assert score_video(noise, p)["identity_persistence"] <= 0.1
 
 
+def test_identity_counts_vanishing_and_duplicated_objects():
+    spec = ObjectSpec("magenta", "triangle", "stay", None)
+    prompt = prompt_of(spec)
+    video, _ = render([spec], 64, 12, seed=11, background="plain")
+    twin, _ = render([spec], 64, 12, seed=12, background="plain")
+    gone = video.copy()
+    gone[6:] = np.median(video[0].reshape(-1, 3), axis=0).astype(np.uint8)  # object vanishes
+    s = score_video(gone, prompt)
+    assert s["presence"] == 0.5 and s["identity_persistence"] == 0.5
+    # Two magenta triangles from frame 4 on: present but no longer unique.
+    both = video.copy()
+    objects = (twin.astype(int).max(-1) - twin.astype(int).min(-1)) > 60  # (T, H, W) saturated
+    both[4:][objects[4:]] = twin[4:][objects[4:]]  # paste the twin (placed apart by its seed)
+    s = score_video(both, prompt)
+    assert s["presence"] == 1.0 and s["identity_persistence"] == pytest.approx(4 / 12)
+
+
 def test_short_videos_and_quarters():
     spec = ObjectSpec("green", "square", "right", "quickly")
     video, _ = render([spec], 32, 9, seed=3)
