@@ -80,7 +80,7 @@ def test_detector_accuracy_on_real_videos(real_set):
         score_detections(r["blobs"], prompt_of(r["spec"], seed=i), *r["video"].shape[1:3])
         for i, r in enumerate(real_set)
     ]
-    means = {k: _mean(scores, k) for k in (*HEADLINE, "speed_accuracy", "identity_strict")}
+    means = {k: _mean(scores, k) for k in (*HEADLINE, "speed_accuracy", "identity_colour")}
     print("detector on real videos:", {k: round(v, 4) for k, v in means.items()})
     # Measured here: 1.0 for every mean but shape (0.987: H.264's 2x2 chroma subsampling costs
     # a few star frames at 32 px); over 1,008 uncompressed videos of 48 frames (all colours x
@@ -88,7 +88,8 @@ def test_detector_accuracy_on_real_videos(real_set):
     assert means["colour_accuracy"] >= 0.99
     assert means["shape_accuracy"] >= 0.97
     assert means["motion_accuracy"] >= 0.97
-    assert means["identity_persistence"] >= 0.99
+    assert means["identity_persistence"] >= 0.97  # unique and the right shape: <= shape
+    assert means["identity_colour"] >= 0.99
     assert means["speed_accuracy"] >= 0.95
     assert min(s["motion_accuracy"] for s in scores) >= 0.8
     # Nothing drifts in a real video; the worst case is a bounce whose 6-frame quarters see a
@@ -161,7 +162,7 @@ def test_blurred_videos_still_score_well(size):
     means = {k: _mean(rows, k) for k in HEADLINE}
     print(f"blurred {size}px:", {k: round(v, 4) for k, v in means.items()})
     assert means["colour_accuracy"] >= 0.99
-    assert means["identity_persistence"] >= 0.97
+    assert means["identity_persistence"] >= 0.9
     assert means["shape_accuracy"] >= 0.9
     assert means["motion_accuracy"] >= 0.9
 

@@ -27,8 +27,9 @@ Scores, per video (each in [0, 1]; a frame without the object counts as a miss):
   `circle`), k chosen so the prompted speed covers >= 2 pixels;
 - `speed_accuracy`: windows whose measured speed is on the prompted side of the geometric mean
   of the slow and quick speeds (moving prompts only);
-- `identity_persistence`: frames with exactly one object of the prompted colour (present and
-  unique: no vanishing, splitting or duplication); `identity_strict` also requires its shape;
+- `identity_persistence`: frames where the prompted object is present and unique: exactly one
+  object of the prompted colour (no vanishing, splitting or duplication), and it has the
+  prompted shape (the issue's definition); `identity_colour` counts colour only;
 - `drift`: mean of `drift_detail` = relative change of colour (mean RGB distance / palette
   chroma), size (area ratio - 1) and speed (in units of the prompted speed) between the first
   and the last quarter of the video.
@@ -428,15 +429,15 @@ def score_detections(blobs: list[list[Blob]], prompt: str, height: int, width: i
         tr = _track(blobs, spec.colour)
         row = {
             "shape_accuracy": _fraction(shape_ok),
-            "identity_persistence": _fraction(count == 1),
-            "identity_strict": _fraction((count == 1) & shape_ok),
+            "identity_persistence": _fraction((count == 1) & shape_ok),
+            "identity_colour": _fraction(count == 1),
             "presence": _fraction(count >= 1),
             **motion_scores(tr, spec, height, width),
         }
         row["drift_detail"] = drift_scores(tr, spec, height, width)
         per_object.append(row)
     keys = ("shape_accuracy", "motion_accuracy", "speed_accuracy", "identity_persistence",
-            "identity_strict", "presence")  # fmt: skip
+            "identity_colour", "presence")  # fmt: skip
     scores: dict = {"colour_accuracy": _fraction(colour_ok)}
     scores.update({k: _mean([r[k] for r in per_object]) for k in keys})
     detail = {
