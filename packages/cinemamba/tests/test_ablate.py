@@ -58,9 +58,10 @@ def test_mixer_entries_and_experiments(demo, tmp_path) -> None:
         mixer_pattern("mambo+attention")
     cfg = AblationConfig(demo=DEMO, steps=7, seed=5, overrides=[
         "train.batch_size=2", "task.backbone.mixer=attention", "task.per_frame_t=false"])  # fmt: skip
+    depth = demo.backbone.task.backbone.depth  # a pattern repeats over the demo's depth
     for name, blocks in [
-        ("mamba", ["mamba", "mamba"]),
-        ("attention+bimamba", ["attention", "bimamba"]),
+        ("mamba", ["mamba"] * depth),
+        ("attention+bimamba", (["attention", "bimamba"] * depth)[:depth]),
     ]:
         exp = mixer_experiment(cfg, demo, name, tmp_path / "r", tmp_path / "v", tmp_path / "l")
         # The mixer's own setting wins over a shared override; everything else is shared.
