@@ -109,7 +109,8 @@ def test_train_step_memory_grows_with_batch() -> None:
 
 def _fake_results() -> dict:
     tags = {"1x": 33, "4x": 129}
-    cfg = AblationConfig(demo=DEMO, steps=10, eval=AblationEval(lengths=[1, 4]))
+    cfg = AblationConfig(demo=DEMO, steps=10, eval=AblationEval(lengths=[1, 4]),
+                         mixers=["bimamba", "attention", "bimamba+attention"])  # fmt: skip
 
     def scores(base: float) -> dict:
         s = {k: base for k in SCORES}

@@ -462,7 +462,8 @@ def _score(scores: Mapping[str, Any], key: str) -> float | None:
 
 def to_markdown(results: Mapping[str, Any]) -> str:
     """`ablation.md`: setup, cost per mixer, scores per length, scores per quarter."""
-    cfg, mixers, ceiling = results["config"], results["mixers"], results["ceiling"]
+    cfg, ceiling = results["config"], results["ceiling"]
+    mixers = {n: results["mixers"][n] for n in cfg["mixers"]}  # config order (JSON sorts keys)
     tags = list(ceiling)
     frames = {t: ceiling[t]["frames"] for t in tags}
     first = next(iter(mixers.values()))
@@ -520,16 +521,23 @@ def plot(results: Mapping[str, Any], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    mixers, ceiling = results["mixers"], results["ceiling"]
+    ceiling = results["ceiling"]
+    mixers = {n: results["mixers"][n] for n in results["config"]["mixers"]}  # config order
     heads = list(results["config"]["eval"]["headline"])
     tags = list(ceiling)
     frames = [ceiling[t]["frames"] for t in tags]
-    fig, axes = plt.subplots(1, len(heads) + 2, figsize=(4.2 * (len(heads) + 2), 3.6))
+    cols = 3
+    rows = -(-(len(heads) + 2) // cols)
+    fig, grid = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.6 * rows), squeeze=False)
+    axes = list(grid.flat)
+    for ax in axes[len(heads) + 2 :]:
+        ax.set_visible(False)
     for ax, head in zip(axes, heads, strict=False):
         for n, m in mixers.items():
             ax.plot(frames, [_score(m["lengths"][t]["scores"], head) for t in tags], "o-", label=n)
         ax.plot(frames, [_score(ceiling[t]["scores"], head) for t in tags], "k--", label="real")
         ax.set(xlabel="generated frames", ylabel=head, title=head, xscale="log", ylim=(-0.02, 1.02))
+        ax.minorticks_off()  # log axis: label only the generated lengths
         ax.set_xticks(frames, [str(f) for f in frames])
     axes[0].legend(fontsize=8)
     names = list(mixers)
