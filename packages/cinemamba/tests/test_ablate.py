@@ -196,10 +196,12 @@ def test_ablation_end_to_end(tmp_path) -> None:
         return dict.fromkeys(SCORES, red)
 
     results = run_ablation(cfg, scorer=scorer)
+    depth = load_demo_config(DEMO).backbone.task.backbone.depth
     assert list(results["mixers"]) == ["mamba", "bimamba+attention"]
     for name, m in results["mixers"].items():
         assert m["steps"] == 2 and m["final_loss"] > 0 and m["peak_rss_mib"] > 100
-        assert m["pattern"] == (["mamba", "mamba"] if name == "mamba" else ["bimamba", "attention"])
+        cycle = ["mamba"] if name == "mamba" else ["bimamba", "attention"]
+        assert m["pattern"] == (cycle * depth)[:depth]  # the pattern repeats over the depth
         assert [v["frames"] for v in m["lengths"].values()] == [9, 17]
     out = Path(cfg.out)
     assert (out / "eval-mamba" / "2x_0.mp4").is_file() and (
