@@ -1,0 +1,1 @@
+"""Evaluation: ground-truth scores on the embedded set, VAE reconstruction, FVD, and `cinemamba eval`."""
