@@ -151,3 +151,17 @@ def test_bounce_stays_inside_and_circle_keeps_radius():
             break
     assert seen == {"bounce", "circle"}
     assert math.isclose(SPEED_FRACTION["quickly"] / SPEED_FRACTION["slowly"], 0.02 / 0.006)
+
+
+def test_motion_and_speed_subsets():
+    cfg = SceneConfig(frames=4, height=16, width=16, motions=("left", "up"), speeds=("quickly",))
+    specs = [sample_scene(i, "train", 0, cfg)[0].spec for i in range(60)]
+    assert {s.motion for s in specs} == {"left", "up"}
+    assert {s.speed for s in specs} == {"quickly"}
+    # The default draws from every motion and speed.
+    full = [sample_scene(i, "train", 0, SceneConfig(frames=4))[0].spec for i in range(300)]
+    assert {s.motion for s in full} == set(MOTIONS)
+    with pytest.raises(ValueError, match="motions=.*'sideways'.*choose"):
+        SceneConfig(motions=("sideways",))
+    with pytest.raises(ValueError, match="speeds"):
+        SceneConfig(speeds=())

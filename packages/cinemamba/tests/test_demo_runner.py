@@ -102,3 +102,25 @@ def test_bad_stage_lists_are_rejected(tmp_path):
 def test_config_hash_is_order_independent():
     assert config_hash({"a": 1, "b": [1, 2]}) == config_hash({"b": [1, 2], "a": 1})
     assert config_hash({"a": 1}) != config_hash({"a": 2})
+
+
+def test_signal_stopped_training_leaves_the_stage_unfinished(tmp_path):
+    from cinemamba.demo.runner import StageInterrupted
+    from cinemamba.demo.stages import finished
+    from cinemamba.train.trainer import TrainResult
+
+    done = TrainResult(8, "done", None)
+    assert finished(done, "vae") is done
+    lines: list[str] = []
+
+    def stopped(work, inputs):
+        (work / "checkpoint").write_text("step 3")
+        finished(TrainResult(3, "signal", None), "vae")
+
+    with pytest.raises(StageInterrupted, match="vae: training stopped by a signal at step 3"):
+        StageRunner(tmp_path, [Stage("vae", stopped, {})], say=lines.append).run()
+    # No stamp, no final directory: the next run resumes from the kept checkpoint.
+    assert not (tmp_path / "vae").exists()
+    assert (tmp_path / "vae.tmp" / "checkpoint").exists()
+    assert not (tmp_path / "vae.tmp" / STAMP).exists()
+    assert "stopped after" in lines[-1]

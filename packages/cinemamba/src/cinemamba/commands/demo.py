@@ -41,11 +41,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the demo and print where the report is."""
     from cinemamba.demo import load_demo_config, run_demo
+    from cinemamba.demo.runner import StageInterrupted
 
     overrides = list(args.overrides)
     if args.out:
         overrides.append(f"out={args.out}")
     cfg = load_demo_config(Path(args.config), overrides)
-    result = run_demo(cfg, fresh=True if args.fresh else list(args.redo))
+    try:
+        result = run_demo(cfg, fresh=True if args.fresh else list(args.redo))
+    except StageInterrupted as err:
+        print(f"demo stopped: {err}")
+        return 143  # 128 + SIGTERM, as if the signal had ended the process
     print(f"demo finished: open {result.report}")
     return 0

@@ -226,10 +226,21 @@ class SceneConfig:
     size_min: float = 0.24
     size_max: float = 0.32
     crf: int = 18
+    # The motions and speeds objects are drawn from (a subset focuses a small training budget).
+    motions: tuple[str, ...] = MOTIONS
+    speeds: tuple[str, ...] = SPEEDS
 
     def __post_init__(self):
         if self.background not in ("texture", "plain"):
             raise ValueError(f"background must be 'texture' or 'plain', got {self.background!r}")
+        for name, chosen, valid in (
+            ("motions", self.motions, MOTIONS),
+            ("speeds", self.speeds, SPEEDS),
+        ):
+            bad = [m for m in chosen if m not in valid]
+            if bad or not chosen:
+                raise ValueError(f"{name}={list(chosen)}: choose one or more of {', '.join(valid)}")
+            object.__setattr__(self, name, tuple(chosen))  # OmegaConf hands over lists
         if self.frames < 1 or self.height < 8 or self.width < 8:
             raise ValueError(f"need frames >= 1 and a size >= 8x8, got {self}")
 
@@ -318,8 +329,8 @@ def sample_scene(index: int, split: str, seed: int, cfg: SceneConfig) -> list[Sc
         want_heldout = split == "val" and k == 0 and index % 2 == 0
         shapes = [s for s in SHAPES if ((colour, s) in HELDOUT_PAIRS) == want_heldout]
         shape = shapes[rng.integers(len(shapes))]
-        motion = MOTIONS[rng.integers(len(MOTIONS))]
-        speed = None if motion == "stay" else SPEEDS[rng.integers(len(SPEEDS))]
+        motion = cfg.motions[rng.integers(len(cfg.motions))]
+        speed = None if motion == "stay" else cfg.speeds[rng.integers(len(cfg.speeds))]
         size = rng.uniform(cfg.size_min, cfg.size_max) * min(cfg.height, cfg.width)
         x, y = trajectory(motion, speed, size, cfg, rng)
         objects.append(SceneObject(ObjectSpec(colour, shape, motion, speed), size, x, y))

@@ -16,7 +16,14 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from cinemamba.config import ConfigError
-from cinemamba.data.synth import HELDOUT_PAIRS, ObjectSpec, SceneConfig, parse_caption
+from cinemamba.data.synth import (
+    HELDOUT_PAIRS,
+    MOTIONS,
+    SPEEDS,
+    ObjectSpec,
+    SceneConfig,
+    parse_caption,
+)
 from cinemamba.tasks.backbone import BackboneExperiment
 from cinemamba.tasks.vae import VAEExperiment
 from cinemamba.train.config import load_experiment
@@ -40,6 +47,9 @@ class DemoDataConfig:
     size_max: float = 0.38
     seed: int = 0
     samples_per_shard: int = 128
+    # Subsets of the synth set's motions and speeds (all of them by default).
+    motions: list[str] = field(default_factory=lambda: list(MOTIONS))
+    speeds: list[str] = field(default_factory=lambda: list(SPEEDS))
 
     def scene(self, frames: int | None = None) -> SceneConfig:
         """The synth scene config, optionally at another length (real reference videos)."""
@@ -53,6 +63,8 @@ class DemoDataConfig:
             two_object_prob=0.0,
             size_min=self.size_min,
             size_max=self.size_max,
+            motions=tuple(self.motions),
+            speeds=tuple(self.speeds),
         )
 
 
@@ -143,6 +155,10 @@ def is_heldout(spec: ObjectSpec) -> bool:
 def check(cfg: DemoConfig) -> None:
     """Raise ConfigError naming the field when the demo cannot run as configured."""
     data, gen = cfg.data, cfg.generate
+    try:
+        data.scene()
+    except ValueError as err:
+        raise ConfigError(f"data: {err}") from None
     st = cfg.vae.task.model.temporal_compression
     s = cfg.vae.task.model.spatial_compression
     if (data.frames - 1) % st:

@@ -59,6 +59,10 @@ class Stage:
     description: str = ""
 
 
+class StageInterrupted(RuntimeError):
+    """A stage stopped early on purpose (e.g. SIGTERM): its partial work is kept to resume."""
+
+
 @dataclass
 class StageRecord:
     """How a stage ended in this run: ran or reused, its hash, times and summary."""
@@ -201,7 +205,7 @@ class StageRunner:
         cpu_before = float(pending.get("cpu_seconds", 0.0)) if resumed and pending else 0.0
         try:
             summary = dict(stage.run(work, inputs) or {})
-        except BaseException:
+        except BaseException as err:
             # Keep the partial work (and the time spent) for a resumed run with the same hash.
             spent = spent_before + time.perf_counter() - start
             cpu = cpu_before + time.process_time() - cpu_start
@@ -209,7 +213,8 @@ class StageRunner:
                 work / PENDING,
                 {"hash": digest, "config": stage.config, "seconds": spent, "cpu_seconds": cpu},
             )
-            self.say(f"{head}: failed after {spent:.1f} s (partial output kept in {work})")
+            how = "stopped" if isinstance(err, StageInterrupted) else "failed"
+            self.say(f"{head}: {how} after {spent:.1f} s (partial output kept in {work})")
             raise
         seconds = spent_before + time.perf_counter() - start
         cpu = cpu_before + time.process_time() - cpu_start

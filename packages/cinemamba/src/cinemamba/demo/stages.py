@@ -28,7 +28,7 @@ from cinemamba.data.synth_video import render_scene, write_synth
 from cinemamba.data.video import write_video
 from cinemamba.demo.config import DemoConfig, is_heldout, plain, prompt_specs
 from cinemamba.demo.context import CleanContext
-from cinemamba.demo.runner import Stage, write_json
+from cinemamba.demo.runner import Stage, StageInterrupted, write_json
 from cinemamba.latents.clips import ClipConfig
 from cinemamba.latents.export import ExportConfig, export_latents
 from cinemamba.tasks.backbone import BackboneTask
@@ -36,6 +36,7 @@ from cinemamba.tasks.vae import train_vae
 from cinemamba.train import checkpoint as ckpt_io
 from cinemamba.train import train
 from cinemamba.train.export import consolidated_state_dict
+from cinemamba.train.trainer import TrainResult
 from cinemamba_backbone import VideoDiT
 from cinemamba_conditioning import build_text_encoder
 from cinemamba_sampling import (
@@ -79,6 +80,20 @@ def last_eval(run_dir: Path) -> dict[str, float]:
             if row.get("kind") == "eval":
                 record = {k: v for k, v in row.items() if k not in ("kind", "time")}
     return record
+
+
+def finished(result: TrainResult, stage: str) -> TrainResult:
+    """The result of a training run that reached its last step; a signal-stopped run is not.
+
+    The engine checkpoints and returns on SIGTERM / SIGUSR1; the stage must then stay
+    unfinished (its directory kept), so the next `cinemamba demo` resumes the run.
+    """
+    if result.reason != "done":
+        raise StageInterrupted(
+            f"{stage}: training stopped by a signal at step {result.step} (checkpointed); "
+            "run the demo again to resume it"
+        )
+    return result
 
 
 def save_media(folder: Path, stem: str, frames: np.ndarray, fps: float) -> dict[str, str]:
@@ -127,7 +142,7 @@ def vae_stage(cfg: DemoConfig) -> Stage:
         job = copy.deepcopy(cfg.vae)
         job.train.run_dir = str(work / RUN_DIR)
         job.task.data.path = str(inputs["synth"] / "train")
-        result = train_vae(job)
+        result = finished(train_vae(job), "vae")
         return {"steps": result.step, **last_eval(work / RUN_DIR)}
 
     steps, batch = exp.train.steps, exp.train.batch_size
@@ -239,7 +254,7 @@ def backbone_stage(cfg: DemoConfig) -> Stage:
         task = BackboneTask(job.task)
         if cfg.context_prob > 0:
             task.process = CleanContext(task.process, cfg.context_prob, cfg.generate.context)
-        result = train(job.train, task, full_config=OmegaConf.structured(job))
+        result = finished(train(job.train, task, full_config=OmegaConf.structured(job)), "backbone")
         return {"steps": result.step, **{k: round(v, 5) for k, v in result.losses.items()}}
 
     b = exp.task.backbone
