@@ -1,6 +1,15 @@
-"""Scan ops: fast CPU path and chunked SSD against the float64 sequential references."""
+"""Scan ops: fast CPU paths (C kernel and PyTorch) and chunked SSD against the float64
+sequential references; the C kernel's exp, build cache and fallback without a compiler."""
 
 from __future__ import annotations
+
+import ctypes
+import functools
+import logging
+import os
+import shutil
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -10,6 +19,7 @@ from cinemamba_backbone.ops import (
     causal_conv1d,
     causal_conv1d_ref,
     causal_conv1d_torch,
+    cpu_native,
     selective_scan,
     selective_scan_ref,
     selective_scan_torch,
@@ -82,9 +92,9 @@ def test_fast_scan_matches_reference_outputs_and_gradients(b, d, n, length, grou
         torch.testing.assert_close(g[name], g_ref[name], rtol=1e-9, atol=1e-9, msg=name)
 
 
-def test_fast_scan_bf16_close_to_float64_reference():
+def test_torch_scan_bf16_close_to_float64_reference():
     inputs = _scan_inputs(2, 8, 4, 17, 0, dtype=torch.bfloat16, seed=3)
-    y, h, g = _run_scan(selective_scan_torch, inputs)
+    y, h, g = _run_scan(functools.partial(selective_scan_torch, native=False), inputs)
     assert y.dtype == torch.bfloat16
     y_ref, h_ref, g_ref = _run_scan(selective_scan_ref, {k: v.double() for k, v in inputs.items()})
     torch.testing.assert_close(y.double(), y_ref, rtol=3e-2, atol=3e-2)
@@ -109,12 +119,14 @@ def _saved_bytes(fn, inputs) -> int:
     return sum(saved)
 
 
-def test_fast_scan_saves_at_most_4_bytes_per_state_element():
+@pytest.mark.parametrize("native", [True, False])
+def test_fast_scan_saves_at_most_4_bytes_per_state_element(native):
     b, d, n, length = 2, 16, 16, 256
     inputs = {k: v.float().requires_grad_() for k, v in _scan_inputs(b, d, n, length, 0).items()}
     elements = b * length * d * n
     # Checkpoints every K steps plus O(b·d·l) inputs; the reference keeps every ΔA and ΔBu.
-    assert _saved_bytes(selective_scan_torch, inputs) <= 4 * elements
+    fast = functools.partial(selective_scan_torch, native=native)
+    assert _saved_bytes(fast, inputs) <= 4 * elements
     assert _saved_bytes(selective_scan_ref, inputs) > 8 * elements
 
 
@@ -183,3 +195,213 @@ def test_shift_add_causal_conv_matches_conv1d_reference():
     # A chunk with the previous tail equals the same frames of the full sequence.
     tail_out = causal_conv1d_torch(x[..., 5:], w, bias, True, initial=x[..., 2:5])
     torch.testing.assert_close(tail_out, results[0][0][..., 5:])
+
+
+# ---- the C kernel (ops/cpu_native.py) ------------------------------------------------------
+HAVE_CC = shutil.which(os.environ.get("CC") or "cc") is not None
+needs_cc = pytest.mark.skipif(not HAVE_CC, reason="no C compiler ($CC or cc) to build the kernel")
+
+
+@pytest.fixture
+def fresh_load(monkeypatch: pytest.MonkeyPatch, tmp_path) -> Iterator[None]:
+    """An empty kernel cache and no cached load(); the real library is reloaded afterwards."""
+    monkeypatch.setenv("CINEMAMBA_KERNEL_CACHE", str(tmp_path / "kernels"))
+    cpu_native.load.cache_clear()
+    yield
+    cpu_native.load.cache_clear()
+
+
+@pytest.fixture
+def native_calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Counts calls of the C kernel's forward and backward wrappers."""
+    calls = {"scan_forward": 0, "scan_backward": 0}
+    for name in calls:
+        original = getattr(cpu_native, name)
+
+        def counted(*args, _name=name, _original=original, **kwargs):
+            calls[_name] += 1
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(cpu_native, name, counted)
+    return calls
+
+
+def _assert_scaled_close(actual: torch.Tensor, expected: torch.Tensor, tol: float, name: str):
+    """max |actual - expected| <= tol · max |expected| (relative to the tensor's scale)."""
+    err = (actual.double() - expected.double()).abs().max().item()
+    scale = expected.double().abs().max().item()
+    assert err <= tol * scale + 1e-12, f"{name}: error {err:.3g} vs scale {scale:.3g}"
+
+
+SHAPES = [
+    # (b, d, n, length, groups, block)
+    (2, 6, 16, 1, 0, None),
+    (2, 6, 16, 37, 2, None),
+    (1, 4, 8, 70, 0, None),
+    (3, 8, 5, 13, 2, 4),
+    (2, 4, 16, 9, 0, 1),
+]
+
+
+@needs_cc
+@pytest.mark.parametrize(("b", "d", "n", "length", "groups", "block"), SHAPES)
+def test_native_scan_matches_float64_reference(b, d, n, length, groups, block, native_calls):
+    inputs = _scan_inputs(b, d, n, length, groups, seed=length + n)
+    y_ref, h_ref, g_ref = _run_scan(selective_scan_ref, inputs)
+    f32 = {k: v.float() for k, v in inputs.items()}
+    f32["u"] = f32["u"].transpose(1, 2).contiguous().transpose(1, 2)  # a strided view
+    y, h, g = _run_scan(selective_scan_torch, f32, block=block)
+    assert native_calls == {"scan_forward": 1, "scan_backward": 1}
+    assert y.dtype == torch.float32 and h.dtype == torch.float32
+    _assert_scaled_close(y, y_ref, 1e-5, "y")
+    _assert_scaled_close(h, h_ref, 1e-5, "last state")
+    for name in g_ref:
+        _assert_scaled_close(g[name], g_ref[name], 2e-5, name)
+
+
+@needs_cc
+def test_native_scan_without_initial_state_matches_torch_path(native_calls):
+    x = {k: v.float() for k, v in _scan_inputs(3, 8, 16, 45, 2, seed=1).items()}
+    outs = []
+    for native in (True, False):
+        leaves = {k: v.clone().requires_grad_() for k, v in x.items() if k != "initial_state"}
+        y = selective_scan_torch(**leaves, delta_softplus=True, native=native)
+        grads = torch.autograd.grad((y * y.detach().sin()).sum(), list(leaves.values()))
+        outs.append((y, dict(zip(leaves, grads, strict=True))))
+    assert native_calls == {"scan_forward": 1, "scan_backward": 1}
+    (y_n, g_n), (y_t, g_t) = outs
+    _assert_scaled_close(y_n, y_t, 1e-5, "y")
+    for name in g_t:
+        _assert_scaled_close(g_n[name], g_t[name], 2e-5, name)
+
+
+@needs_cc
+def test_native_scan_bf16_close_to_float64_reference(native_calls):
+    inputs = _scan_inputs(2, 8, 16, 17, 0, dtype=torch.bfloat16, seed=3)
+    y, h, g = _run_scan(selective_scan_torch, inputs)
+    assert native_calls["scan_forward"] == 1
+    assert y.dtype == torch.bfloat16 and h.dtype == torch.float32  # state kept in fp32
+    y_ref, h_ref, g_ref = _run_scan(selective_scan_ref, {k: v.double() for k, v in inputs.items()})
+    torch.testing.assert_close(y.double(), y_ref, rtol=3e-2, atol=3e-2)
+    for name in g_ref:
+        assert g[name].dtype == torch.bfloat16, name
+        _assert_scaled_close(g[name], g_ref[name], 3e-2, name)
+
+
+@needs_cc
+def test_native_scan_threads_agree():
+    x = {k: v.float() for k, v in _scan_inputs(4, 8, 16, 40, 2, seed=5).items()}
+    results = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)  # the conftest fixture restores the setting
+        results.append(_run_scan(selective_scan_torch, x))
+    (y1, h1, g1), (y2, h2, g2) = results
+    assert torch.equal(y1, y2) and torch.equal(h1, h2)  # rows never depend on the split
+    for name in g1:
+        torch.testing.assert_close(g2[name], g1[name], rtol=1e-6, atol=1e-6, msg=name)
+
+
+@needs_cc
+def test_native_exp_accuracy_and_special_values():
+    # With T = 1, h0 = 1 and u = 0 the last state is exactly exp(Δ·A) per state element.
+    grid = torch.linspace(-86.9, 88.7, 4096, dtype=torch.float64)
+    special = torch.tensor([0.0, -0.0, -87.2, -100.0, -1e30, -torch.inf, 88.9, 1e30, torch.inf])
+    values = torch.cat([grid, special.double(), torch.tensor([torch.nan], dtype=torch.float64)])
+    values = torch.cat([values, values.new_zeros(-values.numel() % 16)]).float()
+    A = values.view(-1, 16)
+    d = A.shape[0]
+    ones, zeros = torch.ones(1, d, 1), torch.zeros(1, d, 1)
+    _, last = selective_scan_torch(
+        zeros, ones, A, torch.zeros(1, 16, 1), torch.ones(1, 16, 1),
+        return_last_state=True, initial_state=torch.ones(1, d, 16),
+    )  # fmt: skip
+    got = last.flatten()[: values.numel()]
+    want = torch.exp(values.double())
+    rel = ((got[: grid.numel()].double() - want[: grid.numel()]) / want[: grid.numel()]).abs()
+    assert rel.max() < 3e-7, rel.max()
+    tail = got[grid.numel() : grid.numel() + len(special) + 1].tolist()
+    assert tail[:2] == [1.0, 1.0]
+    assert all(0.0 <= v < 1.7e-38 for v in tail[2:6])  # below -87: 0 (true value < 1.7e-38)
+    assert tail[6:9] == [torch.inf] * 3
+    assert tail[9] != tail[9]  # NaN stays NaN
+
+
+@needs_cc
+def test_large_state_and_float64_stay_on_the_torch_path(native_calls):
+    x = _scan_inputs(1, 2, cpu_native.MAX_STATE + 1, 3, 0, dtype=torch.float32)
+    selective_scan_torch(x["u"], x["delta"], x["A"], x["B"], x["C"])
+    x64 = _scan_inputs(1, 2, 4, 3, 0)
+    selective_scan_torch(x64["u"], x64["delta"], x64["A"], x64["B"], x64["C"])
+    assert native_calls["scan_forward"] == 0
+
+
+def _native_log_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "native CPU kernel" in r.getMessage()]
+
+
+def test_missing_compiler_falls_back_to_torch_and_logs_once(
+    monkeypatch: pytest.MonkeyPatch, fresh_load, caplog, native_calls
+):
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    x = _scan_inputs(2, 4, 16, 9, 0, dtype=torch.float32)
+    args = (x["u"], x["delta"], x["A"], x["B"], x["C"])
+    with caplog.at_level(logging.INFO, logger="cinemamba_backbone.kernels"):
+        y = selective_scan(*args)
+        selective_scan(*args)
+    assert native_calls["scan_forward"] == 0
+    torch.testing.assert_close(y, selective_scan(*args, kernels="torch"), rtol=0, atol=0)
+    lines = _native_log_lines(caplog)
+    assert len(lines) == 1 and "/nonexistent/cc" in lines[0], lines
+
+
+def test_native_scan_can_be_disabled(monkeypatch: pytest.MonkeyPatch, fresh_load, caplog):
+    monkeypatch.setenv("CINEMAMBA_NATIVE_SCAN", "0")
+    with caplog.at_level(logging.INFO, logger="cinemamba_backbone.kernels"):
+        assert cpu_native.load() is None
+        assert cpu_native.load() is None
+    assert len(_native_log_lines(caplog)) == 1
+
+
+@needs_cc
+def test_compile_failure_logs_the_compiler_error(
+    monkeypatch: pytest.MonkeyPatch, fresh_load, caplog, tmp_path
+):
+    broken = tmp_path / "broken.c"
+    broken.write_text("this is not C;\n")
+    monkeypatch.setattr(cpu_native, "SOURCE", broken)
+    with caplog.at_level(logging.INFO, logger="cinemamba_backbone.kernels"):
+        assert cpu_native.load() is None
+    lines = _native_log_lines(caplog)
+    assert len(lines) == 1 and "compilation failed" in lines[0] and "error" in lines[0], lines
+    assert not list((tmp_path / "kernels").glob("*.tmp"))  # no temporary files left behind
+
+
+@needs_cc
+def test_second_load_reuses_the_cached_library(fresh_load, tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="cinemamba_backbone.kernels"):
+        assert cpu_native.load() is not None
+    (library,) = (tmp_path / "kernels").glob("selective_scan_*.so")
+    mtime = library.stat().st_mtime_ns
+    assert [r for r in _native_log_lines(caplog) if "compiled" in r]
+    cpu_native.load.cache_clear()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="cinemamba_backbone.kernels"):
+        assert cpu_native.load() is not None
+    assert library.stat().st_mtime_ns == mtime
+    assert not _native_log_lines(caplog)  # no recompilation
+    assert [p.name for p in (tmp_path / "kernels").iterdir()] == [library.name]
+
+
+@needs_cc
+def test_builds_racing_for_one_library_all_end_with_a_whole_one(tmp_path):
+    # Two ranks compiling at once: each writes its own temporary file, then renames it over
+    # the library, so every rename leaves a complete library in place.
+    compiler = [os.environ.get("CC") or "cc"]
+    target = tmp_path / "selective_scan_test.so"
+    with ThreadPoolExecutor(2) as pool:
+        errors = list(
+            pool.map(lambda _: cpu_native._compile(compiler, cpu_native.FLAGS, target), [0, 1])
+        )
+    assert errors == ["", ""]
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]
+    assert ctypes.CDLL(str(target)).cm_max_state() == cpu_native.MAX_STATE

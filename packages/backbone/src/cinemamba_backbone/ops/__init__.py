@@ -2,7 +2,9 @@
 
 Each function takes ``kernels`` ("auto" | "torch") and ``require_kernels`` as runtime
 arguments: "auto" uses the fused CUDA kernel when it is installed and can serve the call
-(device, dtype, features), otherwise the PyTorch path (logged once).
+(device, dtype, features), otherwise the PyTorch path (logged once). For the selective scan
+on CPU, "auto" runs the C kernel of ``cpu_native`` (compiled on first use) when it builds;
+"torch" always means pure PyTorch.
 """
 
 from __future__ import annotations
@@ -57,9 +59,11 @@ def selective_scan(
     )
     if fn is not None:
         return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    # "auto" on CPU: the C kernel of ops/cpu_native.py when it builds; "torch": pure PyTorch.
     return selective_scan_torch(
-        u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, initial_state
-    )
+        u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, initial_state,
+        native=kernels == "auto",
+    )  # fmt: skip
 
 
 def ssd_scan(

@@ -1,12 +1,19 @@
 """Fast CPU selective scan: a lean recurrence with a checkpointing reverse-scan backward.
 
-Forward walks time one step at a time over tiles of sequences small enough that the
-state stays in L2: per step one exp(Δ A), an in-place state update h = a ⊙ h + Δ u B and
-the readout Σ_n h C. Only the state at every K-th step is kept (checkpoints), so memory is
-O(b·d·n·(L/K + K)) instead of the O(b·d·n·L) of the "materialise every ΔA" reference.
-Backward recomputes one block of K steps at a time from those checkpoints (batched exp,
-all K states of the block in one buffer), runs the adjoint recurrence backwards, and forms
-the parameter gradients of the block with batched multiply-and-sum reductions.
+One autograd function, two implementations of the same algorithm. On CPU with a float32
+compute dtype (fp32, bf16 and fp16 inputs) it runs the fused C kernel of ``cpu_native``
+(``csrc/selective_scan.c``, compiled on first use): each sequence's state stays in
+registers for all its steps, one fused pass per step instead of six PyTorch calls. Without
+a C compiler, with ``native=False`` and for float64 it runs the PyTorch code below.
+
+PyTorch path: forward walks time one step at a time over tiles of sequences small enough
+that the state stays in L2: per step one exp(Δ A), an in-place state update
+h = a ⊙ h + Δ u B and the readout Σ_n h C. Only the state at every K-th step is kept
+(checkpoints), so memory is O(b·d·n·(L/K + K)) instead of the O(b·d·n·L) of the
+"materialise every ΔA" reference. Backward recomputes one block of K steps at a time from
+those checkpoints (batched exp, all K states of the block in one buffer), runs the adjoint
+recurrence backwards, and forms the parameter gradients of the block with batched
+multiply-and-sum reductions.
 """
 
 from __future__ import annotations
@@ -17,7 +24,12 @@ import torch
 from einops import rearrange
 from torch.autograd.function import FunctionCtx, once_differentiable
 
+from cinemamba_backbone.ops import cpu_native
+
 TILE_BYTES = 1024 * 1024  # forward state tile (measured: 1 MB beats 128-512 KB, as op count drops)
+# Checkpoint interval of the C kernel: 4/32 bytes of checkpoints per state element, and a
+# block's decays and states (4 KB at n = 16) stay in L1 while its adjoint runs.
+NATIVE_BLOCK = 32
 
 
 def default_block(length: int) -> int:
@@ -42,8 +54,156 @@ def _bc_time_major(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return rearrange(x, "b g n l -> l b g n").to(dtype).contiguous()
 
 
+def _bc_row_major(x: torch.Tensor) -> torch.Tensor:
+    """(b, n, l) or (b, g, n, l) -> contiguous fp32 (b, g, l, n), the C kernel's layout."""
+    if x.dim() == 3:
+        x = x[:, None]
+    return rearrange(x, "b g n l -> b g l n").to(torch.float32).contiguous()
+
+
+def _bc_grad(grad: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Gradient (b, g, l, n) of the C kernel back to the layout and dtype of B or C."""
+    grad = rearrange(grad, "b g l n -> b g n l")
+    return (grad[:, 0] if like.dim() == 3 else grad).to(like.dtype)
+
+
+def _torch_forward(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    h0: torch.Tensor | None,
+    block: int,
+    keep: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """PyTorch forward: y (b, d, l) and last state (b, d, n) in the compute dtype, and the
+    checkpoints (n_blocks, b, g, e, n), empty unless `keep`."""
+    cdt = _compute_dtype(u.dtype)
+    ut, dt = _time_major(u, cdt), _time_major(delta, cdt)  # (L, b, d)
+    Bt, Ct = _bc_time_major(B, cdt), _bc_time_major(C, cdt)  # (L, b, g, n)
+    length, b, d = ut.shape
+    g, n = Bt.shape[2], Bt.shape[3]
+    e = d // g
+    Ag = A.to(cdt).reshape(g, e, n)
+    du = (dt * ut).view(length, b, g, e, 1)
+    # Checkpoints only when a backward will need them (inference skips the copies).
+    n_blocks = -(-length // block) if keep else 0
+    ckpts = torch.empty(n_blocks, b, g, e, n, dtype=cdt, device=u.device)
+    y = torch.empty(length, b, g, e, dtype=cdt, device=u.device)
+    last = torch.empty(b, g, e, n, dtype=cdt, device=u.device)
+    rows = max(1, min(b, TILE_BYTES // (d * n * ut.element_size())))
+    decay = torch.empty(rows, g, e, n, dtype=cdt, device=u.device)
+    scratch = torch.empty_like(decay)
+    # Tiles of sequences whose state (+ two scratch buffers) stays in L2 for all L steps;
+    # per step: exp(Δ A), h = a ⊙ h + Δ u B in place, y = Σ_n h C.
+    for r0 in range(0, b, rows):
+        r = min(rows, b - r0)
+        tile = slice(r0, r0 + r)
+        if h0 is None:
+            state = torch.zeros(r, g, e, n, dtype=cdt, device=u.device)
+        else:
+            state = h0[tile].to(cdt).reshape(r, g, e, n).clone()
+        dt_r = dt[:, tile].view(length, r, g, e, 1)
+        du_r = du[:, tile]
+        B_r = Bt[:, tile].view(length, r, g, 1, n)
+        C_r = Ct[:, tile].view(length, r, g, 1, n)
+        y_r, ck_r = y[:, tile], ckpts[:, tile]
+        a, sc = decay[:r], scratch[:r]
+        for t in range(length):
+            if keep and t % block == 0:
+                ck_r[t // block].copy_(state)
+            torch.mul(dt_r[t], Ag, out=a).exp_()
+            state.mul_(a).addcmul_(du_r[t], B_r[t])
+            torch.sum(torch.mul(state, C_r[t], out=sc), dim=-1, out=y_r[t])
+        last[tile] = state
+    y = rearrange(y, "l b g e -> b (g e) l")
+    return y, last.view(b, d, n), ckpts
+
+
+def _torch_backward(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    ckpts: torch.Tensor,
+    grad_y: torch.Tensor,
+    grad_last: torch.Tensor | None,
+    block: int,
+) -> tuple[torch.Tensor, ...]:
+    """PyTorch backward from the checkpoints: gradients of u, Δ, A, B, C (in their layouts,
+    compute dtype) and of the initial state (b, d, n)."""
+    cdt = _compute_dtype(u.dtype)
+    # Only Δ is copied time-major; u is read through a strided view (saves one O(b·d·l)).
+    dt = _time_major(delta, cdt)
+    u_view = rearrange(u, "b d l -> l b d").to(cdt)
+    Bt, Ct = _bc_time_major(B, cdt), _bc_time_major(C, cdt)
+    gy = _time_major(grad_y, cdt)
+    length, b, d = dt.shape
+    g, n = Bt.shape[2], Bt.shape[3]
+    e = d // g
+    Ag = A.to(cdt).reshape(g, e, n)
+    du = (dt * u_view).view(length, b, g, e, 1)
+    gy5 = gy.view(length, b, g, e, 1)
+    adj = torch.zeros(b, g, e, n, dtype=cdt, device=u.device)
+    if grad_last is not None:
+        adj += grad_last.to(cdt).view(b, g, e, n)
+    H = torch.empty(block, b, g, e, n, dtype=cdt, device=u.device)
+    dA = torch.empty_like(H)
+    G = torch.empty_like(H)
+    scratch = torch.empty_like(H)
+    g_du = torch.empty(length, b, g, e, dtype=cdt, device=u.device)
+    g_dt = torch.empty(length, b, d, dtype=cdt, device=u.device)
+    gB = torch.empty(length, b, g, n, dtype=cdt, device=u.device)
+    gC = torch.empty_like(gB)
+    gA = torch.zeros(d, n, dtype=cdt, device=u.device)
+    starts = list(range(0, length, block))
+    for i in reversed(range(len(starts))):
+        s = starts[i]
+        k = min(block, length - s)
+        sl = slice(s, s + k)
+        # Recompute the block's decays and states from its checkpoint.
+        torch.mul(dt[sl].view(k, b, g, e, 1), Ag, out=dA[:k])
+        dA[:k].exp_()
+        prev = ckpts[i]
+        for j in range(k):
+            torch.mul(dA[j], prev, out=H[j]).addcmul_(du[s + j], Bt[s + j].view(b, g, 1, n))
+            prev = H[j]
+        # Adjoint recurrence backwards: G_j = adj + C_j gy_j; adj <- G_j ⊙ a_j.
+        for j in reversed(range(k)):
+            torch.addcmul(adj, gy5[s + j], Ct[s + j].view(b, g, 1, n), out=G[j])
+            dA[j].mul_(G[j])  # dA now holds G ⊙ a
+            adj = dA[j]
+        adj = adj.clone()
+        # dL/d(ΔA)_j = G_j ⊙ a_j ⊙ h_{j-1}, in place in dA.
+        if k > 1:
+            dA[1:k].mul_(H[: k - 1])
+        dA[0].mul_(ckpts[i])
+        # Reductions as multiply-into-scratch + sum: no permuted copies, no tiny GEMVs.
+        g_dA, tmp = dA[:k], scratch[:k]
+        torch.sum(torch.mul(g_dA, Ag, out=tmp), dim=-1, out=g_dt[sl].view(k, b, g, e))
+        gA += torch.mul(g_dA, dt[sl].view(k, b, g, e, 1), out=tmp).sum((0, 1)).view(d, n)
+        torch.sum(torch.mul(H[:k], gy5[sl], out=tmp), dim=-2, out=gC[sl])
+        torch.sum(torch.mul(G[:k], du[sl], out=tmp), dim=-2, out=gB[sl])
+        torch.sum(torch.mul(G[:k], Bt[sl].view(k, b, g, 1, n), out=tmp), dim=-1, out=g_du[sl])
+    g_du = g_du.view(length, b, d)
+    g_dt.addcmul_(g_du, u_view)
+    g_u = g_du.mul_(dt)  # in place: g_du is not needed any more
+    g_B = rearrange(gB, "l b g n -> b g n l")
+    g_C = rearrange(gC, "l b g n -> b g n l")
+    if B.dim() == 3:
+        g_B, g_C = g_B[:, 0], g_C[:, 0]
+    g_u, g_dt = rearrange(g_u, "l b d -> b d l"), rearrange(g_dt, "l b d -> b d l")
+    return g_u, g_dt, gA, g_B, g_C, adj.view(b, d, n)
+
+
 class _SelectiveScanFn(torch.autograd.Function):
-    """Core scan y_t = C_t·h_t with h_t = exp(Δ_t A) h_{t-1} + Δ_t u_t B_t."""
+    """Core scan y_t = C_t·h_t with h_t = exp(Δ_t A) h_{t-1} + Δ_t u_t B_t.
+
+    ``native=True`` runs forward and backward on the C kernel when it can serve the call
+    (CPU, float32 compute dtype, kernel built), else on the PyTorch path above.
+    """
 
     @staticmethod
     def forward(
@@ -54,54 +214,24 @@ class _SelectiveScanFn(torch.autograd.Function):
         B: torch.Tensor,
         C: torch.Tensor,
         h0: torch.Tensor | None,
-        block: int,
+        block: int | None,
+        native: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        cdt = _compute_dtype(u.dtype)
-        ut, dt = _time_major(u, cdt), _time_major(delta, cdt)  # (L, b, d)
-        Bt, Ct = _bc_time_major(B, cdt), _bc_time_major(C, cdt)  # (L, b, g, n)
-        length, b, d = ut.shape
-        g, n = Bt.shape[2], Bt.shape[3]
-        e = d // g
-        Ag = A.to(cdt).reshape(g, e, n)
-        du = (dt * ut).view(length, b, g, e, 1)
-        # Checkpoints only when a backward will need them (inference skips the copies).
-        keep = any(ctx.needs_input_grad)
-        n_blocks = -(-length // block) if keep else 0
-        ckpts = torch.empty(n_blocks, b, g, e, n, dtype=cdt, device=u.device)
-        y = torch.empty(length, b, g, e, dtype=cdt, device=u.device)
-        last = torch.empty(b, g, e, n, dtype=cdt, device=u.device)
-        rows = max(1, min(b, TILE_BYTES // (d * n * ut.element_size())))
-        decay = torch.empty(rows, g, e, n, dtype=cdt, device=u.device)
-        scratch = torch.empty_like(decay)
-        # Tiles of sequences whose state (+ two scratch buffers) stays in L2 for all L steps;
-        # per step: exp(Δ A), h = a ⊙ h + Δ u B in place, y = Σ_n h C.
-        for r0 in range(0, b, rows):
-            r = min(rows, b - r0)
-            tile = slice(r0, r0 + r)
-            if h0 is None:
-                state = torch.zeros(r, g, e, n, dtype=cdt, device=u.device)
-            else:
-                state = h0[tile].to(cdt).reshape(r, g, e, n).clone()
-            dt_r = dt[:, tile].view(length, r, g, e, 1)
-            du_r = du[:, tile]
-            B_r = Bt[:, tile].view(length, r, g, 1, n)
-            C_r = Ct[:, tile].view(length, r, g, 1, n)
-            y_r, ck_r = y[:, tile], ckpts[:, tile]
-            a, sc = decay[:r], scratch[:r]
-            for t in range(length):
-                if keep and t % block == 0:
-                    ck_r[t // block].copy_(state)
-                torch.mul(dt_r[t], Ag, out=a).exp_()
-                state.mul_(a).addcmul_(du_r[t], B_r[t])
-                torch.sum(torch.mul(state, C_r[t], out=sc), dim=-1, out=y_r[t])
-            last[tile] = state
-        state = last
+        length, n = u.shape[2], A.shape[1]
+        native = native and cpu_native.usable(u, n)
+        block = block or (min(NATIVE_BLOCK, length) if native else default_block(length))
+        keep = any(ctx.needs_input_grad)  # checkpoints only when a backward will need them
+        if native:
+            Bn, Cn = _bc_row_major(B), _bc_row_major(C)
+            y, last, ckpts = cpu_native.scan_forward(u, delta, A, Bn, Cn, h0, block, keep)
+            ckpts = torch.empty(0) if ckpts is None else ckpts
+        else:
+            y, last, ckpts = _torch_forward(u, delta, A, B, C, h0, block, keep)
         ctx.save_for_backward(u, delta, A, B, C, ckpts)
-        ctx.block = block
+        ctx.block, ctx.native = block, native
         ctx.h0_dtype = None if h0 is None else h0.dtype
-        y = rearrange(y, "l b g e -> b (g e) l").to(u.dtype)
         # The carried state stays in the compute dtype (fp32 for half inputs), as in mamba.
-        return y, state.view(b, d, n)
+        return y.to(u.dtype), last
 
     @staticmethod
     @once_differentiable
@@ -109,75 +239,25 @@ class _SelectiveScanFn(torch.autograd.Function):
         ctx: FunctionCtx, grad_y: torch.Tensor, grad_last: torch.Tensor | None
     ) -> tuple[torch.Tensor | None, ...]:
         u, delta, A, B, C, ckpts = ctx.saved_tensors
-        block = ctx.block
-        cdt = _compute_dtype(u.dtype)
-        # Only Δ is copied time-major; u is read through a strided view (saves one O(b·d·l)).
-        dt = _time_major(delta, cdt)
-        u_view = rearrange(u, "b d l -> l b d").to(cdt)
-        Bt, Ct = _bc_time_major(B, cdt), _bc_time_major(C, cdt)
-        gy = _time_major(grad_y, cdt)
-        length, b, d = dt.shape
-        g, n = Bt.shape[2], Bt.shape[3]
-        e = d // g
-        Ag = A.to(cdt).reshape(g, e, n)
-        du = (dt * u_view).view(length, b, g, e, 1)
-        gy5 = gy.view(length, b, g, e, 1)
-        adj = torch.zeros(b, g, e, n, dtype=cdt, device=u.device)
-        if grad_last is not None:
-            adj += grad_last.to(cdt).view(b, g, e, n)
-        H = torch.empty(block, b, g, e, n, dtype=cdt, device=u.device)
-        dA = torch.empty_like(H)
-        G = torch.empty_like(H)
-        scratch = torch.empty_like(H)
-        g_du = torch.empty(length, b, g, e, dtype=cdt, device=u.device)
-        g_dt = torch.empty(length, b, d, dtype=cdt, device=u.device)
-        gB = torch.empty(length, b, g, n, dtype=cdt, device=u.device)
-        gC = torch.empty_like(gB)
-        gA = torch.zeros(d, n, dtype=cdt, device=u.device)
-        starts = list(range(0, length, block))
-        for i in reversed(range(len(starts))):
-            s = starts[i]
-            k = min(block, length - s)
-            sl = slice(s, s + k)
-            # Recompute the block's decays and states from its checkpoint.
-            torch.mul(dt[sl].view(k, b, g, e, 1), Ag, out=dA[:k])
-            dA[:k].exp_()
-            prev = ckpts[i]
-            for j in range(k):
-                torch.mul(dA[j], prev, out=H[j]).addcmul_(du[s + j], Bt[s + j].view(b, g, 1, n))
-                prev = H[j]
-            # Adjoint recurrence backwards: G_j = adj + C_j gy_j; adj <- G_j ⊙ a_j.
-            for j in reversed(range(k)):
-                torch.addcmul(adj, gy5[s + j], Ct[s + j].view(b, g, 1, n), out=G[j])
-                dA[j].mul_(G[j])  # dA now holds G ⊙ a
-                adj = dA[j]
-            adj = adj.clone()
-            # dL/d(ΔA)_j = G_j ⊙ a_j ⊙ h_{j-1}, in place in dA.
-            if k > 1:
-                dA[1:k].mul_(H[: k - 1])
-            dA[0].mul_(ckpts[i])
-            # Reductions as multiply-into-scratch + sum: no permuted copies, no tiny GEMVs.
-            g_dA, tmp = dA[:k], scratch[:k]
-            torch.sum(torch.mul(g_dA, Ag, out=tmp), dim=-1, out=g_dt[sl].view(k, b, g, e))
-            gA += torch.mul(g_dA, dt[sl].view(k, b, g, e, 1), out=tmp).sum((0, 1)).view(d, n)
-            torch.sum(torch.mul(H[:k], gy5[sl], out=tmp), dim=-2, out=gC[sl])
-            torch.sum(torch.mul(G[:k], du[sl], out=tmp), dim=-2, out=gB[sl])
-            torch.sum(torch.mul(G[:k], Bt[sl].view(k, b, g, 1, n), out=tmp), dim=-1, out=g_du[sl])
-        g_du = g_du.view(length, b, d)
-        g_dt.addcmul_(g_du, u_view)
-        g_u = g_du.mul_(dt)  # in place: g_du is not needed any more
-        g_B = rearrange(gB, "l b g n -> b g n l")
-        g_C = rearrange(gC, "l b g n -> b g n l")
-        if B.dim() == 3:
-            g_B, g_C = g_B[:, 0], g_C[:, 0]
-        g_h0 = None if ctx.h0_dtype is None else adj.view(b, d, n).to(ctx.h0_dtype)
+        want_h0 = ctx.h0_dtype is not None
+        if ctx.native:
+            Bn, Cn = _bc_row_major(B), _bc_row_major(C)
+            g_u, g_dt, gA, gB, gC, g_h0 = cpu_native.scan_backward(
+                u, delta, A, Bn, Cn, ckpts, grad_y, grad_last, ctx.block, want_h0
+            )
+            gB, gC = _bc_grad(gB, B), _bc_grad(gC, C)
+        else:
+            g_u, g_dt, gA, gB, gC, g_h0 = _torch_backward(
+                u, delta, A, B, C, ckpts, grad_y, grad_last, ctx.block
+            )
         return (
-            rearrange(g_u, "l b d -> b d l").to(u.dtype),
-            rearrange(g_dt, "l b d -> b d l").to(delta.dtype),
+            g_u.to(u.dtype),
+            g_dt.to(delta.dtype),
             gA.to(A.dtype),
-            g_B.to(B.dtype),
-            g_C.to(C.dtype),
-            g_h0,
+            gB.to(B.dtype),
+            gC.to(C.dtype),
+            g_h0.to(ctx.h0_dtype) if want_h0 else None,
+            None,
             None,
         )
 
@@ -195,20 +275,21 @@ def selective_scan_torch(
     return_last_state: bool = False,
     initial_state: torch.Tensor | None = None,
     block: int | None = None,
+    *,
+    native: bool = True,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Selective scan with the same signature and layout as ``selective_scan_ref``.
 
     The O(b·d·l) parts (Δ bias + softplus, the D skip, the SiLU(z) gate) run as ordinary
-    autograd ops; the O(b·d·l·n) recurrence is the checkpointed custom function.
+    autograd ops; the O(b·d·l·n) recurrence is the checkpointed custom function, on the C
+    kernel when ``native`` and it can serve the call, else in PyTorch. ``block`` is the
+    checkpoint interval (default: 32 on the C kernel, √(l/4) in PyTorch).
     """
     if delta_bias is not None:
         delta = delta + delta_bias[:, None].to(delta.dtype)
     if delta_softplus:
         delta = torch.nn.functional.softplus(delta)
-    length = u.shape[2]
-    y, last = _SelectiveScanFn.apply(
-        u, delta, A, B, C, initial_state, block or default_block(length)
-    )
+    y, last = _SelectiveScanFn.apply(u, delta, A, B, C, initial_state, block, native)
     if D is not None:
         y = y + u * D[:, None].to(u.dtype)
     if z is not None:

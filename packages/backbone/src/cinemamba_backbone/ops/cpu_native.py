@@ -1,0 +1,234 @@
+"""Build and load the fused C selective scan (``csrc/selective_scan.c``) through ctypes.
+
+The source is plain C (no torch headers), compiled on first use with the system compiler
+(``$CC`` or ``cc``) in about a second and cached under a name that hashes the source, the
+flags, the compiler and the CPU, so a new source, compiler or machine recompiles. Cache
+directory: ``$CINEMAMBA_KERNEL_CACHE``, else ``$TORCH_EXTENSIONS_DIR/cinemamba``, else
+``~/.cache/cinemamba/kernels``. ``CINEMAMBA_NATIVE_SCAN=0`` disables it. Without a working
+compiler :func:`load` logs one line and returns None; callers then use the PyTorch path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger("cinemamba_backbone.kernels")
+
+SOURCE = Path(__file__).with_name("csrc") / "selective_scan.c"
+FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fPIC", "-shared")
+# OpenMP for torch.get_num_threads() > 1; a compiler without it gets a single-threaded build.
+OPENMP_FLAGS = ("-fopenmp",)
+MAX_STATE = 256  # MAX_STATE in the C source: larger n stays on the PyTorch path
+
+_i64, _ptr = ctypes.c_int64, ctypes.c_void_p
+_SIGNATURES = {
+    # u, delta, A, B, C, h0, y, last, ckpt; batch, dim, groups, l, n, block; threads
+    "cm_scan_forward": [_ptr] * 9 + [_i64] * 6 + [ctypes.c_int],
+    # u, delta, A, B, C, ckpt, gy, glast, gu, gdelta, gA_rows, gB, gC, gh0, work; the same
+    # six sizes; threads
+    "cm_scan_backward": [_ptr] * 15 + [_i64] * 6 + [ctypes.c_int],
+}
+
+
+def cache_dir() -> Path:
+    """Where compiled kernels are kept (see the module docstring for the order)."""
+    if os.environ.get("CINEMAMBA_KERNEL_CACHE"):
+        return Path(os.environ["CINEMAMBA_KERNEL_CACHE"])
+    if os.environ.get("TORCH_EXTENSIONS_DIR"):
+        return Path(os.environ["TORCH_EXTENSIONS_DIR"]) / "cinemamba"
+    return Path.home() / ".cache" / "cinemamba" / "kernels"
+
+
+def _cpu_id() -> str:
+    # -march=native code is only valid on CPUs with the same instruction sets.
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.machine()
+
+
+def _library_name(compiler: list[str], flags: tuple[str, ...]) -> str:
+    version = subprocess.run(
+        [*compiler, "--version"], capture_output=True, text=True, timeout=60
+    ).stdout.splitlines()
+    key = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), " ".join(flags).encode(), (version or [""])[0].encode()):
+        key.update(part + b"\0")
+    key.update(_cpu_id().encode())
+    return f"selective_scan_{key.hexdigest()[:16]}.so"
+
+
+def _compile(compiler: list[str], flags: tuple[str, ...], target: Path) -> str:
+    """Compile to a temporary file beside `target` and rename it into place (atomic, so
+    processes compiling at once all end with a whole library); return the error or ''."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=target.stem, suffix=".tmp")
+    os.close(fd)
+    try:
+        out = subprocess.run(
+            [*compiler, *flags, "-o", tmp, str(SOURCE)], capture_output=True, text=True, timeout=300
+        )
+        if out.returncode != 0:
+            return (out.stderr or out.stdout).strip()
+        os.replace(tmp, target)
+        return ""
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _fail(reason: str) -> None:
+    logger.info("selective_scan: native CPU kernel unavailable (%s); using PyTorch", reason)
+
+
+@functools.cache
+def load() -> ctypes.CDLL | None:
+    """The compiled kernel library (built on first use), or None, logged once, when it is
+    disabled or cannot be built."""
+    if os.environ.get("CINEMAMBA_NATIVE_SCAN", "1") == "0":
+        _fail("CINEMAMBA_NATIVE_SCAN=0")
+        return None
+    compiler = shlex.split(os.environ.get("CC") or "cc")
+    if not compiler or shutil.which(compiler[0]) is None:
+        _fail(f"no C compiler {compiler[0] if compiler else '(empty $CC)'!r}")
+        return None
+    errors = []
+    try:
+        for flags in (FLAGS + OPENMP_FLAGS, FLAGS):
+            path = cache_dir() / _library_name(compiler, flags)
+            if not path.is_file():
+                start = time.perf_counter()
+                error = _compile(compiler, flags, path)
+                if error:
+                    errors.append(error)
+                    continue
+                logger.info(
+                    "selective_scan: compiled the native CPU kernel in %.1f s: %s",
+                    time.perf_counter() - start,
+                    path,
+                )
+            lib = ctypes.CDLL(str(path))
+            for name, argtypes in _SIGNATURES.items():
+                getattr(lib, name).argtypes = argtypes
+                getattr(lib, name).restype = ctypes.c_int
+            if lib.cm_max_state() != MAX_STATE:
+                raise OSError(f"{path} was built with MAX_STATE {lib.cm_max_state()}")
+            return lib
+    except (OSError, subprocess.SubprocessError) as err:
+        errors.append(repr(err))
+    first_lines = " | ".join(errors[0].splitlines()[:3]) if errors else "unknown error"
+    _fail(f"compilation failed: {first_lines}")
+    return None
+
+
+def usable(u: torch.Tensor, n: int) -> bool:
+    """Whether the native kernel can serve a scan of these inputs: CPU, a float32 compute
+    dtype (fp32, bf16, fp16 inputs; float64 stays on the PyTorch path), n <= MAX_STATE."""
+    return (
+        u.device.type == "cpu"
+        and u.dtype in (torch.float32, torch.bfloat16, torch.float16)
+        and n <= MAX_STATE
+        and load() is not None
+    )
+
+
+def _f32(x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.float32).contiguous()
+
+
+def _ptr_of(x: torch.Tensor | None) -> int | None:
+    return None if x is None else x.data_ptr()
+
+
+def _call(name: str, *args: int | None) -> None:
+    # ctypes passes surplus arguments unconverted, so a count mismatch would not raise.
+    fn = getattr(load(), name)
+    if len(args) != len(fn.argtypes):
+        raise TypeError(f"{name} takes {len(fn.argtypes)} arguments, got {len(args)}")
+    if fn(*args) != 0:
+        raise ValueError(f"{name}: unsupported shape for the native selective scan")
+
+
+def scan_forward(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    h0: torch.Tensor | None,
+    block: int,
+    keep_checkpoints: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Scan on the native kernel: u, delta (b, d, l); A (d, n); B, C (b, g, l, n) (time-major
+    per group); h0 (b, d, n) or None. Returns fp32 y (b, d, l), last state (b, d, n) and, when
+    `keep_checkpoints`, the state before every `block`-th step (b, d, ceil(l / block), n)."""
+    u, delta, A, B, C = (_f32(x) for x in (u, delta, A, B, C))
+    h0 = None if h0 is None else _f32(h0)
+    b, d, length = u.shape
+    g, n = B.shape[1], B.shape[3]
+    if delta.shape != u.shape or A.shape != (d, n) or B.shape != (b, g, length, n):
+        raise ValueError(f"shapes u {u.shape} delta {delta.shape} A {A.shape} B {B.shape}")
+    if C.shape != B.shape or (h0 is not None and h0.shape != (b, d, n)):
+        raise ValueError(f"shapes C {C.shape} (B {B.shape}), h0 {None if h0 is None else h0.shape}")
+    y = torch.empty(b, d, length)
+    last = torch.empty(b, d, n)
+    ckpt = torch.empty(b, d, -(-length // block), n) if keep_checkpoints else None
+    _call(
+        "cm_scan_forward",
+        u.data_ptr(), delta.data_ptr(), A.data_ptr(), B.data_ptr(), C.data_ptr(),
+        _ptr_of(h0), y.data_ptr(), last.data_ptr(), _ptr_of(ckpt),
+        b, d, g, length, n, block, torch.get_num_threads(),
+    )  # fmt: skip
+    return y, last, ckpt
+
+
+def scan_backward(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    ckpt: torch.Tensor,
+    grad_y: torch.Tensor,
+    grad_last: torch.Tensor | None,
+    block: int,
+    want_h0: bool,
+) -> tuple[torch.Tensor, ...]:
+    """Gradients of :func:`scan_forward` from its checkpoints: fp32 (gu, gdelta, gA (d, n),
+    gB, gC (b, g, l, n), g_h0 (b, d, n) or None)."""
+    u, delta, A, B, C, ckpt, grad_y = (_f32(x) for x in (u, delta, A, B, C, ckpt, grad_y))
+    grad_last = None if grad_last is None else _f32(grad_last)
+    b, d, length = u.shape
+    g, n = B.shape[1], B.shape[3]
+    if ckpt.shape != (b, d, -(-length // block), n) or grad_y.shape != u.shape:
+        raise ValueError(f"shapes ckpt {ckpt.shape} grad_y {grad_y.shape} for u {u.shape}")
+    threads = torch.get_num_threads()
+    gu, gdelta = torch.empty_like(u), torch.empty_like(u)
+    gA_rows = torch.empty(b, d, n)
+    gB, gC = torch.empty_like(B), torch.empty_like(C)
+    g_h0 = torch.empty(b, d, n) if want_h0 else None
+    work = torch.empty(threads, 2, block, n)
+    _call(
+        "cm_scan_backward",
+        u.data_ptr(), delta.data_ptr(), A.data_ptr(), B.data_ptr(), C.data_ptr(),
+        ckpt.data_ptr(), grad_y.data_ptr(), _ptr_of(grad_last),
+        gu.data_ptr(), gdelta.data_ptr(), gA_rows.data_ptr(), gB.data_ptr(), gC.data_ptr(),
+        _ptr_of(g_h0), work.data_ptr(), b, d, g, length, n, block, threads,
+    )  # fmt: skip
+    return gu, gdelta, gA_rows.sum(0), gB, gC, g_h0
