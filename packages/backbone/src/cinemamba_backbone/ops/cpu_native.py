@@ -32,6 +32,9 @@ FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fPIC", "-shared")
 # OpenMP for torch.get_num_threads() > 1; a compiler without it gets a single-threaded build.
 OPENMP_FLAGS = ("-fopenmp",)
 MAX_STATE = 256  # MAX_STATE in the C source: larger n stays on the PyTorch path
+# State updates (b·d·l·n) per thread below which another thread costs more than it saves
+# (a parallel region's start and barrier); torch's own grain is of the same order.
+GRAIN = 1 << 16
 
 _i64, _ptr = ctypes.c_int64, ctypes.c_void_p
 _SIGNATURES = {
@@ -156,6 +159,11 @@ def _ptr_of(x: torch.Tensor | None) -> int | None:
     return None if x is None else x.data_ptr()
 
 
+def _threads(tasks: int, updates: int) -> int:
+    """OpenMP threads for a call: torch's setting, at most one per task and per GRAIN."""
+    return max(1, min(torch.get_num_threads(), tasks, updates // GRAIN))
+
+
 def _call(name: str, *args: int | None) -> None:
     # ctypes passes surplus arguments unconverted, so a count mismatch would not raise.
     fn = getattr(load(), name)
@@ -193,7 +201,7 @@ def scan_forward(
         "cm_scan_forward",
         u.data_ptr(), delta.data_ptr(), A.data_ptr(), B.data_ptr(), C.data_ptr(),
         _ptr_of(h0), y.data_ptr(), last.data_ptr(), _ptr_of(ckpt),
-        b, d, g, length, n, block, torch.get_num_threads(),
+        b, d, g, length, n, block, _threads(b * d, b * d * length * n),
     )  # fmt: skip
     return y, last, ckpt
 
@@ -218,7 +226,7 @@ def scan_backward(
     g, n = B.shape[1], B.shape[3]
     if ckpt.shape != (b, d, -(-length // block), n) or grad_y.shape != u.shape:
         raise ValueError(f"shapes ckpt {ckpt.shape} grad_y {grad_y.shape} for u {u.shape}")
-    threads = torch.get_num_threads()
+    threads = _threads(b, b * d * length * n)  # backward threads split the batch
     gu, gdelta = torch.empty_like(u), torch.empty_like(u)
     gA_rows = torch.empty(b, d, n)
     gB, gC = torch.empty_like(B), torch.empty_like(C)
