@@ -3,8 +3,10 @@
     .venv/bin/python scripts/bench_backbone.py scan     # scan vs its floor and the reference
     .venv/bin/python scripts/bench_backbone.py model    # bimamba vs attention vs hybrid in T
     .venv/bin/python scripts/bench_backbone.py all --markdown out.md
+    .venv/bin/python scripts/bench_backbone.py model --kernels torch   # PyTorch scan in VideoDiT
 
-Every case runs in a fresh process. Peak memory is the rise of the peak resident set
+The scan rows time both CPU paths of the fast scan: the C kernel (ops/cpu_native.py) and
+the pure-PyTorch path (native=False). Every case runs in a fresh process. Peak memory is the rise of the peak resident set
 (VmHWM, reset through /proc/self/clear_refs) over the resident set just before the call,
 with inputs already allocated. Times are medians of process CPU time with one torch thread
 (robust to other jobs on a shared machine); the floor is measured in the same process.
@@ -26,7 +28,7 @@ from pathlib import Path
 import torch
 
 from cinemamba_backbone import BackboneConfig, VideoDiT
-from cinemamba_backbone.ops import selective_scan_ref, selective_scan_torch
+from cinemamba_backbone.ops import cpu_native, selective_scan_ref, selective_scan_torch
 
 SCAN_M, SCAN_D, SCAN_N = 256, 128, 16
 SCAN_T = (64, 256, 1024)
@@ -94,40 +96,57 @@ def _scan_inputs(length: int, grad: bool) -> list[torch.Tensor]:
 
 
 # ---- child processes ----------------------------------------------------------------------
+def _scan_path(native: bool, length: int, repeats: int) -> dict:
+    """One path of the fast scan: forward ms/frame, forward+backward ms/frame and peak bytes
+    per state element."""
+    m, d, n = SCAN_M, SCAN_D, SCAN_N
+    args = _scan_inputs(length, grad=False)
+    with torch.no_grad():
+        fwd = _median_time(lambda: selective_scan_torch(*args, native=native), repeats)
+    grad_args = _scan_inputs(length, grad=True)
+
+    def fwd_bwd() -> None:
+        selective_scan_torch(*grad_args, native=native).sum().backward()
+
+    for _ in range(2):  # a warm-up (one-time allocations must not count), then the peak
+        for t in grad_args:
+            t.grad = None
+        peak = _peak_rise_bytes(fwd_bwd)
+    return {
+        "ms": fwd / length * 1e3,
+        "fwd_bwd_ms": _median_time(fwd_bwd, 3) / length * 1e3,
+        "bytes": peak / (m * length * d * n),
+    }
+
+
 def child_scan(length: int) -> dict:
-    """Scan forward vs floor and reference; forward+backward time and peak memory."""
+    """Both CPU paths of the fast scan vs the floor and the reference (forward), and their
+    forward+backward time and peak memory. The C kernel's entries are None when it cannot
+    be built here."""
     exp_rate, bandwidth = _exp_rate(), _bandwidth()
     m, d, n = SCAN_M, SCAN_D, SCAN_N
     exp_floor = m * d * n / exp_rate  # one exp per state element per frame
     io_bytes = (3 * m * d + 2 * m * n) * 4  # u, Δ, y and B, C per frame (fp32)
     io_floor = io_bytes / bandwidth
     floor = max(exp_floor, io_floor)
-    args = _scan_inputs(length, grad=False)
     repeats = 5 if length <= 256 else 3
-    with torch.no_grad():
-        fast = _median_time(lambda: selective_scan_torch(*args), repeats) / length
-        ref = None
-        if length <= REF_MAX_T:
+    result = {"T": length}
+    have_native = cpu_native.usable(torch.empty(0), n)  # builds it before anything is timed
+    for name, native in (("native", True), ("torch", False)):
+        timed = _scan_path(native, length, repeats) if have_native or not native else {}
+        for key in ("ms", "fwd_bwd_ms", "bytes"):
+            result[f"{name}_{key}"] = timed.get(key)
+    ref = None
+    if length <= REF_MAX_T:
+        args = _scan_inputs(length, grad=False)
+        with torch.no_grad():
             ref = _median_time(lambda: selective_scan_ref(*args), 3) / length
-    grad_args = _scan_inputs(length, grad=True)
-
-    def fwd_bwd() -> None:
-        selective_scan_torch(*grad_args).sum().backward()
-
-    fwd_bwd()  # warm-up: one-time allocations must not count
-    for t in grad_args:
-        t.grad = None
-    peak = _peak_rise_bytes(fwd_bwd)
-    fb = _median_time(fwd_bwd, 3) / length
     return {
-        "T": length,
-        "fast_ms": fast * 1e3,
+        **result,
         "floor_ms": floor * 1e3,
         "exp_floor_ms": exp_floor * 1e3,
         "io_floor_ms": io_floor * 1e3,
         "ref_ms": None if ref is None else ref * 1e3,
-        "fwd_bwd_ms": fb * 1e3,
-        "bytes_per_elem": peak / (m * length * d * n),
         "exp_rate": exp_rate,
         "bandwidth": bandwidth,
     }
@@ -146,7 +165,7 @@ def child_model(mixer: str, frames: int) -> dict:
         sample_size=h,
         **MIXERS[mixer],
     )
-    model = VideoDiT(cfg)
+    model = VideoDiT(cfg, kernels=KERNELS)
     x = torch.randn(1, c, frames, h, w)
     t, text = torch.rand(1), torch.randn(1, 8, 64)
     repeats = 3 if frames <= 256 else 1
@@ -171,6 +190,7 @@ def child_model(mixer: str, frames: int) -> dict:
 
 
 THREADS = 1  # set from --threads; one thread keeps ratios stable on a shared machine
+KERNELS = "auto"  # set from --kernels: VideoDiT's kernel choice ("torch": PyTorch scan on CPU)
 
 
 def _spawn(*args: str) -> dict:
@@ -178,7 +198,7 @@ def _spawn(*args: str) -> dict:
     # resident-set peak of each call is not hidden by memory cached from a previous call.
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
     out = subprocess.run(
-        [sys.executable, __file__, "_child", str(THREADS), *args],
+        [sys.executable, __file__, "_child", str(THREADS), KERNELS, *args],
         check=True,
         capture_output=True,
         text=True,
@@ -198,22 +218,33 @@ def run_scan() -> list[str]:
     r0 = rows[0]
     lines = [
         f"Selective scan forward, M={SCAN_M} sequences, D={SCAN_D}, N={SCAN_N}, fp32, "
-        f"{THREADS} thread(s). Floor = max(exp count / measured exp rate, "
-        f"I/O bytes / measured bandwidth); exp rate {r0['exp_rate'] / 1e9:.2f} G/s, "
-        f"copy bandwidth {r0['bandwidth'] / 1e9:.1f} GB/s in the T={r0['T']} process.",
+        f"{THREADS} thread(s), two paths of the fast scan: the C kernel (`native`, "
+        "ops/cpu_native.py) and pure PyTorch (`torch`, `native=False`). Floor = "
+        "max(exp count / measured exp rate, I/O bytes / measured bandwidth); exp rate "
+        f"{r0['exp_rate'] / 1e9:.2f} G/s, copy bandwidth {r0['bandwidth'] / 1e9:.1f} GB/s in "
+        f"the T={r0['T']} process.",
         "",
-        "| T | fast ms/frame | floor ms/frame (exp / io) | fast ÷ floor | reference ms/frame "
-        "| reference ÷ fast | fwd+bwd ms/frame | fwd+bwd peak bytes per B·T·D·N |",
-        "|---|---|---|---|---|---|---|---|",
+        "| T | native ms/frame | native ÷ floor | torch ms/frame | torch ÷ floor "
+        "| floor ms/frame (exp / io) | reference ms/frame | reference ÷ native "
+        "| fwd+bwd ms/frame native / torch | fwd+bwd peak bytes per B·T·D·N native / torch |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
+
+    def num(x: float | None, fmt: str) -> str:
+        return "unavailable" if x is None else format(x, fmt)
+
     for r in rows:
+        fast = r["native_ms"] or r["torch_ms"]  # the reference speed-up of the path in use
         ref = "not run (> 4 GB)" if r["ref_ms"] is None else f"{r['ref_ms']:.2f}"
-        speedup = "—" if r["ref_ms"] is None else f"{r['ref_ms'] / r['fast_ms']:.1f}×"
+        speedup = "—" if r["ref_ms"] is None else f"{r['ref_ms'] / fast:.1f}×"
+        native_ratio = None if r["native_ms"] is None else r["native_ms"] / r["floor_ms"]
         lines.append(
-            f"| {r['T']} | {r['fast_ms']:.3f} | {r['floor_ms']:.3f} "
-            f"({r['exp_floor_ms']:.3f} / {r['io_floor_ms']:.3f}) | "
-            f"{r['fast_ms'] / r['floor_ms']:.2f} | {ref} | {speedup} | "
-            f"{r['fwd_bwd_ms']:.2f} | {r['bytes_per_elem']:.2f} |"
+            f"| {r['T']} | {num(r['native_ms'], '.3f')} | {num(native_ratio, '.2f')} | "
+            f"{r['torch_ms']:.3f} | {r['torch_ms'] / r['floor_ms']:.2f} | "
+            f"{r['floor_ms']:.3f} ({r['exp_floor_ms']:.3f} / {r['io_floor_ms']:.3f}) | "
+            f"{ref} | {speedup} | {num(r['native_fwd_bwd_ms'], '.2f')} / "
+            f"{r['torch_fwd_bwd_ms']:.2f} | {num(r['native_bytes'], '.2f')} / "
+            f"{r['torch_bytes']:.2f} |"
         )
     return lines
 
@@ -257,7 +288,8 @@ def run_model() -> list[str]:
     lines = [
         f"VideoDiT, width {MODEL_WIDTH}, depth {MODEL_DEPTH}, 4 heads, batch 1, latents "
         f"C={c}, {h}×{w}, patch 2 (16 tokens per frame), fp32, "
-        f"{THREADS} thread(s). Times in seconds; peak = rise of resident memory.",
+        f"{THREADS} thread(s), kernels={KERNELS!r}. Times in seconds; peak = rise of "
+        "resident memory.",
         "",
         "| mixer | T | forward s | fwd+bwd s | forward peak MB | fwd+bwd peak MB |",
         "|---|---|---|---|---|---|",
@@ -291,8 +323,9 @@ def run_model() -> list[str]:
 
 def main() -> int:
     """Parse arguments; run the chosen benchmark; print (and optionally write) markdown."""
+    global THREADS, KERNELS
     if len(sys.argv) > 1 and sys.argv[1] == "_child":
-        threads, kind, *rest = sys.argv[2:]
+        threads, KERNELS, kind, *rest = sys.argv[2:]
         torch.set_num_threads(int(threads))
         result = child_scan(int(rest[0])) if kind == "scan" else child_model(rest[0], int(rest[1]))
         print(json.dumps(result))
@@ -301,9 +334,11 @@ def main() -> int:
     parser.add_argument("which", choices=["scan", "model", "all"])
     parser.add_argument("--markdown", type=Path, help="also write the markdown here")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per case")
+    parser.add_argument(
+        "--kernels", choices=["auto", "torch"], default="auto", help="VideoDiT kernel choice"
+    )
     args = parser.parse_args()
-    global THREADS
-    THREADS = args.threads
+    THREADS, KERNELS = args.threads, args.kernels
     lines: list[str] = []
     if args.which in ("scan", "all"):
         lines += ["### Selective scan (CPU fast path)", "", *run_scan(), ""]

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from cinemamba.bench import BENCHMARKS, Figure, slope
-from cinemamba.bench.runner import BEGIN, END, merge, render
+from cinemamba.bench.runner import BEGIN, END, merge, merge_sections, render
 from cinemamba.bench.training import PhaseClock
 from cinemamba.cli import main
 
@@ -98,6 +98,34 @@ def test_merge_replaces_only_the_generated_block() -> None:
     assert merge(None, first) == first
 
 
+def test_merge_sections_replaces_only_the_rerun_benchmarks() -> None:
+    """`--only scan --out page`: the scan rows and section change, the rest of the block and
+    the hand-written text stay, and a dated note says what was rerun (once per rerun set)."""
+    from cinemamba.bench import Section
+
+    def sections(scan_time: float) -> list[Section]:
+        return [
+            Section("vae", "VAE", [Figure("vae", "enc", "s", [2.0] * 5, [1.0] * 5, "r")], ["v"]),
+            Section(
+                "scan", "Scan", [Figure("scan", "fwd", "s", [scan_time] * 5, [1.0] * 5, "r")],
+                [f"scan table {scan_time}"],
+            ),
+        ]  # fmt: skip
+
+    page = merge("# Benchmarks\n\nintro\n", render(sections(3.0), {"CPU": "one"}, "full", 1.0))
+    rerun = sections(0.5)[1:]
+    for _ in range(2):
+        page = merge_sections(page, render(rerun, {"CPU": "two"}, "full", 1.0), rerun, "_Up x_")
+    assert "| scan | fwd | 0.5 s |" in page and "| scan | fwd | 3 s |" not in page
+    assert "scan table 0.5" in page and "scan table 3.0" not in page
+    assert page.index("| vae | enc |") < page.index("| scan | fwd |")  # canonical order
+    assert "\nv\n" in page and "| CPU | one |" in page and "| CPU | two |" not in page
+    assert page.count("_Up x_") == page.count("intro") == page.count("## Scan") == 1
+    with pytest.raises(ValueError, match="no section"):
+        other = [Section("data", "Data", [], ["d"])]
+        merge_sections(page, render(other, {}, "full", 1.0), other, "_Up y_")
+
+
 def test_cli_micro_run_regenerates_every_section(tmp_path: Path) -> None:
     """`cinemamba bench --micro --out FILE` writes all sections, finite ratios, >= 5 repeats."""
     out = tmp_path / "benchmarks.md"
@@ -129,3 +157,10 @@ def test_cli_micro_run_regenerates_every_section(tmp_path: Path) -> None:
     for stage in ("encode", "train step", "sample", "decode"):
         assert f"| {stage} |" in growth
     assert "slope time" in growth
+    # `--only scan` on that page: the scan section is redone, the other sections stay.
+    assert main(["bench", "--micro", "--only", "scan", "--out", str(out)]) == 0
+    again = out.read_text()
+    assert again.count("--only scan` on") == 1 and again.count(TITLES["scan"]) == 1
+    machine = again.split("## Machine")[1].split("## Summary")[0]
+    assert machine == text.split("## Machine")[1].split("## Summary")[0]  # from the full run
+    assert again.split(TITLES["growth"])[1] == growth  # other sections untouched
