@@ -165,3 +165,21 @@ def test_motion_and_speed_subsets():
         SceneConfig(motions=("sideways",))
     with pytest.raises(ValueError, match="speeds"):
         SceneConfig(speeds=())
+
+
+def test_captions_without_synonyms_are_canonical_and_leave_videos_unchanged():
+    varied = SceneConfig(frames=5, height=16, width=16)
+    plain = SceneConfig(frames=5, height=16, width=16, caption_synonyms=False)
+    for i in range(40):
+        frames_a, caption_a, _ = make_sample(i, "train", 0, varied)
+        frames_b, caption_b, _ = make_sample(i, "train", 0, plain)
+        assert np.array_equal(frames_a, frames_b)
+        assert parse_caption(caption_a) == parse_caption(caption_b)
+        spec = parse_caption(caption_b)[0]
+        canonical = {"left": "to the left", "right": "to the right", "up": "up", "down": "down"}
+        if spec.motion in canonical:
+            motion = f"moves {canonical[spec.motion]}"
+            assert (
+                caption_b
+                == f"a{'n' * (spec.colour[0] in 'aeiou')} {spec.colour} {spec.shape} {motion} {spec.speed}"
+            )

@@ -122,29 +122,40 @@ def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
-def caption_clause(obj: ObjectSpec, rng: np.random.Generator) -> str:
-    """One object's clause, with a random template and random synonyms."""
-    colour = str(rng.choice(COLOUR_WORDS[obj.colour]))
-    shape = str(rng.choice(SHAPE_WORDS[obj.shape]))
-    ing = bool(rng.integers(2))
+def caption_clause(obj: ObjectSpec, rng: np.random.Generator, synonyms: bool = True) -> str:
+    """One object's clause, with a random template and random synonyms.
+
+    `synonyms=False` keeps the first word of each list and one template ("a red circle moves
+    to the left quickly"), drawing the same random numbers, so the videos do not change.
+    """
+
+    def pick(words: tuple[str, ...]) -> str:
+        word = str(rng.choice(words))  # drawn either way: the draws after it stay the same
+        return word if synonyms else words[0]
+
+    colour = pick(COLOUR_WORDS[obj.colour])
+    shape = pick(SHAPE_WORDS[obj.shape])
+    ing = bool(rng.integers(2)) and synonyms
     if obj.motion in _MOTION_PHRASES:
         phrases = _MOTION_PHRASES[obj.motion]
-        motion = phrases[rng.integers(len(phrases))][int(ing)]
+        k = int(rng.integers(len(phrases)))
+        motion = phrases[k if synonyms else 0][int(ing)]
     else:
-        verb = _VERBS[rng.integers(len(_VERBS))][int(ing)]
-        motion = f"{verb} {rng.choice(_DIRECTION_WORDS[obj.motion])}"
+        k = int(rng.integers(len(_VERBS)))
+        verb = _VERBS[k if synonyms else 0][int(ing)]
+        motion = f"{verb} {pick(_DIRECTION_WORDS[obj.motion])}"
     subject = f"{_article(colour)} {colour} {shape}"
     if obj.speed is None:
         return f"{subject} {motion}"
-    speed = str(rng.choice(SPEED_WORDS[obj.speed]))
-    if rng.random() < 0.25 and " " not in speed:  # adverb first: "a red disc slowly drifting left"
+    speed = pick(SPEED_WORDS[obj.speed])
+    if rng.random() < 0.25 and " " not in speed and synonyms:  # "a red disc slowly drifting left"
         return f"{subject} {speed} {motion}"
     return f"{subject} {motion} {speed}"
 
 
-def make_caption(objects: list[ObjectSpec], rng: np.random.Generator) -> str:
-    """The caption of a scene: one clause per object."""
-    return _JOIN.join(caption_clause(o, rng) for o in objects)
+def make_caption(objects: list[ObjectSpec], rng: np.random.Generator, synonyms: bool = True) -> str:
+    """The caption of a scene: one clause per object (see `caption_clause`)."""
+    return _JOIN.join(caption_clause(o, rng, synonyms) for o in objects)
 
 
 def _table(words: dict[str, tuple[str, ...]]) -> list[tuple[re.Pattern, str]]:
@@ -229,6 +240,9 @@ class SceneConfig:
     # The motions and speeds objects are drawn from (a subset focuses a small training budget).
     motions: tuple[str, ...] = MOTIONS
     speeds: tuple[str, ...] = SPEEDS
+    # Synonyms and varied templates in captions; False: one word per attribute (for a text
+    # encoder that cannot know synonyms, e.g. a random frozen one).
+    caption_synonyms: bool = True
 
     def __post_init__(self):
         if self.background not in ("texture", "plain"):

@@ -140,7 +140,7 @@ def make_sample(
     """Frames, caption and KEY.json metadata (with per-frame ground truth) of one scene."""
     objects = sample_scene(index, split, seed, cfg)
     rng = np.random.default_rng([seed, SPLITS.index(split), index, 1])
-    caption = make_caption([o.spec for o in objects], rng)
+    caption = make_caption([o.spec for o in objects], rng, cfg.caption_synonyms)
     video, background = render_scene(objects, cfg, rng)
     meta = {
         "fps": cfg.fps,

@@ -50,6 +50,7 @@ class DemoDataConfig:
     # Subsets of the synth set's motions and speeds (all of them by default).
     motions: list[str] = field(default_factory=lambda: list(MOTIONS))
     speeds: list[str] = field(default_factory=lambda: list(SPEEDS))
+    caption_synonyms: bool = True  # False: one word per attribute in the training captions
 
     def scene(self, frames: int | None = None) -> SceneConfig:
         """The synth scene config, optionally at another length (real reference videos)."""
@@ -65,6 +66,7 @@ class DemoDataConfig:
             size_max=self.size_max,
             motions=tuple(self.motions),
             speeds=tuple(self.speeds),
+            caption_synonyms=self.caption_synonyms,
         )
 
 
