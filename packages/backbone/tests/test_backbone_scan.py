@@ -373,7 +373,7 @@ def test_compile_failure_logs_the_compiler_error(
     with caplog.at_level(logging.INFO, logger="cinemamba_backbone.kernels"):
         assert cpu_native.load() is None
     lines = _native_log_lines(caplog)
-    assert len(lines) == 1 and "compilation failed" in lines[0] and "error" in lines[0], lines
+    assert len(lines) == 1 and "build failed" in lines[0] and "error" in lines[0], lines
     assert not list((tmp_path / "kernels").glob("*.tmp"))  # no temporary files left behind
 
 

@@ -112,32 +112,36 @@ def load() -> ctypes.CDLL | None:
         _fail(f"no C compiler {compiler[0] if compiler else '(empty $CC)'!r}")
         return None
     errors = []
-    try:
-        for flags in (FLAGS + OPENMP_FLAGS, FLAGS):
-            path = cache_dir() / _library_name(compiler, flags)
-            if not path.is_file():
-                start = time.perf_counter()
-                error = _compile(compiler, flags, path)
-                if error:
-                    errors.append(error)
-                    continue
-                logger.info(
-                    "selective_scan: compiled the native CPU kernel in %.1f s: %s",
-                    time.perf_counter() - start,
-                    path,
-                )
-            lib = ctypes.CDLL(str(path))
-            for name, argtypes in _SIGNATURES.items():
-                getattr(lib, name).argtypes = argtypes
-                getattr(lib, name).restype = ctypes.c_int
-            if lib.cm_max_state() != MAX_STATE:
-                raise OSError(f"{path} was built with MAX_STATE {lib.cm_max_state()}")
+    for flags in (FLAGS + OPENMP_FLAGS, FLAGS):
+        try:
+            lib = _build_and_open(compiler, flags)
+        except (OSError, subprocess.SubprocessError, RuntimeError) as err:
+            errors.append(str(err))
+            continue
+        for name, argtypes in _SIGNATURES.items():
+            getattr(lib, name).argtypes = argtypes
+            getattr(lib, name).restype = ctypes.c_int
+        if lib.cm_max_state() == MAX_STATE:
             return lib
-    except (OSError, subprocess.SubprocessError) as err:
-        errors.append(repr(err))
-    first_lines = " | ".join(errors[0].splitlines()[:3]) if errors else "unknown error"
-    _fail(f"compilation failed: {first_lines}")
+        errors.append(f"library built with MAX_STATE {lib.cm_max_state()}, not {MAX_STATE}")
+    _fail("build failed: " + " | ".join(errors[0].splitlines()[:3]))
     return None
+
+
+def _build_and_open(compiler: list[str], flags: tuple[str, ...]) -> ctypes.CDLL:
+    """Open the cached library for these flags, compiling it first if it is not there."""
+    path = cache_dir() / _library_name(compiler, flags)
+    if not path.is_file():
+        start = time.perf_counter()
+        error = _compile(compiler, flags, path)
+        if error:
+            raise RuntimeError(error)
+        logger.info(
+            "selective_scan: compiled the native CPU kernel in %.1f s: %s",
+            time.perf_counter() - start,
+            path,
+        )
+    return ctypes.CDLL(str(path))
 
 
 def usable(u: torch.Tensor, n: int) -> bool:
