@@ -328,11 +328,14 @@ def test_native_exp_accuracy_and_special_values():
 
 
 @needs_cc
-def test_large_state_and_float64_stay_on_the_torch_path(native_calls):
-    x = _scan_inputs(1, 2, cpu_native.MAX_STATE + 1, 3, 0, dtype=torch.float32)
-    selective_scan_torch(x["u"], x["delta"], x["A"], x["B"], x["C"])
-    x64 = _scan_inputs(1, 2, 4, 3, 0)
-    selective_scan_torch(x64["u"], x64["delta"], x64["A"], x64["B"], x64["C"])
+def test_large_state_float64_and_empty_stay_on_the_torch_path(native_calls):
+    for x in (
+        _scan_inputs(1, 2, cpu_native.MAX_STATE + 1, 3, 0, dtype=torch.float32),
+        _scan_inputs(1, 2, 4, 3, 0),
+        _scan_inputs(1, 2, 4, 0, 0, dtype=torch.float32),
+    ):
+        y = selective_scan_torch(x["u"], x["delta"], x["A"], x["B"], x["C"])
+        assert y.shape == x["u"].shape
     assert native_calls["scan_forward"] == 0
 
 

@@ -218,7 +218,7 @@ class _SelectiveScanFn(torch.autograd.Function):
         native: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         length, n = u.shape[2], A.shape[1]
-        native = native and cpu_native.usable(u, n)
+        native = native and length > 0 and cpu_native.usable(u, n)
         block = block or (min(NATIVE_BLOCK, length) if native else default_block(length))
         keep = any(ctx.needs_input_grad)  # checkpoints only when a backward will need them
         if native:
