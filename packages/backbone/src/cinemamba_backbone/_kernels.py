@@ -112,9 +112,12 @@ def kernel_for(
         raise KernelUnavailableError(f"{op}: fused kernel unavailable ({reason})")
     if op not in _logged_fallbacks:
         _logged_fallbacks.add(op)
-        # A CPU run is expected to use the fallback; on CUDA it is worth a warning.
-        level = logging.WARNING if tensor.is_cuda else logging.INFO
-        logger.log(level, "%s: using the PyTorch fallback (%s); logged once", op, reason)
+        # A CPU run is expected to use the CPU path (for the scan: the native C kernel when it
+        # builds, see ops/cpu_native.py); on CUDA a fallback is worth a warning.
+        if tensor.is_cuda:
+            logger.warning("%s: using the PyTorch fallback (%s); logged once", op, reason)
+        else:
+            logger.info("%s: no CUDA kernel (%s): CPU implementation; logged once", op, reason)
     return None
 
 
