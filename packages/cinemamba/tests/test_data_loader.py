@@ -189,3 +189,17 @@ def test_bad_settings_name_the_field(synth_dir):
     loader = VideoLoader(LoaderConfig(str(synth_dir), ClipConfig(frames=3), resampled=False))
     with pytest.raises(ValueError, match="finite pass"):
         next(loader.batches(start_batch=2))
+
+
+def test_url_prefix_streams_the_planned_shards_from_elsewhere(synth_dir, tmp_path):
+    meta = tmp_path / "meta"
+    meta.mkdir()
+    for plan in synth_dir.glob("*.plan.json"):  # only the plan: the shards stay where they are
+        (meta / plan.name).write_text(plan.read_text())
+    prefix = f"pipe:cat {synth_dir}/"
+    listed = resolve_shards(str(meta), url_prefix=prefix)
+    assert listed.urls == tuple(prefix + p.name for p in sorted(synth_dir.glob("*.tar")))
+    assert listed.counts == (4, 4, 4, 4)  # from the plan: nothing under meta/ is read
+    assert resolve_shards(listed.urls[0]).counts == (4,)  # the URL is readable as it stands
+    with pytest.raises(FileNotFoundError, match=r"one \*\.plan\.json"):
+        resolve_shards(str(tmp_path / "nothing"), url_prefix=prefix)

@@ -113,8 +113,23 @@ def count_samples(url: str) -> int:
         return 0
 
 
-def resolve_shards(spec: str) -> ShardList:
-    """The shard URLs of `spec` with their sample counts (from plans, else by reading)."""
+def resolve_shards(spec: str, url_prefix: str = "") -> ShardList:
+    """The shard URLs of `spec` with their sample counts (from plans, else by reading).
+
+    With `url_prefix`, `spec` is a directory holding one `*.plan.json` (the shards may live
+    elsewhere): the URLs are the prefix + each planned shard name, the counts the plan's.
+    """
+    if url_prefix:
+        plans = sorted(Path(spec).glob("*.plan.json"))
+        if len(plans) != 1:
+            raise FileNotFoundError(
+                f"{spec!r} must hold one *.plan.json to stream its shards from {url_prefix!r}; "
+                f"found {[p.name for p in plans]}"
+            )
+        shards = json.loads(plans[0].read_text())["shards"]
+        return ShardList(
+            tuple(url_prefix + s["name"] for s in shards), tuple(int(s["samples"]) for s in shards)
+        )
     urls = expand_urls(spec)
     known = _plan_counts(urls)
     return ShardList(tuple(urls), tuple(known.get(u, None) or count_samples(u) for u in urls))

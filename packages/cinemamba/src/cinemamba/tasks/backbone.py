@@ -27,11 +27,12 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from cinemamba.config import ConfigError
+from cinemamba.data.loader import resolve_shards
 from cinemamba.data.video import write_video
 from cinemamba.latents import format as fmt
 from cinemamba.latents.clips import ClipConfig, decode_clip, to_pixels
 from cinemamba.latents.dataset import CROPS, LatentSet, latent_batches, noise_seed, open_latent_set
-from cinemamba.latents.stream import SampleStream, ShardList, batch_loader, micro_batches
+from cinemamba.latents.stream import SampleStream, batch_loader, micro_batches
 from cinemamba.train import (
     DataSpec,
     LossOutput,
@@ -256,17 +257,11 @@ class BackboneTask:
 
     def _raw_batches(self, spec: DataSpec) -> Iterator[tuple[dict[str, Any], dict[str, int]]]:
         data = self.cfg.data
-        plans = sorted(Path(data.path).glob("*.plan.json"))
-        if len(plans) != 1:
-            raise ConfigError(
-                f"task.data.path={data.path!r} must hold one *.plan.json (a raw shard set)"
-            )
-        plan = OmegaConf.to_container(OmegaConf.load(plans[0]))
-        base = data.url_prefix or f"{data.path}/"
-        shards = ShardList(
-            tuple(base + s["name"] for s in plan["shards"]),
-            tuple(int(s["samples"]) for s in plan["shards"]),
-        )
+        try:
+            # A raw shard set: its plan names the shards (streamed from url_prefix if set).
+            shards = resolve_shards(data.path, url_prefix=data.url_prefix or f"{data.path}/")
+        except FileNotFoundError as err:
+            raise ConfigError(f"task.data.path: {err} (a raw shard set)") from None
         seed, rank = spec.seed, spec.rank
 
         def decode(sample: dict, position: int) -> dict:
