@@ -1,4 +1,4 @@
-"""Repo-wide pytest setup: offline hubs, CPU DeepSpeed, and the `cuda` marker."""
+"""Repo-wide pytest setup: offline hubs, CPU DeepSpeed, one torch thread, the `cuda` marker."""
 
 import os
 
@@ -7,6 +7,18 @@ import pytest
 # Tests must never reach a model hub; DeepSpeed must pick its CPU accelerator.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tests use tiny tensors: one intra-op thread is faster, and two threads stall badly when
+    other jobs share the 2-core CPU. A test that needs more threads sets them itself."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

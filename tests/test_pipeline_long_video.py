@@ -21,16 +21,6 @@ from cinemamba_sampling import (
 )
 from cinemamba_vae import VideoAutoencoder, vae_preset
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread, and a shared CPU can't oversubscribe it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 CLIP = 4  # latent frames per training clip (13 pixel frames): the rolling window
 SIZE = dict(height=16, width=16)
 PROMPTS = ["a red circle moving left over a striped background"]

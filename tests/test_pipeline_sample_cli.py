@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from cinemamba.cli import main
@@ -14,16 +13,6 @@ from cinemamba.commands.sample import SampleConfig, build_pipeline
 from cinemamba.config import load_config, to_object
 from cinemamba.data.video import decode_video, probe_video
 from cinemamba_sampling import contact_sheet, to_uint8
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread, and a shared CPU can't oversubscribe it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "configs" / "sampling" / "tiny.yaml")

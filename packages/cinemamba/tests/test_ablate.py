@@ -37,15 +37,6 @@ REPO = Path(__file__).resolve().parents[3]
 DEMO = str(REPO / "configs/experiment/demo.yaml")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread avoids 2-thread stalls on the shared, oversubscribed CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def demo():
     return load_demo_config(DEMO)

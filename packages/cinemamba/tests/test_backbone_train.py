@@ -27,15 +27,6 @@ pytestmark = pytest.mark.distributed
 CONFIG = Path(__file__).parents[3] / "configs" / "experiment" / "backbone_tiny.yaml"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread avoids 2-thread stalls on the shared, oversubscribed CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """4 raw synth videos (12 frames, 32x32, 2 per shard), a tiny VAE, their latent export."""

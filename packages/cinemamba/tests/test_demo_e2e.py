@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from cinemamba.cli import main
 from cinemamba.commands.demo import DEFAULT_CONFIG, STAGES
@@ -34,14 +33,6 @@ MICRO = [
     "generate.context=1",
     f"generate.prompts={PROMPTS}",
 ]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors: two threads only add synchronisation on a shared CPU.
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 def _stage_lines(text: str) -> dict[str, str]:

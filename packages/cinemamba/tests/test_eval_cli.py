@@ -32,15 +32,6 @@ from cinemamba.eval.run import (
 SCENE = SceneConfig(frames=20, height=32, width=32, fps=8.0)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread avoids 2-thread stalls on the shared, oversubscribed CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory) -> Path:
     """Six real synthetic videos in two shards."""

@@ -22,15 +22,6 @@ from cinemamba.eval.fvd import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread avoids 2-thread stalls on the shared, oversubscribed CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def scipy_frechet(mu1, s1, mu2, s2) -> float:
     """The textbook formula with scipy.linalg.sqrtm (pytorch-fid / StyleGAN-V style)."""
     covmean = scipy.linalg.sqrtm(s1 @ s2)

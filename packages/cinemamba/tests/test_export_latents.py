@@ -33,15 +33,6 @@ from cinemamba_vae import VideoAutoencoder, vae_preset
 TEXT = TextEncoderConfig(random_init_seed=0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread avoids 2-thread stalls on the shared, oversubscribed CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Raw synth shards (6 videos of 12 frames at 32x32, 2 per shard), a tiny VAE, one export."""

@@ -19,15 +19,6 @@ from cinemamba_conditioning import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread, and a shared CPU can't oversubscribe it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def encoder() -> OpenCLIPTextEncoder:
     return build_text_encoder(TextEncoderConfig(random_init_seed=0))

@@ -10,15 +10,6 @@ import torch
 from cinemamba_sampling import DDPM, FlowMatching, ProcessConfig, build_process, expand_t
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread, and a shared CPU can't oversubscribe it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _latents(b=3, c=2, t=4, h=3, w=5, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(b, c, t, h, w, generator=g, dtype=torch.float64), torch.randn(

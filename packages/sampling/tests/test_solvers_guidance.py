@@ -25,16 +25,6 @@ from cinemamba_sampling import (
 )
 from cinemamba_sampling.processes import NoiseProcess, expand_t
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread, and a shared CPU can't oversubscribe it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 MU, S = 0.7, 0.5  # data x0 ~ N(MU, S^2) independently per element
 
 
