@@ -1,0 +1,140 @@
+"""The `cinemamba ablate` report: `ablation.md` (tables) and `ablation.png` (plots) from the
+results dict of `cinemamba.ablate.run_ablation`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cinemamba.demo.runner import write_json
+from cinemamba.eval.run import flat_scores, markdown_table
+
+
+def _score(scores: Mapping[str, Any], key: str) -> float | None:
+    """A score by its `a/b` path in a nested score dict (None when absent)."""
+    node: Any = scores
+    for part in key.split("/"):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return float(node) if isinstance(node, int | float) else None
+
+
+def to_markdown(results: Mapping[str, Any]) -> str:
+    """`ablation.md`: setup, cost per mixer, scores per length, scores per quarter."""
+    cfg, ceiling = results["config"], results["ceiling"]
+    mixers = {n: results["mixers"][n] for n in cfg["mixers"]}  # config order (JSON sorts keys)
+    tags = list(ceiling)
+    frames = {t: ceiling[t]["frames"] for t in tags}
+    first = next(iter(mixers.values()))
+    rows_of = {**{n: m["lengths"] for n, m in mixers.items()}, "real videos (ceiling)": ceiling}
+    found = [k for k, _ in flat_scores(ceiling[tags[0]]["scores"]) if not k.startswith("quarters/")]
+    keys = [k for k in cfg["eval"]["headline"] if k in found] + [
+        k for k in found if k not in cfg["eval"]["headline"]
+    ]
+    e = cfg["eval"]
+    lines = [
+        "# Temporal mixer ablation",
+        "",
+        f"Demo config `{cfg['demo']}` (overrides: {cfg['demo_overrides'] or 'none'}); every mixer "
+        f"trains {cfg['steps']} steps of batch {first['batch_size']} on the same latents with seed "
+        f"{cfg['seed']} (backbone overrides: {cfg['overrides'] or 'none'}). "
+        f"{first['lengths'][tags[0]]['videos']} prompts generated at "
+        + ", ".join(f"{t} = {frames[t]} frames" for t in tags)
+        + f" ({e['steps']} solver steps, guidance {e['guidance']}, mode `{e['mode']}`).",
+        "",
+        "## Cost",
+        "",
+        markdown_table(
+            ["mixer", "blocks", "params", "train s", "peak RSS MiB", "train-step peak MiB",
+             "final loss", *[f"s/video {t}" for t in tags], *[f"sampling peak MiB {t}" for t in tags]],
+            [[n, "+".join(m["pattern"]), m["params"], m["train_seconds"], m["peak_rss_mib"],
+              m["step_peak_mib"], m["final_loss"],
+              *[m["lengths"][t]["seconds_per_video"] for t in tags],
+              *[m["lengths"][t]["sample_peak_mib"] for t in tags]] for n, m in mixers.items()],
+        ),
+        "",
+        "## Scores by generated length (whole video)",
+        "",
+        markdown_table(
+            ["mixer", "length", *keys],
+            [[n, f"{t} ({frames[t]} f)", *[_score(r[t]["scores"], k) for k in keys]]
+             for n, r in rows_of.items() for t in tags],
+        ),
+        "",
+        f"## Along the video: per quarter at {tags[-1]} ({frames[tags[-1]]} frames)",
+        "",
+        markdown_table(
+            ["mixer", "score", "q1", "q2", "q3", "q4"],
+            [[n, k, *[_score(r[tags[-1]]["scores"], f"quarters/q{q}/{k}") for q in range(1, 5)]]
+             for n, r in rows_of.items() for k in e["headline"]],
+        ),
+    ]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: Mapping[str, Any], path: Path) -> Path:
+    """`ablation.png`: each headline score vs generated frames per mixer (ceiling dashed), and
+    train time and memory per mixer."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ceiling = results["ceiling"]
+    mixers = {n: results["mixers"][n] for n in results["config"]["mixers"]}  # config order
+    heads = list(results["config"]["eval"]["headline"])
+    tags = list(ceiling)
+    frames = [ceiling[t]["frames"] for t in tags]
+    cols = 3
+    rows = -(-(len(heads) + 2) // cols)
+    fig, grid = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.6 * rows), squeeze=False)
+    axes = list(grid.flat)
+    for ax in axes[len(heads) + 2 :]:
+        ax.set_visible(False)
+    for ax, head in zip(axes, heads, strict=False):
+        for n, m in mixers.items():
+            ax.plot(frames, [_score(m["lengths"][t]["scores"], head) for t in tags], "o-", label=n)
+        ax.plot(frames, [_score(ceiling[t]["scores"], head) for t in tags], "k--", label="real")
+        ax.set(xlabel="generated frames", ylabel=head, title=head, xscale="log", ylim=(-0.02, 1.02))
+        ax.minorticks_off()  # log axis: label only the generated lengths
+        ax.set_xticks(frames, [str(f) for f in frames])
+    axes[0].legend(fontsize=8)
+    names = list(mixers)
+    x = np.arange(len(names))
+    ax = axes[len(heads)]
+    ax.bar(x, [mixers[n]["train_seconds"] for n in names], color="tab:blue")
+    ax.set(title="train time", ylabel="seconds")
+    ax.set_xticks(x, names, rotation=20, fontsize=8)
+    ax = axes[len(heads) + 1]
+    width = 0.8 / (1 + len(tags))
+    ax.bar(
+        x - 0.4 + width / 2, [mixers[n]["step_peak_mib"] for n in names], width, label="train step"
+    )
+    for k, t in enumerate(tags, 1):
+        ax.bar(x - 0.4 + width * (k + 0.5), [mixers[n]["lengths"][t]["sample_peak_mib"] for n in names],
+               width, label=f"sample {t}")  # fmt: skip
+    ax.set(title="peak tensor memory", ylabel="MiB")
+    ax.set_xticks(x, names, rotation=20, fontsize=8)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def write_report(results: Mapping[str, Any], out: Path) -> tuple[Path, Path, Path]:
+    """Write `ablation.json`, `ablation.md` and `ablation.png` under `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "ablation.json", results)
+    md = out / "ablation.md"
+    tmp = md.with_name(".ablation.md.tmp")
+    tmp.write_text(to_markdown(results))
+    os.replace(tmp, md)
+    return out / "ablation.json", md, plot(results, out / "ablation.png")
