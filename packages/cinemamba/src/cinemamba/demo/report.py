@@ -99,8 +99,8 @@ def budget_advice(metrics: Mapping[str, Any], cfg: DemoConfig) -> list[str]:
                 else:
                     text += (
                         f" The measured gain ({gain:+.3f} per doubling) is too small to reach it "
-                        "by training longer alone within 16x the steps; a wider backbone or VAE "
-                        "is the next lever."
+                        "by training longer alone within 16x the steps; more tokens per frame "
+                        "(a smaller patch) or a better VAE is the next lever (docs/demo.md)."
                     )
             else:
                 text += (
