@@ -72,6 +72,9 @@ def test_demo_runs_reuses_and_redoes(tmp_path, capsys):
     assert [s["name"] for s in metrics["stages"]] == list(STAGES)
     report = (out / "report.md").read_text()
     assert "## Targets" in report and "## Stages" in report
+    # The micro run misses targets: the advice is followed by the pointer to measured budgets.
+    assert not all(metrics["summary"]["reached"].values())
+    assert "## Missed targets" in report and "What a larger budget reaches" in report
     for video in final:
         assert f"generate/{video['sheet']}" in report
     lines = _stage_lines(capsys.readouterr().err)

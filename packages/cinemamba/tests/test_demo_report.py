@@ -43,3 +43,15 @@ def test_advice_names_the_limiting_part_and_the_steps():
     # Close to the VAE's cap, the VAE is what must improve first.
     near = advice({**final, "identity_persistence": 0.75})["identity persistence"]
     assert "must improve first" in near and "backbone limits" not in near
+
+
+def test_measured_budgets_points_at_a_section_that_exists():
+    import re
+    from pathlib import Path
+
+    from cinemamba.demo.report import MEASURED_BUDGETS
+
+    section = re.search(r"docs/demo\.md, '([^']+)'", MEASURED_BUDGETS).group(1)
+    docs = Path(__file__).resolve().parents[3] / "docs" / "demo.md"
+    headings = [line for line in docs.read_text().splitlines() if line.startswith("#")]
+    assert any(section in h for h in headings), (section, headings)
