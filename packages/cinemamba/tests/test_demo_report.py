@@ -1,7 +1,10 @@
 """The demo report's advice on missed targets: which part limits a score, and what budget."""
 
+import re
+from pathlib import Path
+
 from cinemamba.demo.config import SCORES, DemoConfig
-from cinemamba.demo.report import budget_advice
+from cinemamba.demo.report import MEASURED_BUDGETS, budget_advice
 
 
 def _metrics(final: dict, half: dict, through_vae: dict) -> dict:
@@ -46,11 +49,6 @@ def test_advice_names_the_limiting_part_and_the_steps():
 
 
 def test_measured_budgets_points_at_a_section_that_exists():
-    import re
-    from pathlib import Path
-
-    from cinemamba.demo.report import MEASURED_BUDGETS
-
     section = re.search(r"docs/demo\.md, '([^']+)'", MEASURED_BUDGETS).group(1)
     docs = Path(__file__).resolve().parents[3] / "docs" / "demo.md"
     headings = [line for line in docs.read_text().splitlines() if line.startswith("#")]
