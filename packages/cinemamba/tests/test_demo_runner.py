@@ -1,6 +1,7 @@
 """The demo's stage runner: stamps, reuse, --fresh, config changes, interrupted stages."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -124,3 +125,32 @@ def test_signal_stopped_training_leaves_the_stage_unfinished(tmp_path):
     assert (tmp_path / "vae.tmp" / "checkpoint").exists()
     assert not (tmp_path / "vae.tmp" / STAMP).exists()
     assert "stopped after" in lines[-1]
+
+
+@pytest.mark.parametrize(
+    ("steps", "every", "keep", "want_every", "want_keep"),
+    [
+        (3000, 1500, 2, 1500, 2),  # the demo's own settings: unchanged
+        (24000, 6000, 1, 6000, 3),  # a finer cadence that lands on 12000 is kept ...
+        (24000, 5000, 4, 12000, 4),  # ... one that misses it is replaced by half the steps
+        (24000, 0, 1, 12000, 2),
+    ],
+)
+def test_backbone_checkpoints_keep_the_half_way_step(steps, every, keep, want_every, want_keep):
+    from cinemamba.demo import load_demo_config
+    from cinemamba.demo.stages import backbone_experiment
+
+    demo_yaml = Path(__file__).resolve().parents[3] / "configs/experiment/demo.yaml"
+    cfg = load_demo_config(
+        demo_yaml,
+        [
+            f"backbone.train.steps={steps}",
+            f"backbone.train.checkpoint_every={every}",
+            f"backbone.train.keep_last={keep}",
+        ],
+    )
+    exp = backbone_experiment(cfg)
+    assert (exp.train.checkpoint_every, exp.train.keep_last) == (want_every, want_keep)
+    # The half-way checkpoint is among the last `keep_last` ones at the end of training.
+    saved = list(range(want_every, steps + 1, want_every))
+    assert steps // 2 in saved[-exp.train.keep_last :]

@@ -230,8 +230,18 @@ def backbone_experiment(cfg: DemoConfig):
     if cfg.generate.half_budget:
         if exp.train.steps % 2:
             raise ValueError(f"backbone.train.steps={exp.train.steps} must be even (half_budget)")
-        exp.train.checkpoint_every = exp.train.steps // 2
-        exp.train.keep_last = max(exp.train.keep_last, 2)
+        half = exp.train.steps // 2
+        every = exp.train.checkpoint_every
+        if every <= 0 or half % every:
+            if every > 0:
+                log.warning(
+                    "backbone.train.checkpoint_every=%d does not land on step %d (half the "
+                    "steps, which generate.half_budget needs): checkpointing every %d instead",
+                    every, half, half,
+                )  # fmt: skip
+            every = exp.train.checkpoint_every = half
+        # Keep the half-way checkpoint through to the end of training.
+        exp.train.keep_last = max(exp.train.keep_last, half // every + 1)
     return exp
 
 
