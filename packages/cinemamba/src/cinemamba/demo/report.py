@@ -48,14 +48,41 @@ def _minutes(seconds: float) -> str:
 
 # A generated score this far below the real-via-VAE score is limited by the backbone first.
 BACKBONE_GAP = 0.1
+# From half to full training, a mode whose score moved this much rose or fell on its own.
+MODE_SPLIT = 0.05
 
 
 # Follows the advice in report.md: the advice extrapolates one run's trend; these were measured.
 MEASURED_BUDGETS = (
     "These estimates extrapolate this run's own trend from half to full training. Longer runs "
     "of the demo's default settings were measured per mode: docs/demo.md, 'What a larger "
-    "budget reaches' (2x to 4x the backbone steps). Where the two differ, the measurement wins."
+    "budget reaches' (2x to 8x the backbone steps; at 8x, `rolling` meets colour and motion and "
+    "draws the seen prompts' shapes as well as the VAE allows). Where the two differ, the "
+    "measurement wins."
 )
+
+
+def _modes_diverge(groups: Mapping[str, Any], name: str) -> str:
+    """A sentence when, from half to full training, one mode's score fell (by more than
+    MODE_SPLIT) while another's held or rose: then the mean's trend is not about training time."""
+    trend = {}
+    for key, group in groups.items():
+        kind, _, mode = key.partition("/")
+        if kind == "final" and f"half/{mode}" in groups:
+            before, after = groups[f"half/{mode}"]["scores"].get(name), group["scores"].get(name)
+            if before is not None and after is not None:
+                trend[mode] = (before, after)
+    fell = [m for m, (b, a) in trend.items() if b - a > MODE_SPLIT]
+    kept = [m for m, (b, a) in trend.items() if a >= b]
+    if not (fell and kept):
+        return ""
+    each = ", ".join(f"`{m}` {b:.3f} -> {a:.3f}" for m, (b, a) in trend.items())
+    return (
+        f" The modes went different ways ({each}): more training kept or raised "
+        f"{' and '.join(f'`{m}`' for m in kept)} and lowered "
+        f"{' and '.join(f'`{m}`' for m in fell)}, so judge each mode on its own "
+        "(docs/long-video.md, 'Choosing a mode')."
+    )
 
 
 def budget_advice(metrics: Mapping[str, Any], cfg: DemoConfig) -> list[str]:
@@ -92,7 +119,10 @@ def budget_advice(metrics: Mapping[str, Any], cfg: DemoConfig) -> list[str]:
         elif half is not None and final is not None:
             gain = final - half
             text += f" ({_f(half)} after {steps // 2} backbone steps, {_f(final)} after {steps})."
-            if gain > 0.005:
+            split = _modes_diverge(groups, name)
+            if split:
+                text += split
+            elif gain > 0.005:
                 doublings = 0
                 value = final
                 while value < target and doublings < 4:
