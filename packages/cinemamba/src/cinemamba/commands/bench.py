@@ -3,14 +3,29 @@
 Runs the data, VAE, scan, backbone, training-step, sampling and cost-growth benchmarks on
 this machine and writes the markdown report (machine description, every figure as a ratio
 to a reference measured in the same run, median of >= 5 repeats and the spread).
+
+`cinemamba bench --gpu [--quick|--full] [--out docs/benchmarks.md] [--json R.json]` runs the
+GPU benchmark instead (bench/gpu.py) and writes its own generated block of the page.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 from cinemamba.bench import BENCHMARKS, bench
+from cinemamba.bench.gpu import (
+    GPU_SCALES,
+    GPUUnavailableError,
+    merge_gpu,
+    render_gpu,
+    run_gpu_bench,
+)
+from cinemamba.bench.runner import write_atomic
 
 NAME = "bench"
 HELP = "benchmark data, VAE, scan, backbone, training step, sampling and cost growth"
@@ -44,10 +59,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1 keeps ratios stable on a shared machine)")  # fmt: skip
+    parser.add_argument("--gpu", action="store_true",
+                        help="the CUDA benchmark (scan GB/s, VideoDiT vs T, MFU) instead")  # fmt: skip
+    parser.add_argument("--json", type=Path, help="--gpu: also write the results as JSON here")
+    parser.add_argument("--budget", type=float,
+                        help="--gpu: wall-clock seconds for the whole run (cases past it are "
+                        "reported as skipped)")  # fmt: skip
+
+
+def _run_gpu(args: argparse.Namespace) -> int:
+    if args.only != list(BENCHMARKS):
+        raise ValueError("--only does not apply to --gpu (it runs scan, VideoDiT and MFU)")
+    scale = GPU_SCALES["full" if args.mode == "full" else "quick"]
+    if args.budget is not None:
+        scale = replace(scale, budget_s=args.budget)
+    try:
+        result = run_gpu_bench(scale)
+    except GPUUnavailableError as err:
+        print(f"cinemamba bench: {err}", file=sys.stderr)
+        return 2
+    text = render_gpu(result, datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"))
+    print(text)
+    if args.json is not None:
+        write_atomic(args.json, json.dumps(result, indent=1) + "\n")
+    if args.out is not None:
+        existing = args.out.read_text() if args.out.is_file() else None
+        write_atomic(args.out, merge_gpu(existing, text))
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the benchmarks; print the markdown (and write it with --out)."""
+    if args.gpu:
+        return _run_gpu(args)
     text, sections = bench(args.mode, args.only, args.out, args.threads)
     print(text)
     failed = [s.key for s in sections if s.title.endswith("(failed)")]
