@@ -133,12 +133,13 @@ def _fake_result() -> dict:
             ]
         },  # fmt: skip
         "wall_s": 200.0,
+        "stamp": "2026-12-04 16:00 UTC",
     }
 
 
 def test_render_gpu_writes_every_number_where_it_belongs() -> None:
     """Hand-made numbers land in their rows; statuses stand in for missing numbers."""
-    text = render_gpu(_fake_result(), "2026-12-04 16:00 UTC")
+    text = render_gpu(_fake_result())
     assert text.startswith(GPU_BEGIN) and text.rstrip().endswith(GPU_END)
     assert "| copy bandwidth (read + write, measured) | 4000 GB/s |" in text
     assert "| peak used for MFU | 989.4 TFLOP/s (datasheet dense bf16) |" in text
@@ -180,4 +181,21 @@ def test_run_gpu_bench_measuring_code_at_toy_sizes_on_cpu() -> None:
         assert row["status"] == "ok" and row["flops"] > 0
         assert row["mfu"] == pytest.approx(row["TFLOPs"] / r["peak_TFLOPs"])
     assert math.isfinite(r["wall_s"])
-    assert GPU_END in render_gpu(r, "now")
+    assert GPU_END in render_gpu(r)
+
+
+def test_from_json_puts_a_saved_run_into_the_page(tmp_path, capsys) -> None:
+    """A GPU machine's --json renders here (no CUDA) into --markdown and the page's block."""
+    import json
+
+    saved = tmp_path / "r.json"
+    saved.write_text(json.dumps(_fake_result()))
+    page = tmp_path / "benchmarks.md"
+    page.write_text(f"# Benchmarks\n\ncpu block\n{MAIN_END}\n\n## Backbone\n\nnotes\n")
+    md = tmp_path / "block.md"
+    argv = ["bench", "--gpu", "--from-json", str(saved), "--out", str(page), "--markdown", str(md)]
+    assert main(argv) == 0
+    text = page.read_text()
+    assert md.read_text() in text and "| triton | 64 | 0.5 | 1000 |" in text
+    assert text.startswith("# Benchmarks\n\ncpu block\n") and text.endswith("notes\n")
+    assert "| triton | 64 |" in capsys.readouterr().out

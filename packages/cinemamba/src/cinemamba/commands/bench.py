@@ -14,7 +14,6 @@ import argparse
 import json
 import sys
 from dataclasses import replace
-from datetime import UTC, datetime
 from pathlib import Path
 
 from cinemamba.bench import BENCHMARKS, bench
@@ -62,6 +61,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpu", action="store_true",
                         help="the CUDA benchmark (scan GB/s, VideoDiT vs T, MFU) instead")  # fmt: skip
     parser.add_argument("--json", type=Path, help="--gpu: also write the results as JSON here")
+    parser.add_argument("--markdown", type=Path, help="--gpu: also write the markdown block here")
+    parser.add_argument("--from-json", type=Path, dest="from_json",
+                        help="--gpu: render a saved --json result (no GPU needed), e.g. to "
+                        "put a GPU machine's run into docs/benchmarks.md with --out")  # fmt: skip
     parser.add_argument("--budget", type=float,
                         help="--gpu: wall-clock seconds for the whole run (cases past it are "
                         "reported as skipped)")  # fmt: skip
@@ -70,18 +73,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _run_gpu(args: argparse.Namespace) -> int:
     if args.only != list(BENCHMARKS):
         raise ValueError("--only does not apply to --gpu (it runs scan, VideoDiT and MFU)")
-    scale = GPU_SCALES["full" if args.mode == "full" else "quick"]
-    if args.budget is not None:
-        scale = replace(scale, budget_s=args.budget)
-    try:
-        result = run_gpu_bench(scale)
-    except GPUUnavailableError as err:
-        print(f"cinemamba bench: {err}", file=sys.stderr)
-        return 2
-    text = render_gpu(result, datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"))
+    if args.from_json is not None:
+        result = json.loads(args.from_json.read_text())
+    else:
+        scale = GPU_SCALES["full" if args.mode == "full" else "quick"]
+        if args.budget is not None:
+            scale = replace(scale, budget_s=args.budget)
+        try:
+            result = run_gpu_bench(scale)
+        except GPUUnavailableError as err:
+            print(f"cinemamba bench: {err}", file=sys.stderr)
+            return 2
+    text = render_gpu(result)
     print(text)
     if args.json is not None:
         write_atomic(args.json, json.dumps(result, indent=1) + "\n")
+    if args.markdown is not None:
+        write_atomic(args.markdown, text)
     if args.out is not None:
         existing = args.out.read_text() if args.out.is_file() else None
         write_atomic(args.out, merge_gpu(existing, text))
