@@ -46,6 +46,10 @@ for dist in md.distributions():
 PY
 echo "gpu_install: pinned $(tr '\n' ' ' <"$VENV/constraints.txt")"
 
+# This script says everything pip needs (no index, these wheels, these pins): a machine's own
+# pip configuration (config files, PIP_* variables: extra find-links, constraints) stays out.
+export PIP_CONFIG_FILE=/dev/null
+while read -r var; do unset "$var"; done < <(compgen -e | grep '^PIP_' | grep -v '^PIP_CONFIG_FILE$')
 # pip itself comes from the host through the .pth; --no-build-isolation builds our packages
 # with the host's setuptools (no index to fetch one from).
 # shellcheck disable=SC2086
