@@ -195,3 +195,28 @@ def test_torch_writer_error_on_a_roomy_disk_is_not_called_a_full_disk(tmp_path: 
     assert not ckpt_io.is_disk_full(OSError(errno.EACCES, "Permission denied"), tmp_path)
     roomy = ckpt_io.free_bytes(tmp_path) > 64 * 2**20
     assert ckpt_io.is_disk_full(RuntimeError("basic_ios::clear: iostream error"), tmp_path) != roomy
+
+
+def test_other_save_errors_are_one_line_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A save failing for another reason (a multi-line torch error, on a roomy disk) is named by
+    its first line, not called a full disk, and leaves no partial checkpoint either."""
+    run = tmp_path / "run"
+    real_save_rng = ckpt_io.save_rng
+
+    def save_rng(ckpt: Path, rank: int) -> None:
+        if ckpt.name.startswith("step_00000004"):
+            raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 64\n"
+                               "frame #0: c10::Error::Error(...)")  # fmt: skip
+        real_save_rng(ckpt, rank)
+
+    monkeypatch.setattr(ckpt_io, "save_rng", save_rng)
+    monkeypatch.setattr(ckpt_io, "free_bytes", lambda path: 100 * 2**30)
+    with pytest.raises(ckpt_io.CheckpointSaveError) as info:
+        run_toy(run)
+    msg = info.value.strerror
+    assert "not saved: RuntimeError: [enforce fail at inline_container.cc:603]" in msg
+    assert "no space" not in msg and "\n" not in msg and info.value.errno == errno.EIO
+    assert [p.name for p in ckpt_io.list_checkpoints(run)] == ["step_00000002"]
+    assert not (ckpt_io.checkpoint_root(run) / "step_00000004.tmp").exists()

@@ -275,7 +275,8 @@ class Trainer:
             shutil.rmtree(tmp, ignore_errors=True)  # never left for a resume to pick up
         dist.barrier()
         free = ckpt_io.free_bytes(root)
-        what = "no space left on device" if full else f"{type(error).__name__}: {error}"
+        first_line = (str(error).strip().splitlines() or [""])[0]  # torch's run over many lines
+        what = "no space left on device" if full else f"{type(error).__name__}: {first_line}"
         if error is None:
             what = "another rank failed to write its part"
         latest = ckpt_io.latest_checkpoint(self.run_dir)
