@@ -221,3 +221,15 @@ def test_two_ranks_sigkill_and_resume_is_exact(
     assert [r["step"] for r in records(run)] == [1, 2, 3]
     finished(launch(driver, task, -1, overrides(task, data, run, stage)), run)
     assert_same_run(ref, run)
+
+
+def test_vae_adaptive_gan_weight_under_zero3_is_a_clear_error(
+    data: dict[str, Path], tmp_path: Path
+) -> None:
+    """The adaptive GAN weight differentiates w.r.t. the decoder's last layer, which ZeRO-3
+    partitions: a config error naming the key, at the first step, instead of a conv crash."""
+    from cinemamba.config import ConfigError
+
+    args = overrides("vae", data, tmp_path / "run", 3) + ["task.loss.disc.adaptive_weight=true"]
+    with pytest.raises(ConfigError, match=r"task.loss.disc.adaptive_weight .* ZeRO stage <= 2"):
+        train(*build("vae", args))
