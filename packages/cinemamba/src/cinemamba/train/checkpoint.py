@@ -117,8 +117,12 @@ def load_rng(ckpt: Path, rank: int) -> bool:
 def write_json(path: Path, payload: dict[str, Any]) -> None:
     """Write JSON under a temporary name and rename it into place."""
     tmp = path.with_suffix(".partial")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(payload, indent=2, default=str))
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # no half-written file left behind (a full disk)
+        raise
 
 
 def read_trainer_state(ckpt: Path) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import contextlib
 import copy
 import dataclasses
 import errno
+import gc
 import json
 import logging
 import math
@@ -14,6 +15,7 @@ import random
 import shutil
 import signal
 import time
+import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -271,12 +273,18 @@ class Trainer:
         root = ckpt_io.checkpoint_root(self.run_dir)
         written = ckpt_io.folder_size(tmp) if self.rank == 0 else 0
         full = error is not None and ckpt_io.is_disk_full(error, root)
+        first_line = (str(error).strip().splitlines() or [""])[0]  # torch's run over many lines
+        what = "no space left on device" if full else f"{type(error).__name__}: {first_line}"
+        # The failed writer's open file lives in the traceback's frames: on a full disk the
+        # space of the files removed below only comes back once it is closed.
+        for err in (error, getattr(error, "__context__", None)):
+            if err is not None and err.__traceback__ is not None:
+                traceback.clear_frames(err.__traceback__)
+        gc.collect()
         if self.rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)  # never left for a resume to pick up
         dist.barrier()
         free = ckpt_io.free_bytes(root)
-        first_line = (str(error).strip().splitlines() or [""])[0]  # torch's run over many lines
-        what = "no space left on device" if full else f"{type(error).__name__}: {first_line}"
         if error is None:
             what = "another rank failed to write its part"
         latest = ckpt_io.latest_checkpoint(self.run_dir)
