@@ -220,3 +220,18 @@ def test_other_save_errors_are_one_line_too(
     assert "no space" not in msg and "\n" not in msg and info.value.errno == errno.EIO
     assert [p.name for p in ckpt_io.list_checkpoints(run)] == ["step_00000002"]
     assert not (ckpt_io.checkpoint_root(run) / "step_00000004.tmp").exists()
+
+
+def test_write_json_leaves_no_partial_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A JSON record that cannot be written (the disk is full) leaves nothing behind."""
+
+    real_write_text = Path.write_text
+
+    def full(self: Path, text: str, *args, **kwargs):
+        real_write_text(self, text[:5])  # the part that fitted
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(OSError):
+        ckpt_io.write_json(tmp_path / "record.json", {"step": 1})
+    assert list(tmp_path.iterdir()) == []
