@@ -53,7 +53,9 @@ class TimestepEmbedder(nn.Module):
         freqs = torch.exp(-math.log(10000) * torch.arange(half, device=t.device) / half)
         args = (t.float() * self.scale)[..., None] * freqs
         emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-        return self.mlp(emb.to(self.mlp[0].weight.dtype))
+        # the dtype from parameters(), not `mlp[0].weight`: reading a child's weight here would
+        # use it outside its own forward (see mixers.base.CausalConv1d)
+        return self.mlp(emb.to(next(self.mlp.parameters()).dtype))
 
 
 class SpatialAttention(KernelChoice):

@@ -60,6 +60,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"cinemamba {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:
+        # A checkpoint that could not be written (a full disk) is one line too, exit 1.
+        from cinemamba.train.checkpoint import CheckpointSaveError
+
+        if args.verbose or not isinstance(err, CheckpointSaveError):
+            raise
+        print(f"cinemamba {args.command}: error: {err.strerror}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from cinemamba_backbone._kernels import check_kernels_arg
+from cinemamba_backbone.ops import causal_conv1d, causal_conv1d_torch
 
 # A streaming state is a tuple of tensors, never mutated in place: a caller may run several
 # forwards from the same state (e.g. denoising steps of one chunk) and keep it unchanged.
@@ -63,3 +64,36 @@ class TemporalMixer(KernelChoice):
     def forward_chunk(self, x: torch.Tensor, state: MixerState) -> tuple[torch.Tensor, MixerState]:
         """Mix a chunk (N, T, D) continuing from ``state``; returns (out, new_state)."""
         raise TypeError(f"{type(self).__name__} is not causal and cannot stream")
+
+
+class CausalConv1d(nn.Conv1d):
+    """Depthwise causal conv1d (+ SiLU) over (b, d, l) through the fused op; an ``nn.Conv1d``
+    so that its parameters keep the names and shapes of ``mamba_ssm`` (``conv1d.weight``
+    (d, 1, k), ``conv1d.bias``).
+
+    The op runs inside this module's own ``forward``: an engine that partitions parameters
+    per module (DeepSpeed ZeRO-3, FSDP) gathers them in its forward hooks, and a parent that
+    read ``conv1d.weight`` directly would leave them to ZeRO-3's lazy "external parameter"
+    registration, whose timing depends on what happens to be gathered (issue 14: resumed
+    ZeRO-3 runs crashed at their second step).
+    """
+
+    def __init__(self, channels: int, kernel_size: int) -> None:
+        super().__init__(channels, channels, kernel_size, groups=channels, padding=kernel_size - 1)
+
+    def forward(  # type: ignore[override]
+        self,
+        x: torch.Tensor,
+        initial: torch.Tensor | None = None,
+        kernels: str = "auto",
+        require_kernels: bool = False,
+    ) -> torch.Tensor:
+        """x (b, d, l) -> SiLU(causal conv) (b, d, l); ``initial`` (b, d, k-1) continues a
+        previous chunk (PyTorch path)."""
+        weight = self.weight[:, 0]  # (d, k)
+        if initial is None:
+            return causal_conv1d(
+                x.contiguous(), weight, self.bias, True,
+                kernels=kernels, require_kernels=require_kernels,
+            )  # fmt: skip
+        return causal_conv1d_torch(x, weight, self.bias, True, initial=initial)

@@ -15,8 +15,22 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from cinemamba_backbone.mixers.base import MixerOptions, MixerState, TemporalMixer
-from cinemamba_backbone.ops import causal_conv1d, causal_conv1d_torch, selective_scan
+from cinemamba_backbone.mixers.base import CausalConv1d, MixerOptions, MixerState, TemporalMixer
+from cinemamba_backbone.ops import selective_scan
+
+
+class DeltaProjection(nn.Linear):
+    """Mamba's Δ projection ``dt_proj``: returns W·dt and, apart, the bias in fp32.
+
+    The bias is not added here: the scan adds it in fp32 before the softplus (``delta_bias``),
+    as Mamba does, which keeps Δ accurate under bf16 weights. It leaves as a copy made inside
+    this module's forward, so a per-module parameter partitioner (ZeRO-3) sees both parameters
+    used by their owner (see ``CausalConv1d``).
+    """
+
+    def forward(self, dt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        """dt (M, r) -> (W·dtᵀ (d, M), bias (d,) in fp32)."""
+        return self.weight @ dt.t(), self.bias.to(torch.float32, copy=True)
 
 
 class SelectiveSSM(TemporalMixer):
@@ -34,9 +48,9 @@ class SelectiveSSM(TemporalMixer):
     ) -> None:
         super().__init__()
         self.d_inner, self.d_state, self.d_conv, self.dt_rank = d_inner, d_state, d_conv, dt_rank
-        self.conv1d = nn.Conv1d(d_inner, d_inner, d_conv, groups=d_inner, padding=d_conv - 1)
+        self.conv1d = CausalConv1d(d_inner, d_conv)
         self.x_proj = nn.Linear(d_inner, dt_rank + 2 * d_state, bias=False)
-        self.dt_proj = nn.Linear(dt_rank, d_inner, bias=True)
+        self.dt_proj = DeltaProjection(dt_rank, d_inner, bias=True)
         # S4D-real init A = -(1..N) and Δ log-uniform in [dt_min, dt_max], as in Mamba.
         self.A_log = nn.Parameter(torch.empty(d_inner, d_state))
         self.D = nn.Parameter(torch.empty(d_inner))
@@ -61,26 +75,24 @@ class SelectiveSSM(TemporalMixer):
     def scan_inputs(
         self, x: torch.Tensor, conv_tail: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, ...]:
-        """Conv + projections: x (b, d_inner, l) -> (u, Δ, B, C) in scan layout.
+        """Conv + projections: x (b, d_inner, l) -> (u, Δ, B, C, Δ bias) in scan layout.
 
-        With ``conv_tail`` (b, d_inner, k-1) the conv continues a previous chunk.
+        With ``conv_tail`` (b, d_inner, k-1) the conv continues a previous chunk. Every child
+        runs through its own forward (see ``CausalConv1d`` for why).
         """
         length = x.shape[-1]
-        weight = rearrange(self.conv1d.weight, "d 1 k -> d k")
-        if conv_tail is None:
-            x = causal_conv1d(x.contiguous(), weight, self.conv1d.bias, True, **self.kernel_kwargs)
-        else:
-            x = causal_conv1d_torch(x, weight, self.conv1d.bias, True, initial=conv_tail)
+        x = self.conv1d(x, conv_tail, **self.kernel_kwargs)
         x_dbl = self.x_proj(rearrange(x, "b d l -> (b l) d"))
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = rearrange(self.dt_proj.weight @ dt.t(), "d (b l) -> b d l", l=length)
+        dt, dt_bias = self.dt_proj(dt)
+        dt = rearrange(dt, "d (b l) -> b d l", l=length)
         B = rearrange(B, "(b l) n -> b n l", l=length).contiguous()
         C = rearrange(C, "(b l) n -> b n l", l=length).contiguous()
-        return x, dt, B, C
+        return x, dt, B, C, dt_bias
 
-    def scan_params(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(A, D, Δ bias) in fp32, as the scan takes them."""
-        return -torch.exp(self.A_log.float()), self.D.float(), self.dt_proj.bias.float()
+    def scan_params(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A, D) in fp32, as the scan takes them."""
+        return -torch.exp(self.A_log.float()), self.D.float()
 
     def ssm(
         self,
@@ -97,10 +109,10 @@ class SelectiveSSM(TemporalMixer):
             tail, ssm_state = state
             xp = torch.cat([tail.to(x.dtype), x], dim=-1)  # (b, d, k-1+l)
             conv_state = xp[..., xp.shape[-1] - (self.d_conv - 1) :]
-            u, dt, B, C = self.scan_inputs(x, tail)
+            u, dt, B, C, dt_bias = self.scan_inputs(x, tail)
         else:
-            u, dt, B, C = self.scan_inputs(x)
-        A, D, dt_bias = self.scan_params()
+            u, dt, B, C, dt_bias = self.scan_inputs(x)
+        A, D = self.scan_params()
         out = selective_scan(
             u, dt, A, B, C, D, z, dt_bias, True, return_state, ssm_state, **self.kernel_kwargs
         )
@@ -108,6 +120,11 @@ class SelectiveSSM(TemporalMixer):
             return out, None
         y, ssm_state = out
         return y, (conv_state, ssm_state)
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+        """The core alone: x, z (b, d_inner, l) -> y (b, d_inner, l) (``Mamba`` overrides
+        this with the whole mixer)."""
+        return self.ssm(x, z)[0]
 
     def init_state(
         self, batch: int, device: torch.device | None = None, dtype: torch.dtype | None = None
@@ -181,7 +198,8 @@ class BiMamba(TemporalMixer):
         """(N, T, D) -> (N, T, D); every output frame sees the whole sequence."""
         xz = rearrange(self.in_proj(x), "b l e -> b e l")
         xs, z = xz.chunk(2, dim=1)
-        y_fwd, _ = self.forward_ssm.ssm(xs)
-        y_bwd, _ = self.backward_ssm.ssm(xs.flip(-1))  # the backward core sees time flipped
+        # The cores run through their forward (not `.ssm`): see CausalConv1d for why.
+        y_fwd = self.forward_ssm(xs)
+        y_bwd = self.backward_ssm(xs.flip(-1))  # the backward core sees time flipped
         y = (y_fwd + y_bwd.flip(-1)) * F.silu(z)
         return self.out_proj(rearrange(y, "b e l -> b l e"))

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from cinemamba_backbone.mixers.base import MixerOptions, MixerState, TemporalMixer
-from cinemamba_backbone.ops import causal_conv1d, causal_conv1d_torch, ssd_scan
+from cinemamba_backbone.mixers.base import CausalConv1d, MixerOptions, MixerState, TemporalMixer
+from cinemamba_backbone.ops import ssd_scan
 
 
 class GatedRMSNorm(nn.Module):
@@ -53,9 +53,7 @@ class SSDCore(TemporalMixer):
         self.d_inner, self.headdim, self.d_state, self.ngroups = d_inner, headdim, d_state, ngroups
         self.nheads, self.d_conv, self.chunk_size = d_inner // headdim, d_conv, chunk_size
         self.conv_dim = d_inner + 2 * ngroups * d_state
-        self.conv1d = nn.Conv1d(
-            self.conv_dim, self.conv_dim, d_conv, groups=self.conv_dim, padding=d_conv - 1
-        )
+        self.conv1d = CausalConv1d(self.conv_dim, d_conv)
         self.dt_bias = nn.Parameter(torch.empty(self.nheads))
         self.A_log = nn.Parameter(torch.empty(self.nheads))
         self.D = nn.Parameter(torch.empty(self.nheads))
@@ -80,11 +78,8 @@ class SSDCore(TemporalMixer):
     ) -> tuple[torch.Tensor, MixerState | None]:
         """Conv + SSD over one direction; returns y (b, l, d_inner) and the new state."""
         xbc = rearrange(xbc, "b l c -> b c l")
-        weight = rearrange(self.conv1d.weight, "c 1 k -> c k")
         if state is None and not return_state:
-            xbc = causal_conv1d(
-                xbc.contiguous(), weight, self.conv1d.bias, True, **self.kernel_kwargs
-            )
+            xbc = self.conv1d(xbc, None, **self.kernel_kwargs)
             conv_state = ssm_state = None
         else:
             if state is None:
@@ -93,7 +88,7 @@ class SSDCore(TemporalMixer):
             tail = conv_state
             xp = torch.cat([tail.to(xbc.dtype), xbc], dim=-1)
             conv_state = xp[..., xp.shape[-1] - (self.d_conv - 1) :]
-            xbc = causal_conv1d_torch(xbc, weight, self.conv1d.bias, True, initial=tail)
+            xbc = self.conv1d(xbc, tail)
         xbc = rearrange(xbc, "b c l -> b l c")
         gn = self.ngroups * self.d_state
         x, B, C = torch.split(xbc, [self.d_inner, gn, gn], dim=-1)
@@ -114,6 +109,11 @@ class SSDCore(TemporalMixer):
         y, ssm_state = out if return_state else (out, None)
         y = rearrange(y, "b l h p -> b l (h p)")
         return y, None if not return_state else (conv_state, ssm_state)
+
+    def forward(self, xbc: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
+        """The core alone: xbc (b, l, conv_dim), dt (b, l, h) -> y (b, l, d_inner) (``Mamba2``
+        overrides this with the whole mixer)."""
+        return self.ssd(xbc, dt, None, False)[0]
 
     def init_state(
         self, batch: int, device: torch.device | None = None, dtype: torch.dtype | None = None
@@ -194,6 +194,7 @@ class BiMamba2(TemporalMixer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, T, D) -> (N, T, D); every output frame sees the whole sequence."""
         z, xbc, dt = torch.split(self.in_proj(x), [self.d_inner, self.conv_dim, self.nheads], -1)
-        y_fwd, _ = self.forward_ssm.ssd(xbc, dt, None, False)
-        y_bwd, _ = self.backward_ssm.ssd(xbc.flip(1), dt.flip(1), None, False)
+        # The cores run through their forward (not `.ssd`): see CausalConv1d for why.
+        y_fwd = self.forward_ssm(xbc, dt)
+        y_bwd = self.backward_ssm(xbc.flip(1), dt.flip(1))
         return self.out_proj(self.norm(y_fwd + y_bwd.flip(1), z))

@@ -178,8 +178,16 @@ class VAETask:
         video = self.pixels(batch).to(next(vae.parameters()).dtype)
         loss_fn = self.loss_fn.to(video.device)
         if phase == "vae":
-            out = vae(video)
             module = getattr(vae, "module", vae)
+            disc = self.cfg.loss.disc
+            if disc.enabled and disc.adaptive_weight and hasattr(module.last_layer_weight, "ds_id"):
+                # autograd.grad w.r.t. a ZeRO-3 partition fails deep in a conv backward
+                raise ConfigError(
+                    "task.loss.disc.adaptive_weight needs the decoder's last layer whole, and "
+                    "ZeRO-3 partitions it: train the GAN under ZeRO stage <= 2 or set "
+                    "task.loss.disc.adaptive_weight=false"
+                )
+            out = vae(video)
             loss, logs = loss_fn.generator_loss(
                 video,
                 out,

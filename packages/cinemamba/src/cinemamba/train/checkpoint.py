@@ -13,6 +13,7 @@ All ranks write into `step_XXXXXXXX.tmp/`; after a barrier rank 0 renames it to 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -26,6 +27,11 @@ import torch
 
 DS_TAG = "state"
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
+SAVE_FAILED = "save_failed.json"  # in checkpoint_root: the last save that failed, and why
+
+
+class CheckpointSaveError(OSError):
+    """A checkpoint could not be written (e.g. the disk is full); nothing partial was kept."""
 
 
 def checkpoint_root(run_dir: str | Path) -> Path:
@@ -111,8 +117,12 @@ def load_rng(ckpt: Path, rank: int) -> bool:
 def write_json(path: Path, payload: dict[str, Any]) -> None:
     """Write JSON under a temporary name and rename it into place."""
     tmp = path.with_suffix(".partial")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(payload, indent=2, default=str))
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # no half-written file left behind (a full disk)
+        raise
 
 
 def read_trainer_state(ckpt: Path) -> dict[str, Any]:
@@ -166,3 +176,40 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def folder_size(path: Path) -> int:
+    """Bytes in the files under `path` (0 if it does not exist)."""
+    if not path.is_dir():
+        return 0
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def free_bytes(path: Path) -> int:
+    """Free bytes on the file system holding `path` (or its nearest existing parent)."""
+    path = Path(path)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def is_disk_full(err: BaseException, folder: Path) -> bool:
+    """Whether a failed write ran out of space: ENOSPC/EDQUOT, or torch's C++ writer error
+    (`basic_ios::clear: iostream error`, which drops the errno) on a nearly full disk."""
+    for e in (err, err.__cause__, err.__context__):
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+    text = str(err).lower()
+    if "no space left" in text or "disk quota" in text:
+        return True
+    writer = "iostream error" in text or "failed writing" in text or "unexpected pos" in text
+    return writer and free_bytes(folder) < 64 * 2**20
+
+
+def human_bytes(n: float) -> str:
+    """1536 -> '1.5 KiB'."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"

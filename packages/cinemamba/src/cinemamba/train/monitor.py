@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import resource
 import sys
 import time
@@ -20,6 +21,30 @@ def peak_memory_gb(device: torch.device) -> float:
     return kib / 2**20 if sys.platform != "darwin" else kib / 2**30
 
 
+def truncate_log(path: Path, last_step: int) -> int:
+    """Keep the JSONL records of steps <= `last_step` (atomic rewrite); returns how many went.
+
+    A line that does not parse (the tail of a killed writer) goes too.
+    """
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            keep = int(json.loads(line)["step"]) <= last_step
+        except (ValueError, KeyError, TypeError):
+            keep = False
+        if keep:
+            kept.append(line + "\n")
+        else:
+            dropped += 1
+    if dropped:
+        tmp = path.with_suffix(".partial")
+        tmp.write_text("".join(kept))
+        os.replace(tmp, path)
+    return dropped
+
+
 class Monitor:
     """Writes scalars on rank 0 only; other ranks get a no-op monitor."""
 
@@ -35,7 +60,10 @@ class Monitor:
         from torch.utils.tensorboard import SummaryWriter
         from tqdm.auto import tqdm
 
-        self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step)
+        # A resumed run starts after step `start_step`: what an earlier attempt logged past it
+        # is about to be logged again, so drop it (one record per step, in TensorBoard too).
+        self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step + 1)
+        truncate_log(run_dir / "log.jsonl", start_step)
         self.jsonl = open(run_dir / "log.jsonl", "a", buffering=1)  # noqa: SIM115 (lives with the run)
         if progress:
             self.bar = tqdm(total=total, initial=start_step, desc="train", dynamic_ncols=True)
