@@ -7,10 +7,14 @@ micro-batch `b` (samples `b*m .. b*m + m - 1` of the rank's stream) maps to a (d
 without reading anything, so resuming at batch `b` opens one shard and skips to the offset:
 the engine's exact resume costs one partial shard read.
 
-A sample that fails to decode is counted by reason and dropped from its micro-batch; only when
-every sample of a micro-batch is bad does the batch take the next good samples after it, so
-micro-batch `b` stays a function of `b` alone. With DataLoader workers, worker `w` of `n`
-builds micro-batches `b = w (mod n)`; the DataLoader's round-robin returns them in order.
+A sample that fails to decode, or a position a truncated shard did not deliver, is counted
+once by reason (the count belongs to the micro-batch holding that position) and replaced, so
+every micro-batch holds `batch_size` distinct samples: the replacements come from a reserve
+stream seeded by (seed, rank, b) that starts at a random position, so micro-batch `b` stays a
+function of `b` alone and the stand-ins are spread over the data instead of always being the
+next good sample (issue 14: one key delivered 9 times in a row). With DataLoader workers,
+worker `w` of `n` builds micro-batches `b = w (mod n)`; the DataLoader's round-robin returns
+them in order.
 """
 
 from __future__ import annotations
@@ -74,6 +78,14 @@ class SampleStream:
         self.shards, self.seed, self.rank = shards, seed, rank
         self.skipped: Counter = Counter()
 
+    def reserve(self, batch: int) -> Iterator[tuple[int, dict[str, Any] | None]]:
+        """Stand-in samples for micro-batch `batch`: another resampled stream, seeded by
+        (seed, rank, batch), from a random position (its skips are not counted: the samples
+        it misses are counted where they occur in the main stream)."""
+        rng = np.random.default_rng([self.seed, self.rank, batch, 0x5E5E])
+        other = SampleStream(self.shards, int(rng.integers(2**62)), self.rank)
+        return other(int(rng.integers(sum(self.shards.counts))))
+
     def __call__(self, start: int) -> Iterator[tuple[int, dict[str, Any] | None]]:
         """Yield (position, sample) from `start` on; sample is None where a shard is short."""
         draw, offset = locate(self.shards, self.seed, self.rank, start)
@@ -102,27 +114,39 @@ class SampleStream:
 
 
 def _take(
-    decode: Callable[[dict[str, Any], int], dict[str, torch.Tensor]],
+    decode: Callable[[dict[str, Any], int], dict[str, Any]],
     position: int,
     sample: dict[str, Any] | None,
-    items: list[dict[str, torch.Tensor]],
-    skipped: Counter,
-) -> None:
-    """Decode one sample into `items`, or count why not."""
+    items: list[dict[str, Any]],
+    skipped: Counter | None,
+) -> bool:
+    """Decode one sample into `items`, or count why not (`skipped=None`: do not count).
+
+    Warnings the decoder attaches (`item["warnings"]`, e.g. "metadata_mismatch") are counted
+    too; such a sample is still used. Returns whether the sample was taken.
+    """
     if sample is None:
-        skipped["missing"] += 1
-        return
+        if skipped is not None:
+            skipped["missing"] += 1
+        return False
     try:
-        items.append(decode(sample, position))
+        item = decode(sample, position)
     except Exception as err:  # a bad sample is counted and dropped, never a crash
-        skipped[getattr(err, "reason", None) or type(err).__name__] += 1
-        log.warning("skipping sample %s: %s", sample.get("__key__"), err)
+        if skipped is not None:
+            skipped[getattr(err, "reason", None) or type(err).__name__] += 1
+            log.warning("skipping sample %s: %s", sample.get("__key__"), err)
+        return False
+    warnings = item.pop("warnings", ()) if isinstance(item, dict) else ()
+    if skipped is not None:
+        skipped.update(warnings)
+    items.append(item)
+    return True
 
 
 def micro_batches(
     stream: SampleStream,
-    decode: Callable[[dict[str, Any], int], dict[str, torch.Tensor]],
-    collate: Callable[[list[dict[str, torch.Tensor]], int], Any],
+    decode: Callable[[dict[str, Any], int], dict[str, Any]],
+    collate: Callable[[list[dict[str, Any]], int], Any],
     *,
     batch_size: int,
     start_batch: int,
@@ -133,8 +157,10 @@ def micro_batches(
     `b % every == phase` (one DataLoader worker's share).
 
     `decode(sample, position)` turns a raw sample into tensors or raises: the sample is
-    dropped and counted under the error's `reason` attribute or class name. `collate(items, b)`
-    makes the batch. The counts travel with the batch so they survive worker processes.
+    dropped and counted under the error's `reason` attribute or class name. A micro-batch
+    always holds `batch_size` samples with distinct keys: dropped, missing or repeated ones
+    are replaced from `stream.reserve(b)`. `collate(items, b)` makes the batch. The counts
+    travel with the batch so they survive worker processes.
     """
     b = start_batch
     while b % every != phase:
@@ -142,25 +168,32 @@ def micro_batches(
     reader = stream(b * batch_size)
     while True:
         first = b * batch_size
-        items: list[dict[str, torch.Tensor]] = []
+        items: list[dict[str, Any]] = []
+        keys: set[str] = set()
         skipped: Counter = Counter()
+
+        def take(position: int, sample: dict[str, Any] | None, counts: Counter | None) -> None:
+            if sample is not None and sample.get("__key__") in keys:
+                return  # the same sample twice in one batch (a shard drawn twice in a row)
+            if _take(decode, position, sample, items, counts):
+                keys.add(sample["__key__"])
 
         for position, sample in reader:
             if position >= first:  # positions before belong to other workers' batches
-                _take(decode, position, sample, items, skipped)
+                take(position, sample, skipped)
             if position == first + batch_size - 1:
                 break
-        if not items:
-            # Every sample was bad: borrow the next good one (from a separate reader, so this
-            # batch is still a function of b alone and the main reader keeps its place).
-            for position, sample in stream(first + batch_size):
-                _take(decode, position, sample, items, skipped)
-                if items:
+        if len(items) < batch_size:
+            for tries, (position, sample) in enumerate(stream.reserve(b)):
+                take(position, sample, None)
+                if len(items) == batch_size:
                     break
-                if position >= first + MAX_BAD_RUN:
+                if tries >= MAX_BAD_RUN:
                     raise RuntimeError(
-                        f"no usable sample in {MAX_BAD_RUN} consecutive samples of the stream "
-                        f"(skipped: {dict(skipped)}); the shards are unusable"
+                        f"micro-batch {b}: found {len(items)} of {batch_size} distinct usable "
+                        f"samples in {MAX_BAD_RUN} samples of the stream (skipped: "
+                        f"{dict(skipped)}); the shards are unusable or hold fewer distinct "
+                        "samples than the batch size"
                     )
         skipped.update(stream.skipped)
         stream.skipped.clear()
