@@ -1,8 +1,9 @@
 """`cinemamba data inspect`: what a shard set holds, what is wrong with it, and how it looks.
 
-Reads every sample once: counts samples and bad samples by reason (the loader's reasons),
-collects frames / duration / size / caption-length statistics from each sample's metadata
-(probing the video header when `KEY.json` lacks them), and draws a PNG contact sheet of the
+Reads every sample once: counts samples and bad samples by reason (the loader's reasons, and
+`duplicate_key` for a key seen before), collects frames / duration / size / caption-length
+statistics from each video's own header (declared `KEY.json` values that disagree are counted
+as `metadata_mismatch` or `implausible_metadata`, never averaged in), and draws a PNG contact sheet of the
 first few good clips (evenly spaced frames, one row per clip, caption underneath).
 """
 
@@ -23,6 +24,7 @@ from tqdm import tqdm
 
 from cinemamba.data.loader import expand_urls
 from cinemamba.data.video import VideoDecodeError, decode_video, probe_video
+from cinemamba.latents.clips import check_metadata, describe_mismatch
 
 log = logging.getLogger(__name__)
 
@@ -138,11 +140,20 @@ def inspect_shards(
     """Statistics of every sample of `spec`, and up to `contact_clips` (frames, caption) rows."""
     stats = ShardStats()
     rows: list[tuple[np.ndarray, str]] = []
+    seen: set[str] = set()
     for url in tqdm(expand_urls(spec), desc="inspect", unit="shard"):
         for key, fields in _samples(url, stats):
             stats.samples += 1
+            if key in seen:
+                _bad(stats, "duplicate_key", key, url, "key seen before (export keeps the first)")
+                continue
+            seen.add(key)
             video = fields.get("mp4")
-            caption = fields.get("txt", b"").decode("utf-8", "replace").strip()
+            try:
+                caption = fields.get("txt", b"").decode("utf-8").strip()
+            except UnicodeDecodeError as err:
+                _bad(stats, "bad_caption_encoding", key, url, f"caption is not UTF-8: {err}")
+                continue
             if video is None:
                 _bad(stats, "no_video", key, url, f"fields {sorted(fields)}")
                 continue
@@ -159,8 +170,14 @@ def inspect_shards(
             except (ValueError, VideoDecodeError) as err:
                 _bad(stats, "undecodable", key, url, str(err))
                 continue
-            frames = int(meta.get("frames") or info.frames)
-            fps = float(meta.get("fps") or info.fps)
+            if not isinstance(meta, dict):
+                meta = {}
+            problem = check_metadata(meta, info)
+            if problem is not None:  # counted; statistics use the video's own header
+                stats.skipped[problem] += 1
+                log.warning("sample %s in %s: %s (%s)", key, url, problem,
+                            describe_mismatch(meta, info))  # fmt: skip
+            frames, fps = info.frames, info.fps
             stats.frames.append(frames)
             stats.duration.append(frames / fps if fps > 0 else 0.0)
             stats.size.append(f"{first.shape[1]}x{first.shape[2]}")

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from cinemamba.latents import format as fmt
 from cinemamba.latents.clips import ClipConfig, SampleError, decode_clip, to_pixels
+from cinemamba.latents.lock import export_claim
 from cinemamba.latents.stream import read_tar
 from cinemamba_conditioning import TextEncoderConfig, build_text_encoder
 from cinemamba_vae import VideoAutoencoder
@@ -327,6 +328,18 @@ def export_latents(
     names = [fmt.shard_name(i) for i in range(len(sources))]
     out.mkdir(parents=True, exist_ok=True)
     mine = [i for i in range(len(sources)) if i % world == rank]
+    # The ranks of one job claim disjoint shards; a second export into `out` fails here.
+    with export_claim(out, mine, rank, world):
+        report = _export_mine(cfg, rank, src, out, plan, sources, names, mine)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _export_mine(
+    cfg: ExportConfig, rank: int, src: Path, out: Path, plan: dict[str, Any],
+    sources: list[tuple[str, int]], names: list[str], mine: list[int],
+) -> ExportReport:  # fmt: skip
+    """Export shards `mine` (claimed by this process) and write the manifest if complete."""
     todo = [i for i in mine if not (out / names[i]).exists()]
     report = ExportReport(already_done=len(mine) - len(todo))
     if report.already_done:
@@ -373,5 +386,4 @@ def export_latents(
         report.skipped.update(skipped)
     bar.close()
     report.manifest = _finish(cfg, out, names, header)
-    report.seconds = time.perf_counter() - started
     return report

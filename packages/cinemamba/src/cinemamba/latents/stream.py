@@ -13,7 +13,7 @@ every micro-batch holds `batch_size` distinct samples: the replacements come fro
 stream seeded by (seed, rank, b) that starts at a random position, so micro-batch `b` stays a
 function of `b` alone and the stand-ins are spread over the data instead of always being the
 next good sample (issue 14: one key delivered 9 times in a row). With DataLoader workers,
-worker `w` of `n` builds micro-batches `b = w (mod n)`; the DataLoader's round-robin returns
+worker `w` of `n` builds micro-batches `b = start + w (mod n)`; the DataLoader's round-robin returns
 them in order.
 """
 
@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset import tariterators
 
@@ -143,6 +142,22 @@ def _take(
     return True
 
 
+def _take_distinct(
+    decode: Callable[[dict[str, Any], int], dict[str, Any]],
+    position: int,
+    sample: dict[str, Any] | None,
+    items: list[dict[str, Any]],
+    keys: set[str],
+    skipped: Counter | None,
+) -> None:
+    """`_take`, except that a key already in the batch is passed over (not a lost sample: a
+    shard drawn twice in a row, or a stand-in that is already there)."""
+    if sample is not None and sample.get("__key__") in keys:
+        return
+    if _take(decode, position, sample, items, skipped):
+        keys.add(sample["__key__"])
+
+
 def micro_batches(
     stream: SampleStream,
     decode: Callable[[dict[str, Any], int], dict[str, Any]],
@@ -154,7 +169,7 @@ def micro_batches(
     phase: int = 0,
 ) -> Iterator[tuple[Any, dict[str, int]]]:
     """(micro-batch, skipped samples by reason) for `b = start_batch, ...` with
-    `b % every == phase` (one DataLoader worker's share).
+    `b - start_batch = phase (mod every)` (one DataLoader worker's share).
 
     `decode(sample, position)` turns a raw sample into tensors or raises: the sample is
     dropped and counted under the error's `reason` attribute or class name. A micro-batch
@@ -162,9 +177,9 @@ def micro_batches(
     are replaced from `stream.reserve(b)`. `collate(items, b)` makes the batch. The counts
     travel with the batch so they survive worker processes.
     """
-    b = start_batch
-    while b % every != phase:
-        b += 1
+    # Worker `phase` starts `phase` batches after `start_batch`: the DataLoader asks worker
+    # 0 first, so counting phases from 0 (b % every) would swap batches on an odd resume.
+    b = start_batch + phase
     reader = stream(b * batch_size)
     while True:
         first = b * batch_size
@@ -172,20 +187,14 @@ def micro_batches(
         keys: set[str] = set()
         skipped: Counter = Counter()
 
-        def take(position: int, sample: dict[str, Any] | None, counts: Counter | None) -> None:
-            if sample is not None and sample.get("__key__") in keys:
-                return  # the same sample twice in one batch (a shard drawn twice in a row)
-            if _take(decode, position, sample, items, counts):
-                keys.add(sample["__key__"])
-
         for position, sample in reader:
             if position >= first:  # positions before belong to other workers' batches
-                take(position, sample, skipped)
+                _take_distinct(decode, position, sample, items, keys, skipped)
             if position == first + batch_size - 1:
                 break
         if len(items) < batch_size:
             for tries, (position, sample) in enumerate(stream.reserve(b)):
-                take(position, sample, None)
+                _take_distinct(decode, position, sample, items, keys, None)
                 if len(items) == batch_size:
                     break
                 if tries >= MAX_BAD_RUN:
@@ -214,7 +223,7 @@ class _BatchDataset(IterableDataset):
 def batch_loader(make: Callable[[int, int], Iterator[Any]], workers: int) -> Iterator[Any]:
     """Run `make(every, phase)` in `workers` DataLoader processes (0: in this process).
 
-    Worker `w` yields batches with index `= w (mod workers)`, in order; the DataLoader's
+    Worker `w` yields batches `start_batch + w, start_batch + w + workers, ...`, in order; the DataLoader's
     round-robin over workers then restores the global order exactly.
     """
     if workers <= 0:
