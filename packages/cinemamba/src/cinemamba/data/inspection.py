@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import webdataset as wds
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from cinemamba.data.loader import expand_urls
 from cinemamba.data.video import VideoDecodeError, decode_video, probe_video
 from cinemamba.latents.clips import check_metadata, describe_mismatch
+from cinemamba.latents.stream import TruncatedTarError, read_tar
 
 log = logging.getLogger(__name__)
 
@@ -76,55 +76,16 @@ def histogram(values: list[float], bins: int = 8) -> list[dict]:
     ]
 
 
-class _Counted:
-    """A read-only stream wrapper that counts the bytes read (to spot a missing tar end)."""
-
-    def __init__(self, raw):
-        self.raw, self.count = raw, 0
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.raw.read(n)
-        self.count += len(data)
-        return data
-
-
-class _Truncated(tarfile.TarError):
-    pass
-
-
 def _samples(url: str, stats: ShardStats) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """(key, {ext: bytes}) of one shard; a truncated or unreadable shard is counted once.
-
-    Python's streaming tar reader returns short data at a premature end of file instead of
-    raising, so member sizes and the end-of-archive blocks are checked here.
-    """
-    key, fields = None, {}
+    """(key, {ext: bytes}) of one shard; a truncated or unreadable shard is counted once
+    (`read_tar` checks member sizes and the end-of-archive blocks)."""
+    key = None
     try:
-        with wds.gopen(url) as raw:
-            stream = _Counted(raw)
-            with tarfile.open(fileobj=stream, mode="r|*") as tar:
-                for info in tar:
-                    if not info.isreg():
-                        continue
-                    name = info.name.rpartition("/")[2]
-                    k = info.name[: len(info.name) - len(name)] + name.partition(".")[0]
-                    data = tar.extractfile(info).read()
-                    if len(data) != info.size:
-                        raise _Truncated(f"{info.name}: {len(data)} of {info.size} bytes")
-                    if k != key and key is not None:
-                        yield key, fields
-                        fields = {}
-                    key = k
-                    fields[name.partition(".")[2]] = data
-                end = tar.offset
-            while stream.read(1 << 16):
-                pass
-            if key is not None and stream.count - end < 1024:  # no end-of-archive blocks
-                raise _Truncated("tar ends without its end-of-archive blocks")
-        if key is not None:
-            yield key, fields
+        for sample in read_tar(url):
+            key = sample["__key__"]
+            yield key, {k: v for k, v in sample.items() if not k.startswith("__")}
     except (tarfile.TarError, EOFError, OSError) as err:
-        reason = "unreadable_shard" if key is None else "truncated_tar"
+        reason = "truncated_tar" if isinstance(err, TruncatedTarError) else "unreadable_shard"
         log.warning("shard %s: %s after key %r: %s", url, reason, key, err)
         stats.skipped[reason] += 1
 

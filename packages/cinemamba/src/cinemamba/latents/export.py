@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from cinemamba.latents import format as fmt
 from cinemamba.latents.clips import ClipConfig, SampleError, decode_clip, to_pixels
 from cinemamba.latents.lock import export_claim
-from cinemamba.latents.stream import read_tar_checked
+from cinemamba.latents.stream import read_tar
 from cinemamba_conditioning import TextEncoderConfig, build_text_encoder
 from cinemamba_vae import VideoAutoencoder
 
@@ -156,7 +156,7 @@ def _export_shard(
     with open(tmp, "wb") as fh:
         writer = wds.TarWriter(fh, encoder=False, mtime=0.0)
         try:
-            for sample in read_tar_checked(src_url):
+            for sample in read_tar(src_url):
                 key = sample.get("__key__")
                 read += 1
                 if key in seen_keys or (first_home or {}).get(key, index) < index:

@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from webdataset import tariterators
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +65,6 @@ def locate(shards: ShardList, seed: int, rank: int, position: int) -> tuple[int,
         draw += 1
 
 
-def read_tar(url: str) -> Iterator[dict[str, Any]]:
-    """The samples of one tar shard as WebDataset dicts ({"__key__", "ext": bytes, ...})."""
-    source = tariterators.url_opener([{"url": url}])
-    yield from tariterators.group_by_keys(tariterators.tar_file_expander(source))
-
-
 class _CountingReader:
     """A read-only stream wrapper that counts the bytes read (to spot a missing tar end)."""
 
@@ -84,39 +77,50 @@ class _CountingReader:
         return data
 
 
-def read_tar_checked(url: str) -> Iterator[dict[str, Any]]:
-    """`read_tar`, but a tar cut short always raises `tarfile.ReadError`.
+class TruncatedTarError(tarfile.ReadError):
+    """A tar that was readable at first and then ends early (cut short, not merely corrupt)."""
 
-    Python's streaming tar reader takes a tar cut at a header boundary (or inside a header) for
-    a complete one, and WebDataset then delivers the last, partial sample as if whole. Here a
+
+def read_tar(url: str) -> Iterator[dict[str, Any]]:
+    """The samples of one tar shard as WebDataset dicts ({"__key__", "__url__", "ext": bytes});
+    a tar cut short raises `tarfile.ReadError` after its last complete sample
+    (`TruncatedTarError` once at least one member was read).
+
+    Python's streaming tar reader (and so WebDataset's) takes a tar cut at or inside a header
+    for a complete one and delivers the last, partial sample as if whole (issue 14). Here a
     member with short data, or a tar without its end-of-archive blocks, raises instead, and the
-    sample in progress is not delivered (it may be missing members).
+    sample in progress is not delivered (it may lack members).
     """
     key, fields = None, {}
-    with wds.gopen(url) as raw:
-        stream = _CountingReader(raw)
-        with tarfile.open(fileobj=stream, mode="r|*") as tar:
-            for info in tar:
-                if not info.isreg():
-                    continue
-                name = info.name.rpartition("/")[2]
-                k = info.name[: len(info.name) - len(name)] + name.partition(".")[0]
-                data = tar.extractfile(info).read()
-                if len(data) != info.size:
-                    raise tarfile.ReadError(f"{info.name}: {len(data)} of {info.size} bytes")
-                ext = name.partition(".")[2]
-                # a field seen again under the same key starts a second sample with that key
-                # (a duplicate the caller can count), instead of overwriting the first
-                if key is not None and (k != key or ext in fields):
-                    yield {"__key__": key, "__url__": url, **fields}
-                    fields = {}
-                key = k
-                fields[ext] = data
-            end = tar.offset
-        while stream.read(1 << 16):
-            pass
-        if key is not None and stream.count - end < 1024:  # two zero blocks end a tar
-            raise tarfile.ReadError("the tar ends without its end-of-archive blocks")
+    try:
+        with wds.gopen(url) as raw:
+            stream = _CountingReader(raw)
+            with tarfile.open(fileobj=stream, mode="r|*") as tar:
+                for info in tar:
+                    if not info.isreg():
+                        continue
+                    name = info.name.rpartition("/")[2]
+                    k = info.name[: len(info.name) - len(name)] + name.partition(".")[0]
+                    data = tar.extractfile(info).read()
+                    if len(data) != info.size:
+                        raise TruncatedTarError(f"{info.name}: {len(data)} of {info.size} bytes")
+                    ext = name.partition(".")[2]
+                    # a field seen again under the same key starts a second sample with that
+                    # key (a duplicate the caller can count) instead of overwriting the first
+                    if key is not None and (k != key or ext in fields):
+                        yield {"__key__": key, "__url__": url, **fields}
+                        fields = {}
+                    key = k
+                    fields[ext] = data
+                end = tar.offset
+            while stream.read(1 << 16):
+                pass
+            if key is not None and stream.count - end < 1024:  # two zero blocks end a tar
+                raise TruncatedTarError("the tar ends without its end-of-archive blocks")
+    except (tarfile.TarError, EOFError) as err:
+        if key is None or isinstance(err, TruncatedTarError):
+            raise
+        raise TruncatedTarError(f"{type(err).__name__}: {err}") from err
     if key is not None:
         yield {"__key__": key, "__url__": url, **fields}
 
