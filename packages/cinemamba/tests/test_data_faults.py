@@ -51,9 +51,10 @@ def planned_keys(directory: Path, shard: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def truncated(tmp_path_factory) -> tuple[Path, list[str]]:
-    """One shard of 8 samples, cut inside the data of the 6th sample's video."""
+    """One shard of 16 samples, cut inside the data of the 6th sample's video: some batches
+    are partly and some wholly in the missing tail."""
     out = tmp_path_factory.mktemp("trunc")
-    write_synth(out, "train", 8, SceneConfig(frames=6, height=16, width=16), samples_per_shard=8)
+    write_synth(out, "train", 16, SceneConfig(frames=6, height=16, width=16), samples_per_shard=16)
     path = out / "train-000000.tar"
     with tarfile.open(path) as tar:
         cut = tar.getmember(f"{planned_keys(out, path.name)[5]}.mp4").offset_data + 100
@@ -77,10 +78,10 @@ def test_truncated_shard_gives_full_batches_of_distinct_samples(truncated, worke
         assert len(b["key"]) == bs and len(set(b["key"])) == bs
         assert set(b["key"]) <= set(good)
         assert b["video"].shape[0] == bs
-    # one shard of 8 planned samples, read front to back on every draw: position p is
-    # sample p % 8, missing when p % 8 is past the readable part
-    missing = sum(p % 8 >= len(good) for p in range(n * bs))
-    assert sum(b["skipped"].get("missing", 0) for b in batches) == missing == 30
+    # one shard of 16 planned samples, read front to back on every draw: position p is
+    # sample p % 16, missing when p % 16 is past the readable part
+    missing = sum(p % 16 >= len(good) for p in range(n * bs))
+    assert sum(b["skipped"].get("missing", 0) for b in batches) == missing == 55
     # each key's share: every readable key is delivered about n*bs/len(good) = 16 times;
     # the bug handed the same stand-in to every batch in the hole (30+ times for one key)
     counts = Counter(k for b in batches for k in b["key"])
@@ -95,7 +96,7 @@ def test_finite_pass_counts_each_missing_sample_once(truncated):
                                       resampled=False))  # fmt: skip
     keys = [k for b in loader for k in b["key"]]
     assert sorted(keys) == sorted(good)
-    assert loader.skipped["missing"] == 8 - len(good)
+    assert loader.skipped["missing"] == 16 - len(good)
     assert loader.skipped["unreadable_shard"] == 1
 
 
