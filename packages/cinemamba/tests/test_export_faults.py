@@ -116,11 +116,14 @@ def test_duplicate_keys_are_exported_once_and_lying_metadata_is_used(root, tmp_p
     cfg.output = str(tmp_path / "lat")
     report = export_latents(cfg)
     assert sorted(_exported_keys(tmp_path / "lat")) == ["a", "liar"]
-    assert dict(report.skipped) == {
-        "duplicate_key": 2, "metadata_mismatch": 1, "bad_caption_encoding": 1,
-    }  # fmt: skip
+    assert dict(report.skipped) == {"duplicate_key": 2, "bad_caption_encoding": 1}
+    assert dict(report.warnings) == {"metadata_mismatch": 1}
     manifest = json.loads((tmp_path / "lat" / "latents.json").read_text())
     assert manifest["skipped"] == dict(report.skipped) and manifest["samples"] == 2
+    assert manifest["warnings"] == {"metadata_mismatch": 1}
+    liar = next(s for s in read_tar(str(tmp_path / "lat" / "latents-000000.tar"))
+                if s["__key__"] == "liar")  # fmt: skip
+    assert json.loads(liar["json"])["source"]["frames"] == 999  # as declared, kept for the record
 
 
 def test_truncated_latent_shard_gives_full_distinct_batches(root, tmp_path):

@@ -40,6 +40,7 @@ class ShardStats:
     bytes: list[int] = field(default_factory=list)
     caption_words: list[int] = field(default_factory=list)
     skipped: Counter = field(default_factory=Counter)
+    warnings: Counter = field(default_factory=Counter)  # good samples with lying KEY.json
 
     def summary(self) -> dict:
         """JSON-ready summary: counts, min/mean/max per quantity, histograms."""
@@ -54,6 +55,7 @@ class ShardStats:
             "samples": self.samples,
             "good": len(self.frames),
             "skipped": dict(self.skipped),
+            "warnings": dict(self.warnings),
             "frames": stats(self.frames),
             "duration_s": stats(self.duration),
             "video_bytes": stats(self.bytes),
@@ -135,7 +137,7 @@ def inspect_shards(
                 meta = {}
             problem = check_metadata(meta, info)
             if problem is not None:  # counted; statistics use the video's own header
-                stats.skipped[problem] += 1
+                stats.warnings[problem] += 1
                 log.warning("sample %s in %s: %s (%s)", key, url, problem,
                             describe_mismatch(meta, info))  # fmt: skip
             frames, fps = info.frames, info.fps
@@ -181,6 +183,12 @@ def format_report(summary: dict) -> str:
     lines.append(
         "bad samples: " + (", ".join(f"{k}={v}" for k, v in sorted(skipped.items())) or "none")
     )
+    warned = summary.get("warnings") or {}
+    if warned:
+        lines.append(
+            "metadata warnings (samples kept, header values used): "
+            + ", ".join(f"{k}={v}" for k, v in sorted(warned.items()))
+        )
     for name in ("frames", "duration_s", "video_bytes", "caption_words"):
         s = summary[name]
         if s:

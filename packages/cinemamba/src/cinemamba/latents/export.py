@@ -73,6 +73,8 @@ class ExportReport:
     already_done: int = 0  # shards of this rank skipped because they were complete
     samples: int = 0  # samples written by this call
     skipped: Counter = field(default_factory=Counter)  # bad inputs by reason (this call)
+    # samples exported despite a counted problem (metadata_mismatch, implausible_metadata)
+    warnings: Counter = field(default_factory=Counter)
     manifest: Path | None = None  # set when the shard set is complete
     seconds: float = 0.0
 
@@ -136,13 +138,15 @@ def _export_shard(
     expected: int | None = None,
     first_home: Mapping[str, int] | None = None,
 ) -> tuple[int, Counter]:
-    """Write one latent shard (tmp name, stats sidecar, rename); returns (samples, skipped).
+    """Write one latent shard (tmp name, stats sidecar, rename); returns (samples, skipped,
+    warnings): counts by reason of samples left out, and of samples exported with a warning.
 
     `expected` is the source plan's sample count (samples it promised but the tar did not
     deliver are counted as "missing"); `first_home` maps each planned key to the first shard
     that holds it, so a key repeated later in the plan is exported once (issue 14).
     """
     skipped: Counter = Counter()
+    warnings: Counter = Counter()
     seen_keys: set[str] = set()
     read = 0  # samples the source tar delivered (good or bad)
     error = ""
@@ -167,8 +171,7 @@ def _export_shard(
                 seen_keys.add(key)
                 try:
                     frames, caption, meta = decode_clip(sample, clip, rng)
-                    for warning in meta.pop("warnings", ()):
-                        skipped[warning] += 1  # counted, the sample is still exported
+                    warnings.update(meta.pop("warnings", ()))  # the sample is still exported
                 except SampleError as err:
                     skipped[err.reason] += 1
                     log.warning("skipping %s: %s", key, err)
@@ -215,14 +218,15 @@ def _export_shard(
                       "error": error or "the tar ends before its planned samples"}  # fmt: skip
         log.warning("source shard %s is incomplete: %d of %s planned samples read (%s)",
                     src_name, read, expected, incomplete["error"])  # fmt: skip
-    stats = {"samples": written, "skipped": dict(skipped), "count": count,
+    stats = {"samples": written, "skipped": dict(skipped), "warnings": dict(warnings),
+             "count": count,
              "sum": s1.tolist(), "sumsq": s2.tolist(), "incomplete": incomplete}  # fmt: skip
     side = dst.with_name(dst.name + fmt.STATS_SUFFIX)
     side_tmp = side.with_name(side.name + ".tmp")
     side_tmp.write_text(json.dumps(stats))
     side_tmp.replace(side)
     tmp.replace(dst)  # last: the shard counts as done only once everything is in place
-    return written, skipped
+    return written, skipped, warnings
 
 
 def _write_null_text(enc: _Encoders, out: Path) -> None:
@@ -241,7 +245,7 @@ def _write_null_text(enc: _Encoders, out: Path) -> None:
 
 def _finish(cfg: ExportConfig, out: Path, names: list[str], header: dict) -> Path | None:
     """Write the manifest if every shard is complete (any process may; the content is the same)."""
-    shards, skipped, incomplete = [], Counter(), []
+    shards, skipped, warnings, incomplete = [], Counter(), Counter(), []
     s1 = s2 = None
     count = 0
     for name in names:
@@ -251,6 +255,7 @@ def _finish(cfg: ExportConfig, out: Path, names: list[str], header: dict) -> Pat
         st = json.loads(side.read_text())
         shards.append({"name": name, "samples": st["samples"], "skipped": st["skipped"]})
         skipped.update(st["skipped"])
+        warnings.update(st.get("warnings", {}))
         if st.get("incomplete"):
             incomplete.append(st["incomplete"])
         s1 = np.array(st["sum"]) if s1 is None else s1 + np.array(st["sum"])
@@ -265,6 +270,7 @@ def _finish(cfg: ExportConfig, out: Path, names: list[str], header: dict) -> Pat
         "shards": shards,
         "samples": sum(s["samples"] for s in shards),
         "skipped": dict(skipped),
+        "warnings": dict(warnings),  # exported samples whose KEY.json disagreed with the video
         "incomplete_sources": incomplete,  # source shards that ended early (truncated tars)
         # Statistics of the exported (already normalised) latents: ~0 / ~1 when the VAE's
         # latent_mean/latent_std fit this data; far off means the VAE stats need refitting.
@@ -377,13 +383,14 @@ def _export_mine(
     bar = tqdm(total=total, desc=f"export rank {rank}", unit="video", disable=not cfg.progress)
     for i in todo:
         name, expected = sources[i]
-        n, skipped = _export_shard(
+        n, skipped, warnings = _export_shard(
             enc, str(src / name), name, out / names[i], cfg.clip, bar,
             index=i, expected=expected, first_home=first_home,
         )  # fmt: skip
         report.written.append(out / names[i])
         report.samples += n
         report.skipped.update(skipped)
+        report.warnings.update(warnings)
     bar.close()
     report.manifest = _finish(cfg, out, names, header)
     return report
