@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from cinemamba.cli import main
 from cinemamba.data.shards import sample_to_tar_entries, write_shards
 from cinemamba.data.synth import SceneConfig
 from cinemamba.data.synth_video import write_synth
@@ -171,10 +172,11 @@ def test_truncated_latent_shard_gives_full_distinct_batches(root, tmp_path):
 
 
 HOLD = """
-import sys, time
+import json, sys
 from pathlib import Path
 from cinemamba.latents.lock import export_claim
-out, shards, rank, world = Path(sys.argv[1]), eval(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+out, shards = Path(sys.argv[1]), json.loads(sys.argv[2])
+rank, world = int(sys.argv[3]), int(sys.argv[4])
 with export_claim(out, shards, rank, world):
     print("held", flush=True)
     sys.stdin.readline()
@@ -183,14 +185,14 @@ with export_claim(out, shards, rank, world):
 
 def _hold(out: Path, shards: list[int], rank: int, world: int) -> subprocess.Popen:
     proc = subprocess.Popen(
-        [sys.executable, "-c", HOLD, str(out), repr(shards), str(rank), str(world)],
+        [sys.executable, "-c", HOLD, str(out), json.dumps(shards), str(rank), str(world)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=os.environ.copy(),
     )  # fmt: skip
     assert proc.stdout.readline().strip() == "held"
     return proc
 
 
-def test_second_export_into_one_folder_fails_naming_the_first(root, tmp_path):
+def test_second_export_into_one_folder_fails_naming_the_first(root, tmp_path, capsys):
     out = tmp_path / "lat"
     out.mkdir()
     holder = _hold(out, [0, 1, 2, 3], 0, 1)  # another process exporting all 4 shards
@@ -201,6 +203,12 @@ def test_second_export_into_one_folder_fails_naming_the_first(root, tmp_path):
                            rf"started .*\) is writing to {out}"):  # fmt: skip
             export_latents(cfg)
         assert not list(out.glob("latents-*"))  # nothing written by the loser
+        # the command line ends with one error line, no traceback
+        code = main(["export-latents", f"input={cfg.input}", f"output={out}", f"vae={cfg.vae}",
+                     "text_encoder.random_init_seed=0", "clip.frames=9", "progress=false"])  # fmt: skip
+        err = capsys.readouterr().err
+        assert code == 2 and f"another export (pid {holder.pid}, started" in err
+        assert "Traceback" not in err
     finally:
         holder.communicate("\n")
     # two ranks of one job claim disjoint shards and run side by side

@@ -10,7 +10,7 @@ Who holds a claim is recorded in `.export-owners/HOST-PID.json` (pid, host, star
 world), because the kernel lock itself does not say. The kernel drops a dead process's locks,
 so a lock is never stale on a local file system; an owner record left by a process that is gone
 from this host is removed with a log line. Record locks on NFS need a working lock daemon
-(`lockd`); without one the claim is not exclusive.
+(`lockd`); where the file system cannot lock at all the export runs with a warning.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 LOCK_NAME = ".export.lock"
 OWNERS_DIR = ".export-owners"
+_NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)  # the file system cannot lock
 
 
 class ExportLockedError(RuntimeError):
@@ -76,8 +77,8 @@ def _describe(out: Path, me: int, host: str) -> str:
     rec = others[0]
     where = "" if rec.get("host") == host else f" on {rec.get('host')}"
     return (
-        f"another export (pid {rec.get('pid')}{where}, started {rec.get('started')}, rank "
-        f"{rec.get('rank')} of {rec.get('world')}) is writing to {out}"
+        f"another export (pid {rec.get('pid')}{where}, started {rec.get('started')}) is writing "
+        f"to {out} (its rank {rec.get('rank')} of {rec.get('world')})"
     )
 
 
@@ -99,6 +100,12 @@ def export_claim(out: Path, shards: Sequence[int], rank: int, world: int) -> Ite
             try:
                 fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, i, os.SEEK_SET)
             except OSError as err:
+                if err.errno in _NO_LOCKS:  # e.g. NFS without lockd: run, but say so
+                    log.warning(
+                        "cannot lock %s (%s): this export is not protected against a second "
+                        "export into the same folder", out / LOCK_NAME, err,
+                    )  # fmt: skip
+                    break
                 if err.errno not in (errno.EACCES, errno.EAGAIN):
                     raise
                 raise ExportLockedError(
