@@ -10,7 +10,9 @@ Who holds a claim is recorded in `.export-owners/HOST-PID.json` (pid, host, star
 world), because the kernel lock itself does not say. The kernel drops a dead process's locks,
 so a lock is never stale on a local file system; an owner record left by a process that is gone
 from this host is removed with a log line. Record locks on NFS need a working lock daemon
-(`lockd`); where the file system cannot lock at all the export runs with a warning.
+(`lockd`); where the file system cannot lock at all the export runs with a warning. Record
+locks belong to a process, so two exports started from threads of one process do not exclude
+each other (run exports as separate processes, as the command line does).
 """
 
 from __future__ import annotations
@@ -68,18 +70,21 @@ def _drop_stale(out: Path, host: str) -> None:
             path.unlink(missing_ok=True)
 
 
-def _describe(out: Path, me: int, host: str) -> str:
-    others = [
-        rec for _, rec in _owners(out) if not (rec.get("pid") == me and rec.get("host") == host)
-    ]
-    if not others:
-        return f"another export (owner not recorded yet) is writing to {out}"
-    rec = others[0]
-    where = "" if rec.get("host") == host else f" on {rec.get('host')}"
-    return (
-        f"another export (pid {rec.get('pid')}{where}, started {rec.get('started')}) is writing "
-        f"to {out} (its rank {rec.get('rank')} of {rec.get('world')})"
-    )
+def _describe(out: Path, me: int, host: str, shards: Sequence[int]) -> str:
+    """'another export (pid N, started T) is writing to OUT' for a live owner whose share
+    overlaps `shards` (another rank of one's own job never does)."""
+    for _, rec in _owners(out):
+        if rec.get("pid") == me and rec.get("host") == host:
+            continue
+        rank, world = int(rec.get("rank", 0)), max(1, int(rec.get("world", 1)))
+        if not any(i % world == rank for i in shards):
+            continue
+        where = "" if rec.get("host") == host else f" on {rec.get('host')}"
+        return (
+            f"another export (pid {rec.get('pid')}{where}, started {rec.get('started')}) is "
+            f"writing to {out} (its rank {rank} of {world})"
+        )
+    return f"another export (owner not recorded) is writing to {out}"
 
 
 @contextmanager
@@ -96,6 +101,13 @@ def export_claim(out: Path, shards: Sequence[int], rank: int, world: int) -> Ite
     # the file is opened once here and nowhere else.
     fd = os.open(out / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
     try:
+        # The record goes first, so whoever holds a claim is always recorded when a second
+        # export looks for it.
+        started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        info = {"pid": pid, "host": host, "started": started, "rank": rank, "world": world}
+        tmp = record.with_name(record.name + ".tmp")
+        tmp.write_text(json.dumps(info))
+        tmp.replace(record)
         for i in shards:
             try:
                 fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, i, os.SEEK_SET)
@@ -109,14 +121,9 @@ def export_claim(out: Path, shards: Sequence[int], rank: int, world: int) -> Ite
                 if err.errno not in (errno.EACCES, errno.EAGAIN):
                     raise
                 raise ExportLockedError(
-                    f"{_describe(out, pid, host)}; wait for it to finish or export to another "
+                    f"{_describe(out, pid, host, shards)}; wait for it to finish or export to another "
                     f"folder (this process: pid {pid}, rank {rank} of {world})"
                 ) from None
-        started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        info = {"pid": pid, "host": host, "started": started, "rank": rank, "world": world}
-        tmp = record.with_name(record.name + ".tmp")
-        tmp.write_text(json.dumps(info))
-        tmp.replace(record)
         yield
     finally:
         record.unlink(missing_ok=True)
