@@ -145,3 +145,12 @@ def test_inspect_statistics_come_from_the_video_header(tmp_path):
     assert summary["frames"] == {"min": 10.0, "mean": 10.0, "max": 10.0}
     assert summary["skipped"] == {"bad_caption_encoding": 1, "duplicate_key": 1}
     assert summary["warnings"] == {"metadata_mismatch": 1, "implausible_metadata": 1}
+
+
+def test_a_set_smaller_than_a_batch_still_fills_it(truncated):
+    """5 readable samples, batch of 8: distinct keys are impossible, so the batch repeats
+    readable samples instead of failing."""
+    out, good = truncated
+    it = VideoLoader(LoaderConfig(str(out), ClipConfig(frames=3, start="first"), 8)).batches()
+    batch = next(it)
+    assert len(batch["key"]) == 8 and set(batch["key"]) == set(good)

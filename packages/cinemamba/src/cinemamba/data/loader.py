@@ -156,6 +156,11 @@ class ShuffledStream:
         """Counts of the underlying stream (unreadable shards)."""
         return self.stream.skipped
 
+    @property
+    def shards(self) -> ShardList:
+        """The shard list of the underlying stream."""
+        return self.stream.shards
+
     def reserve(self, batch: int) -> Iterator[tuple[int, dict[str, Any] | None]]:
         """Stand-ins for micro-batch `batch` (see `SampleStream.reserve`)."""
         return self.stream.reserve(batch)

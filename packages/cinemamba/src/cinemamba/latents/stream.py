@@ -248,16 +248,19 @@ def micro_batches(
             if position == first + batch_size - 1:
                 break
         if len(items) < batch_size:
+            # After one pass over the data without enough distinct samples, the usable set is
+            # smaller than a batch: repeats are then the only way to fill it.
+            one_pass = sum(stream.shards.counts)
             for tries, (position, sample) in enumerate(stream.reserve(b)):
-                _take_distinct(decode, position, sample, items, keys, None)
+                distinct = keys if tries < one_pass else set()
+                _take_distinct(decode, position, sample, items, distinct, None)
                 if len(items) == batch_size:
                     break
-                if tries >= MAX_BAD_RUN:
+                if tries >= max(MAX_BAD_RUN, one_pass):
                     raise RuntimeError(
-                        f"micro-batch {b}: found {len(items)} of {batch_size} distinct usable "
-                        f"samples in {MAX_BAD_RUN} samples of the stream (skipped: "
-                        f"{dict(skipped)}); the shards are unusable or hold fewer distinct "
-                        "samples than the batch size"
+                        f"micro-batch {b}: found {len(items)} of {batch_size} usable samples "
+                        f"in {tries + 1} samples of the stream (skipped: {dict(skipped)}); "
+                        "the shards are unusable"
                     )
         skipped.update(stream.skipped)
         stream.skipped.clear()
