@@ -102,12 +102,12 @@ def test_interrupted_export_resumes_and_skips_finished_shards(
     real = export_mod._export_shard
     calls = []
 
-    def crash_on_second(enc, src_url, src_name, dst, clip, bar):
+    def crash_on_second(enc, src_url, src_name, dst, clip, bar, **kw):
         calls.append(dst.name)
         if len(calls) == 2:
             dst.with_name(dst.name + ".tmp").write_bytes(b"half a shard")
             raise KeyboardInterrupt  # the process dies mid-shard
-        return real(enc, src_url, src_name, dst, clip, bar)
+        return real(enc, src_url, src_name, dst, clip, bar, **kw)
 
     monkeypatch.setattr(export_mod, "_export_shard", crash_on_second)
     with pytest.raises(KeyboardInterrupt):

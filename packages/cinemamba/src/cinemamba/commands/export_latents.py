@@ -1,16 +1,19 @@
 """`cinemamba export-latents [--config FILE] key=value ...`: raw video shards -> latent shards.
 
 Run one process per share: `--rank/--world-size`, or under torchrun / SLURM (RANK, WORLD_SIZE
-or SLURM_PROCID, SLURM_NTASKS). Re-running resumes: finished shards are skipped.
+or SLURM_PROCID, SLURM_NTASKS). Re-running resumes: finished shards are skipped. A second
+export into a folder another export is writing to stops at once, naming the other process.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 from cinemamba.config import load_config, to_object
 from cinemamba.latents.export import ExportConfig, export_latents
+from cinemamba.latents.lock import ExportLockedError
 
 NAME = "export-latents"
 HELP = "encode video shards into latent shards (VAE latents + text embeddings) for fast training"
@@ -35,7 +38,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Export this process's shards; print what was done."""
     cfg: ExportConfig = to_object(load_config(ExportConfig, args.config, args.overrides))
-    report = export_latents(cfg, rank=args.rank, world_size=args.world_size)
+    try:
+        report = export_latents(cfg, rank=args.rank, world_size=args.world_size)
+    except ExportLockedError as err:  # another export holds the folder: one line, no trace
+        print(f"cinemamba {NAME}: error: {err}", file=sys.stderr)
+        return 2
     log.info(
         "wrote %d shards (%d samples) in %.1f s; %d shards were already complete; skipped %s",
         len(report.written), report.samples, report.seconds, report.already_done,

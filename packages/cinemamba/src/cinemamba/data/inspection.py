@@ -1,8 +1,9 @@
 """`cinemamba data inspect`: what a shard set holds, what is wrong with it, and how it looks.
 
-Reads every sample once: counts samples and bad samples by reason (the loader's reasons),
-collects frames / duration / size / caption-length statistics from each sample's metadata
-(probing the video header when `KEY.json` lacks them), and draws a PNG contact sheet of the
+Reads every sample once: counts samples and bad samples by reason (the loader's reasons, and
+`duplicate_key` for a key seen before), collects frames / duration / size / caption-length
+statistics from each video's own header (declared `KEY.json` values that disagree are counted
+as `metadata_mismatch` or `implausible_metadata`, never averaged in), and draws a PNG contact sheet of the
 first few good clips (evenly spaced frames, one row per clip, caption underneath).
 """
 
@@ -17,12 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import webdataset as wds
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from cinemamba.data.loader import expand_urls
 from cinemamba.data.video import VideoDecodeError, decode_video, probe_video
+from cinemamba.latents.clips import check_metadata, describe_mismatch
+from cinemamba.latents.stream import TruncatedTarError, read_tar
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,7 @@ class ShardStats:
     bytes: list[int] = field(default_factory=list)
     caption_words: list[int] = field(default_factory=list)
     skipped: Counter = field(default_factory=Counter)
+    warnings: Counter = field(default_factory=Counter)  # good samples with lying KEY.json
 
     def summary(self) -> dict:
         """JSON-ready summary: counts, min/mean/max per quantity, histograms."""
@@ -52,6 +55,7 @@ class ShardStats:
             "samples": self.samples,
             "good": len(self.frames),
             "skipped": dict(self.skipped),
+            "warnings": dict(self.warnings),
             "frames": stats(self.frames),
             "duration_s": stats(self.duration),
             "video_bytes": stats(self.bytes),
@@ -74,55 +78,16 @@ def histogram(values: list[float], bins: int = 8) -> list[dict]:
     ]
 
 
-class _Counted:
-    """A read-only stream wrapper that counts the bytes read (to spot a missing tar end)."""
-
-    def __init__(self, raw):
-        self.raw, self.count = raw, 0
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.raw.read(n)
-        self.count += len(data)
-        return data
-
-
-class _Truncated(tarfile.TarError):
-    pass
-
-
 def _samples(url: str, stats: ShardStats) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """(key, {ext: bytes}) of one shard; a truncated or unreadable shard is counted once.
-
-    Python's streaming tar reader returns short data at a premature end of file instead of
-    raising, so member sizes and the end-of-archive blocks are checked here.
-    """
-    key, fields = None, {}
+    """(key, {ext: bytes}) of one shard; a truncated or unreadable shard is counted once
+    (`read_tar` checks member sizes and the end-of-archive blocks)."""
+    key = None
     try:
-        with wds.gopen(url) as raw:
-            stream = _Counted(raw)
-            with tarfile.open(fileobj=stream, mode="r|*") as tar:
-                for info in tar:
-                    if not info.isreg():
-                        continue
-                    name = info.name.rpartition("/")[2]
-                    k = info.name[: len(info.name) - len(name)] + name.partition(".")[0]
-                    data = tar.extractfile(info).read()
-                    if len(data) != info.size:
-                        raise _Truncated(f"{info.name}: {len(data)} of {info.size} bytes")
-                    if k != key and key is not None:
-                        yield key, fields
-                        fields = {}
-                    key = k
-                    fields[name.partition(".")[2]] = data
-                end = tar.offset
-            while stream.read(1 << 16):
-                pass
-            if key is not None and stream.count - end < 1024:  # no end-of-archive blocks
-                raise _Truncated("tar ends without its end-of-archive blocks")
-        if key is not None:
-            yield key, fields
+        for sample in read_tar(url):
+            key = sample["__key__"]
+            yield key, {k: v for k, v in sample.items() if not k.startswith("__")}
     except (tarfile.TarError, EOFError, OSError) as err:
-        reason = "unreadable_shard" if key is None else "truncated_tar"
+        reason = "truncated_tar" if isinstance(err, TruncatedTarError) else "unreadable_shard"
         log.warning("shard %s: %s after key %r: %s", url, reason, key, err)
         stats.skipped[reason] += 1
 
@@ -138,11 +103,20 @@ def inspect_shards(
     """Statistics of every sample of `spec`, and up to `contact_clips` (frames, caption) rows."""
     stats = ShardStats()
     rows: list[tuple[np.ndarray, str]] = []
+    seen: set[str] = set()
     for url in tqdm(expand_urls(spec), desc="inspect", unit="shard"):
         for key, fields in _samples(url, stats):
             stats.samples += 1
+            if key in seen:
+                _bad(stats, "duplicate_key", key, url, "key seen before (export keeps the first)")
+                continue
+            seen.add(key)
             video = fields.get("mp4")
-            caption = fields.get("txt", b"").decode("utf-8", "replace").strip()
+            try:
+                caption = fields.get("txt", b"").decode("utf-8").strip()
+            except UnicodeDecodeError as err:
+                _bad(stats, "bad_caption_encoding", key, url, f"caption is not UTF-8: {err}")
+                continue
             if video is None:
                 _bad(stats, "no_video", key, url, f"fields {sorted(fields)}")
                 continue
@@ -159,8 +133,14 @@ def inspect_shards(
             except (ValueError, VideoDecodeError) as err:
                 _bad(stats, "undecodable", key, url, str(err))
                 continue
-            frames = int(meta.get("frames") or info.frames)
-            fps = float(meta.get("fps") or info.fps)
+            if not isinstance(meta, dict):
+                meta = {}
+            problem = check_metadata(meta, info)
+            if problem is not None:  # counted; statistics use the video's own header
+                stats.warnings[problem] += 1
+                log.warning("sample %s in %s: %s (%s)", key, url, problem,
+                            describe_mismatch(meta, info))  # fmt: skip
+            frames, fps = info.frames, info.fps
             stats.frames.append(frames)
             stats.duration.append(frames / fps if fps > 0 else 0.0)
             stats.size.append(f"{first.shape[1]}x{first.shape[2]}")
@@ -203,6 +183,12 @@ def format_report(summary: dict) -> str:
     lines.append(
         "bad samples: " + (", ".join(f"{k}={v}" for k, v in sorted(skipped.items())) or "none")
     )
+    warned = summary.get("warnings") or {}
+    if warned:
+        lines.append(
+            "metadata warnings (samples kept, header values used): "
+            + ", ".join(f"{k}={v}" for k, v in sorted(warned.items()))
+        )
     for name in ("frames", "duration_s", "video_bytes", "caption_words"):
         s = summary[name]
         if s:

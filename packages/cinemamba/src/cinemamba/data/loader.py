@@ -105,12 +105,15 @@ def _plan_counts(urls: list[str]) -> dict[str, int]:
 
 
 def count_samples(url: str) -> int:
-    """Number of samples in one shard (reads it once; 0 when it cannot be read)."""
+    """Number of readable samples in one shard (reads it once; a truncated shard counts the
+    samples before the damage)."""
+    n = 0
     try:
-        return sum(1 for _ in read_tar(url))
-    except Exception as err:  # an unreadable shard is counted as empty and reported
-        log.warning("cannot count samples of shard %s: %s", url, err)
-        return 0
+        for _ in read_tar(url):
+            n += 1
+    except Exception as err:  # an unreadable tail is reported, the readable part still used
+        log.warning("shard %s unreadable after %d samples: %s", url, n, err)
+    return n
 
 
 def resolve_shards(spec: str, url_prefix: str = "") -> ShardList:
@@ -152,6 +155,15 @@ class ShuffledStream:
     def skipped(self) -> Counter:
         """Counts of the underlying stream (unreadable shards)."""
         return self.stream.skipped
+
+    @property
+    def shards(self) -> ShardList:
+        """The shard list of the underlying stream."""
+        return self.stream.shards
+
+    def reserve(self, batch: int) -> Iterator[tuple[int, dict[str, Any] | None]]:
+        """Stand-ins for micro-batch `batch` (see `SampleStream.reserve`)."""
+        return self.stream.reserve(batch)
 
     def __call__(self, start: int) -> Iterator[tuple[int, dict[str, Any] | None]]:
         """Yield (position, sample) from `start` on."""
@@ -244,7 +256,9 @@ class VideoLoader:
         rank = self.rank if self.cfg.resampled else 0
         rng = np.random.default_rng([self.cfg.seed, rank, position])
         frames, caption, meta = decode_clip(sample, self.cfg.clip, rng)
-        return {"frames": frames, "caption": caption, "meta": meta, "key": sample["__key__"]}
+        warnings = meta.pop("warnings", [])  # counted by `_take`; the sample is used
+        return {"frames": frames, "caption": caption, "meta": meta, "key": sample["__key__"],
+                "warnings": warnings}  # fmt: skip
 
     def _resampled(self, start_batch: int, every: int, phase: int) -> Iterator[dict[str, Any]]:
         stream: Any = SampleStream(self.shards, self.cfg.seed, self.rank)
@@ -281,13 +295,18 @@ class VideoLoader:
             for index in mine:
                 url = self.shards.urls[index]
                 position = index << 32  # a per-sample seed that does not depend on the split
+                read = 0
                 try:
                     for sample in read_tar(url):
                         yield position, sample
                         position += 1
+                        read += 1
                 except Exception as err:  # truncated tar, vanished file, failed pipe
-                    log.warning("shard %s unreadable: %s", url, err)
+                    log.warning("shard %s unreadable after %d samples: %s", url, read, err)
                     skipped["unreadable_shard"] += 1
+                # each sample the shard promised but did not deliver, counted once
+                if read < self.shards.counts[index]:
+                    skipped["missing"] += self.shards.counts[index] - read
 
         def emit() -> dict[str, Any]:
             nonlocal items, skipped

@@ -7,6 +7,7 @@ Both paths call `decode_clip` with the same `ClipConfig`, so a latent exported w
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +16,8 @@ import torch
 from einops import rearrange
 
 from cinemamba.data.video import VideoDecodeError, VideoInfo, decode_video, probe_video
+
+log = logging.getLogger(__name__)
 
 CLIP_STARTS = ("random", "first")
 CLIP_CROPS = ("none", "center", "random")
@@ -69,6 +72,56 @@ class ClipConfig:
             )
 
 
+# Declared values outside these bounds are not believed at all (a 2.5e10-frame video is a
+# broken writer, not a long video); inside them they must still agree with the header.
+PLAUSIBLE = {"frames": 10_000_000, "fps": 10_000.0, "height": 65_536, "width": 65_536}
+METADATA_FIELDS = ("frames", "fps", "height", "width")
+
+
+def decode_caption(data: bytes, key: Any) -> str:
+    """A caption as text; bytes that are not UTF-8 are a counted skip, never trained on as
+    replacement characters (issue 14)."""
+    try:
+        caption = bytes(data).decode("utf-8").strip()
+    except UnicodeDecodeError as err:
+        raise SampleError(
+            "bad_caption_encoding", f"sample {key!r}: caption is not UTF-8 ({err})"
+        ) from None
+    if not caption:
+        raise SampleError("no_caption", f"sample {key!r} has no caption")
+    return caption
+
+
+def check_metadata(meta: dict[str, Any], info: VideoInfo) -> str | None:
+    """Why declared `meta` (KEY.json) cannot be trusted against the video header `info`:
+    "implausible_metadata" (not a positive number within `PLAUSIBLE`), "metadata_mismatch"
+    (differs from the header), or None (absent or agreeing)."""
+    mismatch = False
+    for name in METADATA_FIELDS:
+        if name not in meta or meta[name] is None:
+            continue
+        value = meta[name]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return "implausible_metadata"
+        if not (0 < value <= PLAUSIBLE[name]):  # also rejects NaN
+            return "implausible_metadata"
+        true = getattr(info, name)
+        if name == "fps":
+            mismatch |= abs(value - true) > 1e-3 * true
+        else:
+            mismatch |= value != true
+    return "metadata_mismatch" if mismatch else None
+
+
+def describe_mismatch(meta: dict[str, Any], info: VideoInfo) -> str:
+    """'declared frames=999, video has 12; ...' for a log line."""
+    return "; ".join(
+        f"declared {n}={meta[n]!r}, video has {getattr(info, n)}"
+        for n in METADATA_FIELDS
+        if n in meta and meta[n] != getattr(info, n)
+    )
+
+
 def to_pixels(frames: torch.Tensor) -> torch.Tensor:
     """uint8 `(..., T, H, W, 3)` -> float `(..., 3, T, H, W)` in [-1, 1] (on frames' device).
 
@@ -84,26 +137,33 @@ def decode_clip(
 ) -> tuple[torch.Tensor, str, dict[str, Any]]:
     """(uint8 frames `(T, H, W, 3)`, caption, metadata) of one raw WebDataset sample.
 
-    Raises SampleError (reason "no_video", "no_caption", "undecodable", "too_short").
+    Raises SampleError (reason "no_video", "no_caption", "bad_caption_encoding",
+    "undecodable", "too_short"). Declared metadata (KEY.json) that disagrees with the video's
+    header is reported in `meta["warnings"]` ("metadata_mismatch", "implausible_metadata").
     """
     key = sample.get("__key__")
     data = sample.get("mp4")
     if data is None:
         raise SampleError("no_video", f"sample {key!r} has no .mp4")
-    caption = sample.get("txt", b"").decode("utf-8", errors="replace").strip()
-    if not caption:
-        raise SampleError("no_caption", f"sample {key!r} has no caption")
+    caption = decode_caption(sample.get("txt", b""), key)
     try:
         meta = json.loads(sample["json"]) if "json" in sample else {}
     except (json.JSONDecodeError, UnicodeDecodeError):
         meta = {}
+    if not isinstance(meta, dict):
+        meta = {}
     try:
-        if meta.get("frames") and meta.get("fps") and meta.get("height") and meta.get("width"):
-            info = VideoInfo(int(meta["frames"]), float(meta["fps"]), meta["height"], meta["width"])
-        else:
-            info = probe_video(bytes(data))
-    except (VideoDecodeError, TypeError, ValueError) as err:
+        # The video's own header, not KEY.json, decides what is decoded: a JSON that claims
+        # 999 frames must not turn a good video into an "undecodable" one (issue 14).
+        info = probe_video(bytes(data))
+    except VideoDecodeError as err:
         raise SampleError("undecodable", f"sample {key!r}: {err}") from None
+    warnings = []
+    problem = check_metadata(meta, info)
+    if problem is not None:
+        warnings.append(problem)
+        log.warning("sample %r: %s (%s); using the video's own header", key, problem,
+                    describe_mismatch(meta, info))  # fmt: skip
     stride = clip.stride
     if clip.fps > 0 and info.fps > 0:
         stride = max(1, round(info.fps / clip.fps))
@@ -126,11 +186,10 @@ def decode_clip(
         top, left = box
         frames = frames[:, top : top + clip.height, left : left + clip.width]
     clip_info = {"start": start, "stride": stride, "frames": clip.frames}
-    return (
-        torch.from_numpy(np.ascontiguousarray(frames)),
-        caption,
-        {"clip": clip_info, "source": meta},
-    )
+    out_meta: dict[str, Any] = {"clip": clip_info, "source": meta}
+    if warnings:
+        out_meta["warnings"] = warnings  # callers count these; the sample is still used
+    return torch.from_numpy(np.ascontiguousarray(frames)), caption, out_meta
 
 
 def _resize_and_crop(

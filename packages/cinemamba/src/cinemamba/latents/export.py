@@ -16,8 +16,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tarfile
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,7 @@ from tqdm.auto import tqdm
 
 from cinemamba.latents import format as fmt
 from cinemamba.latents.clips import ClipConfig, SampleError, decode_clip, to_pixels
+from cinemamba.latents.lock import export_claim
 from cinemamba.latents.stream import read_tar
 from cinemamba_conditioning import TextEncoderConfig, build_text_encoder
 from cinemamba_vae import VideoAutoencoder
@@ -70,6 +73,8 @@ class ExportReport:
     already_done: int = 0  # shards of this rank skipped because they were complete
     samples: int = 0  # samples written by this call
     skipped: Counter = field(default_factory=Counter)  # bad inputs by reason (this call)
+    # samples exported despite a counted problem (metadata_mismatch, implausible_metadata)
+    warnings: Counter = field(default_factory=Counter)
     manifest: Path | None = None  # set when the shard set is complete
     seconds: float = 0.0
 
@@ -122,10 +127,29 @@ class _Encoders:
 
 
 def _export_shard(
-    enc: _Encoders, src_url: str, src_name: str, dst: Path, clip: ClipConfig, bar
+    enc: _Encoders,
+    src_url: str,
+    src_name: str,
+    dst: Path,
+    clip: ClipConfig,
+    bar,
+    *,
+    index: int = 0,
+    expected: int | None = None,
+    first_home: Mapping[str, int] | None = None,
 ) -> tuple[int, Counter]:
-    """Write one latent shard (tmp name, stats sidecar, rename); returns (samples, skipped)."""
+    """Write one latent shard (tmp name, stats sidecar, rename); returns (samples, skipped,
+    warnings): counts by reason of samples left out, and of samples exported with a warning.
+
+    `expected` is the source plan's sample count (samples it promised but the tar did not
+    deliver are counted as "missing"); `first_home` maps each planned key to the first shard
+    that holds it, so a key repeated later in the plan is exported once (issue 14).
+    """
     skipped: Counter = Counter()
+    warnings: Counter = Counter()
+    seen_keys: set[str] = set()
+    read = 0  # samples the source tar delivered (good or bad)
+    error = ""
     channels = enc.vae.config.latent_channels
     s1 = np.zeros(channels)
     s2 = np.zeros(channels)
@@ -138,8 +162,16 @@ def _export_shard(
         try:
             for sample in read_tar(src_url):
                 key = sample.get("__key__")
+                read += 1
+                if key in seen_keys or (first_home or {}).get(key, index) < index:
+                    skipped["duplicate_key"] += 1
+                    log.warning("skipping %s in %s: duplicate_key (exported once)", key, src_name)
+                    bar.update()
+                    continue
+                seen_keys.add(key)
                 try:
                     frames, caption, meta = decode_clip(sample, clip, rng)
+                    warnings.update(meta.pop("warnings", ()))  # the sample is still exported
                 except SampleError as err:
                     skipped[err.reason] += 1
                     log.warning("skipping %s: %s", key, err)
@@ -170,18 +202,31 @@ def _export_shard(
                 )
                 written += 1
                 bar.update()
-        except (OSError, ValueError) as err:  # a truncated or unreadable source shard
-            skipped["unreadable_shard"] += 1
-            log.warning("source shard %s unreadable after %d samples: %s", src_url, written, err)
+        except (OSError, ValueError, EOFError, tarfile.TarError) as err:
+            # A truncated or unreadable source shard: keep what was read, count the rest
+            # below, and finish the shard, so a re-run does not crash at the same place.
+            error = f"{type(err).__name__}: {err}"
+            log.warning("source shard %s unreadable after %d samples: %s", src_url, read, error)
         writer.close()
-    stats = {"samples": written, "skipped": dict(skipped), "count": count,
-             "sum": s1.tolist(), "sumsq": s2.tolist()}  # fmt: skip
+    incomplete = None
+    if error or (expected is not None and read < expected):
+        lost = max(0, (expected or 0) - read)
+        if lost:
+            skipped["missing"] += lost
+            bar.update(lost)
+        incomplete = {"source": src_name, "expected": expected, "read": read,
+                      "error": error or "the tar ends before its planned samples"}  # fmt: skip
+        log.warning("source shard %s is incomplete: %d of %s planned samples read (%s)",
+                    src_name, read, expected, incomplete["error"])  # fmt: skip
+    stats = {"samples": written, "skipped": dict(skipped), "warnings": dict(warnings),
+             "count": count,
+             "sum": s1.tolist(), "sumsq": s2.tolist(), "incomplete": incomplete}  # fmt: skip
     side = dst.with_name(dst.name + fmt.STATS_SUFFIX)
     side_tmp = side.with_name(side.name + ".tmp")
     side_tmp.write_text(json.dumps(stats))
     side_tmp.replace(side)
     tmp.replace(dst)  # last: the shard counts as done only once everything is in place
-    return written, skipped
+    return written, skipped, warnings
 
 
 def _write_null_text(enc: _Encoders, out: Path) -> None:
@@ -200,7 +245,7 @@ def _write_null_text(enc: _Encoders, out: Path) -> None:
 
 def _finish(cfg: ExportConfig, out: Path, names: list[str], header: dict) -> Path | None:
     """Write the manifest if every shard is complete (any process may; the content is the same)."""
-    shards, skipped = [], Counter()
+    shards, skipped, warnings, incomplete = [], Counter(), Counter(), []
     s1 = s2 = None
     count = 0
     for name in names:
@@ -210,6 +255,9 @@ def _finish(cfg: ExportConfig, out: Path, names: list[str], header: dict) -> Pat
         st = json.loads(side.read_text())
         shards.append({"name": name, "samples": st["samples"], "skipped": st["skipped"]})
         skipped.update(st["skipped"])
+        warnings.update(st.get("warnings", {}))
+        if st.get("incomplete"):
+            incomplete.append(st["incomplete"])
         s1 = np.array(st["sum"]) if s1 is None else s1 + np.array(st["sum"])
         s2 = np.array(st["sumsq"]) if s2 is None else s2 + np.array(st["sumsq"])
         count += st["count"]
@@ -222,6 +270,8 @@ def _finish(cfg: ExportConfig, out: Path, names: list[str], header: dict) -> Pat
         "shards": shards,
         "samples": sum(s["samples"] for s in shards),
         "skipped": dict(skipped),
+        "warnings": dict(warnings),  # exported samples whose KEY.json disagreed with the video
+        "incomplete_sources": incomplete,  # source shards that ended early (truncated tars)
         # Statistics of the exported (already normalised) latents: ~0 / ~1 when the VAE's
         # latent_mean/latent_std fit this data; far off means the VAE stats need refitting.
         "latent_stats": {"mean": mean.tolist(), "std": std.tolist(), "count": count},
@@ -284,6 +334,18 @@ def export_latents(
     names = [fmt.shard_name(i) for i in range(len(sources))]
     out.mkdir(parents=True, exist_ok=True)
     mine = [i for i in range(len(sources)) if i % world == rank]
+    # The ranks of one job claim disjoint shards; a second export into `out` fails here.
+    with export_claim(out, mine, rank, world):
+        report = _export_mine(cfg, rank, src, out, plan, sources, names, mine)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _export_mine(
+    cfg: ExportConfig, rank: int, src: Path, out: Path, plan: dict[str, Any],
+    sources: list[tuple[str, int]], names: list[str], mine: list[int],
+) -> ExportReport:  # fmt: skip
+    """Export shards `mine` (claimed by this process) and write the manifest if complete."""
     todo = [i for i in mine if not (out / names[i]).exists()]
     report = ExportReport(already_done=len(mine) - len(todo))
     if report.already_done:
@@ -314,14 +376,21 @@ def export_latents(
     if not (out / fmt.NULL_TEXT_NAME).exists():
         _write_null_text(enc, out)
     total = sum(sources[i][1] for i in todo)
+    first_home: dict[str, int] = {}
+    for i, shard in enumerate(plan["shards"]):
+        for key in shard.get("keys", ()):
+            first_home.setdefault(key, i)
     bar = tqdm(total=total, desc=f"export rank {rank}", unit="video", disable=not cfg.progress)
     for i in todo:
-        name, _ = sources[i]
-        n, skipped = _export_shard(enc, str(src / name), name, out / names[i], cfg.clip, bar)
+        name, expected = sources[i]
+        n, skipped, warnings = _export_shard(
+            enc, str(src / name), name, out / names[i], cfg.clip, bar,
+            index=i, expected=expected, first_home=first_home,
+        )  # fmt: skip
         report.written.append(out / names[i])
         report.samples += n
         report.skipped.update(skipped)
+        report.warnings.update(warnings)
     bar.close()
     report.manifest = _finish(cfg, out, names, header)
-    report.seconds = time.perf_counter() - started
     return report

@@ -7,24 +7,28 @@ micro-batch `b` (samples `b*m .. b*m + m - 1` of the rank's stream) maps to a (d
 without reading anything, so resuming at batch `b` opens one shard and skips to the offset:
 the engine's exact resume costs one partial shard read.
 
-A sample that fails to decode is counted by reason and dropped from its micro-batch; only when
-every sample of a micro-batch is bad does the batch take the next good samples after it, so
-micro-batch `b` stays a function of `b` alone. With DataLoader workers, worker `w` of `n`
-builds micro-batches `b = w (mod n)`; the DataLoader's round-robin returns them in order.
+A sample that fails to decode, or a position a truncated shard did not deliver, is counted
+once by reason (the count belongs to the micro-batch holding that position) and replaced, so
+every micro-batch holds `batch_size` distinct samples: the replacements come from a reserve
+stream seeded by (seed, rank, b) that starts at a random position, so micro-batch `b` stays a
+function of `b` alone and the stand-ins are spread over the data instead of always being the
+next good sample (issue 14: one key delivered 9 times in a row). With DataLoader workers,
+worker `w` of `n` builds micro-batches `b = start + w (mod n)`; the DataLoader's round-robin returns
+them in order.
 """
 
 from __future__ import annotations
 
 import logging
+import tarfile
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
+import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from webdataset import tariterators
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +65,64 @@ def locate(shards: ShardList, seed: int, rank: int, position: int) -> tuple[int,
         draw += 1
 
 
+class _CountingReader:
+    """A read-only stream wrapper that counts the bytes read (to spot a missing tar end)."""
+
+    def __init__(self, raw: Any) -> None:
+        self.raw, self.count = raw, 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        self.count += len(data)
+        return data
+
+
+class TruncatedTarError(tarfile.ReadError):
+    """A tar that was readable at first and then ends early (cut short, not merely corrupt)."""
+
+
 def read_tar(url: str) -> Iterator[dict[str, Any]]:
-    """The samples of one tar shard as WebDataset dicts ({"__key__", "ext": bytes, ...})."""
-    source = tariterators.url_opener([{"url": url}])
-    yield from tariterators.group_by_keys(tariterators.tar_file_expander(source))
+    """The samples of one tar shard as WebDataset dicts ({"__key__", "__url__", "ext": bytes});
+    a tar cut short raises `tarfile.ReadError` after its last complete sample
+    (`TruncatedTarError` once at least one member was read).
+
+    Python's streaming tar reader (and so WebDataset's) takes a tar cut at or inside a header
+    for a complete one and delivers the last, partial sample as if whole (issue 14). Here a
+    member with short data, or a tar without its end-of-archive blocks, raises instead, and the
+    sample in progress is not delivered (it may lack members).
+    """
+    key, fields = None, {}
+    try:
+        with wds.gopen(url) as raw:
+            stream = _CountingReader(raw)
+            with tarfile.open(fileobj=stream, mode="r|*") as tar:
+                for info in tar:
+                    if not info.isreg():
+                        continue
+                    name = info.name.rpartition("/")[2]
+                    k = info.name[: len(info.name) - len(name)] + name.partition(".")[0]
+                    data = tar.extractfile(info).read()
+                    if len(data) != info.size:
+                        raise TruncatedTarError(f"{info.name}: {len(data)} of {info.size} bytes")
+                    ext = name.partition(".")[2]
+                    # a field seen again under the same key starts a second sample with that
+                    # key (a duplicate the caller can count) instead of overwriting the first
+                    if key is not None and (k != key or ext in fields):
+                        yield {"__key__": key, "__url__": url, **fields}
+                        fields = {}
+                    key = k
+                    fields[ext] = data
+                end = tar.offset
+            while stream.read(1 << 16):
+                pass
+            if key is not None and stream.count - end < 1024:  # two zero blocks end a tar
+                raise TruncatedTarError("the tar ends without its end-of-archive blocks")
+    except (tarfile.TarError, EOFError) as err:
+        if key is None or isinstance(err, TruncatedTarError):
+            raise
+        raise TruncatedTarError(f"{type(err).__name__}: {err}") from err
+    if key is not None:
+        yield {"__key__": key, "__url__": url, **fields}
 
 
 class SampleStream:
@@ -73,6 +131,14 @@ class SampleStream:
     def __init__(self, shards: ShardList, seed: int, rank: int) -> None:
         self.shards, self.seed, self.rank = shards, seed, rank
         self.skipped: Counter = Counter()
+
+    def reserve(self, batch: int) -> Iterator[tuple[int, dict[str, Any] | None]]:
+        """Stand-in samples for micro-batch `batch`: another resampled stream, seeded by
+        (seed, rank, batch), from a random position (its skips are not counted: the samples
+        it misses are counted where they occur in the main stream)."""
+        rng = np.random.default_rng([self.seed, self.rank, batch, 0x5E5E])
+        other = SampleStream(self.shards, int(rng.integers(2**62)), self.rank)
+        return other(int(rng.integers(sum(self.shards.counts))))
 
     def __call__(self, start: int) -> Iterator[tuple[int, dict[str, Any] | None]]:
         """Yield (position, sample) from `start` on; sample is None where a shard is short."""
@@ -102,27 +168,55 @@ class SampleStream:
 
 
 def _take(
-    decode: Callable[[dict[str, Any], int], dict[str, torch.Tensor]],
+    decode: Callable[[dict[str, Any], int], dict[str, Any]],
     position: int,
     sample: dict[str, Any] | None,
-    items: list[dict[str, torch.Tensor]],
-    skipped: Counter,
-) -> None:
-    """Decode one sample into `items`, or count why not."""
+    items: list[dict[str, Any]],
+    skipped: Counter | None,
+) -> bool:
+    """Decode one sample into `items`, or count why not (`skipped=None`: do not count).
+
+    Warnings the decoder attaches (`item["warnings"]`, e.g. "metadata_mismatch") are counted
+    too; such a sample is still used. Returns whether the sample was taken.
+    """
     if sample is None:
-        skipped["missing"] += 1
-        return
+        if skipped is not None:
+            skipped["missing"] += 1
+        return False
     try:
-        items.append(decode(sample, position))
+        item = decode(sample, position)
     except Exception as err:  # a bad sample is counted and dropped, never a crash
-        skipped[getattr(err, "reason", None) or type(err).__name__] += 1
-        log.warning("skipping sample %s: %s", sample.get("__key__"), err)
+        if skipped is not None:
+            skipped[getattr(err, "reason", None) or type(err).__name__] += 1
+            log.warning("skipping sample %s: %s", sample.get("__key__"), err)
+        return False
+    warnings = item.pop("warnings", ()) if isinstance(item, dict) else ()
+    if skipped is not None:
+        skipped.update(warnings)
+    items.append(item)
+    return True
+
+
+def _take_distinct(
+    decode: Callable[[dict[str, Any], int], dict[str, Any]],
+    position: int,
+    sample: dict[str, Any] | None,
+    items: list[dict[str, Any]],
+    keys: set[str],
+    skipped: Counter | None,
+) -> None:
+    """`_take`, except that a key already in the batch is passed over (not a lost sample: a
+    shard drawn twice in a row, or a stand-in that is already there)."""
+    if sample is not None and sample.get("__key__") in keys:
+        return
+    if _take(decode, position, sample, items, skipped):
+        keys.add(sample["__key__"])
 
 
 def micro_batches(
     stream: SampleStream,
-    decode: Callable[[dict[str, Any], int], dict[str, torch.Tensor]],
-    collate: Callable[[list[dict[str, torch.Tensor]], int], Any],
+    decode: Callable[[dict[str, Any], int], dict[str, Any]],
+    collate: Callable[[list[dict[str, Any]], int], Any],
     *,
     batch_size: int,
     start_batch: int,
@@ -130,37 +224,43 @@ def micro_batches(
     phase: int = 0,
 ) -> Iterator[tuple[Any, dict[str, int]]]:
     """(micro-batch, skipped samples by reason) for `b = start_batch, ...` with
-    `b % every == phase` (one DataLoader worker's share).
+    `b - start_batch = phase (mod every)` (one DataLoader worker's share).
 
     `decode(sample, position)` turns a raw sample into tensors or raises: the sample is
-    dropped and counted under the error's `reason` attribute or class name. `collate(items, b)`
-    makes the batch. The counts travel with the batch so they survive worker processes.
+    dropped and counted under the error's `reason` attribute or class name. A micro-batch
+    always holds `batch_size` samples with distinct keys: dropped, missing or repeated ones
+    are replaced from `stream.reserve(b)`. `collate(items, b)` makes the batch. The counts
+    travel with the batch so they survive worker processes.
     """
-    b = start_batch
-    while b % every != phase:
-        b += 1
+    # Worker `phase` starts `phase` batches after `start_batch`: the DataLoader asks worker
+    # 0 first, so counting phases from 0 (b % every) would swap batches on an odd resume.
+    b = start_batch + phase
     reader = stream(b * batch_size)
     while True:
         first = b * batch_size
-        items: list[dict[str, torch.Tensor]] = []
+        items: list[dict[str, Any]] = []
+        keys: set[str] = set()
         skipped: Counter = Counter()
 
         for position, sample in reader:
             if position >= first:  # positions before belong to other workers' batches
-                _take(decode, position, sample, items, skipped)
+                _take_distinct(decode, position, sample, items, keys, skipped)
             if position == first + batch_size - 1:
                 break
-        if not items:
-            # Every sample was bad: borrow the next good one (from a separate reader, so this
-            # batch is still a function of b alone and the main reader keeps its place).
-            for position, sample in stream(first + batch_size):
-                _take(decode, position, sample, items, skipped)
-                if items:
+        if len(items) < batch_size:
+            # After one pass over the data without enough distinct samples, the usable set is
+            # smaller than a batch: repeats are then the only way to fill it.
+            one_pass = sum(stream.shards.counts)
+            for tries, (position, sample) in enumerate(stream.reserve(b)):
+                distinct = keys if tries < one_pass else set()
+                _take_distinct(decode, position, sample, items, distinct, None)
+                if len(items) == batch_size:
                     break
-                if position >= first + MAX_BAD_RUN:
+                if tries >= max(MAX_BAD_RUN, one_pass):
                     raise RuntimeError(
-                        f"no usable sample in {MAX_BAD_RUN} consecutive samples of the stream "
-                        f"(skipped: {dict(skipped)}); the shards are unusable"
+                        f"micro-batch {b}: found {len(items)} of {batch_size} usable samples "
+                        f"in {tries + 1} samples of the stream (skipped: {dict(skipped)}); "
+                        "the shards are unusable"
                     )
         skipped.update(stream.skipped)
         stream.skipped.clear()
@@ -181,7 +281,7 @@ class _BatchDataset(IterableDataset):
 def batch_loader(make: Callable[[int, int], Iterator[Any]], workers: int) -> Iterator[Any]:
     """Run `make(every, phase)` in `workers` DataLoader processes (0: in this process).
 
-    Worker `w` yields batches with index `= w (mod workers)`, in order; the DataLoader's
+    Worker `w` yields batches `start_batch + w, start_batch + w + workers, ...`, in order; the DataLoader's
     round-robin over workers then restores the global order exactly.
     """
     if workers <= 0:
