@@ -58,6 +58,17 @@ def _causal_conv1d_fn() -> Callable[..., Any] | None:
 
 
 @functools.cache
+def _triton() -> Any | None:
+    """The ``triton`` module (our own scan kernel, ops/triton_scan.py), or None."""
+    try:
+        import triton
+        import triton.language  # noqa: F401
+    except ImportError:
+        return None
+    return triton
+
+
+@functools.cache
 def _xformers_ops() -> Any | None:
     try:
         import xformers.ops as xops
