@@ -44,7 +44,7 @@ def _kernels_now() -> Any:
         raise RuntimeError("the Triton selective scan needs the `triton` package")
     from cinemamba_backbone.ops import _triton_scan_kernels as mod
 
-    if mod.INTERPRET != bool(triton.knobs.runtime.interpret):
+    if bool(triton.knobs.runtime.interpret) != mod.INTERPRET:
         mod = importlib.reload(mod)
     return mod
 
