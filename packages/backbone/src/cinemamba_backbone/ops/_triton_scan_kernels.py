@@ -1,8 +1,8 @@
 """Triton kernels of ``triton_scan`` (private: imports triton at the top).
 
 Imported only through ``triton_scan._kernels_now()`` after ``_kernels._triton()`` found
-Triton; ``@triton.jit`` reads TRITON_INTERPRET when this module is executed, so
-``_kernels_now`` reloads it when the interpreter setting changed since the last import.
+Triton. ``@triton.jit`` reads TRITON_INTERPRET when a module is executed, here and in
+triton.language itself, so the interpreter must be chosen before triton's first import.
 """
 
 # ruff: noqa: N803, N806  (mamba's names: A, B, C, D, L, N)

@@ -21,7 +21,6 @@ Triton is imported lazily through ``_kernels._triton()``; this module imports wi
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 import torch
@@ -38,14 +37,17 @@ def _next_pow2(x: int) -> int:
 
 
 def _kernels_now() -> Any:
-    """The kernel module, (re)imported so its @triton.jit matches TRITON_INTERPRET now."""
+    """The kernel module; TRITON_INTERPRET must not have changed since triton was imported
+    (triton.language's own jit functions are built in the mode of that first import)."""
     triton = _triton()
     if triton is None:
         raise RuntimeError("the Triton selective scan needs the `triton` package")
     from cinemamba_backbone.ops import _triton_scan_kernels as mod
 
     if bool(triton.knobs.runtime.interpret) != mod.INTERPRET:
-        mod = importlib.reload(mod)
+        raise RuntimeError(
+            "TRITON_INTERPRET changed after triton was imported; set it before the first import"
+        )
     return mod
 
 
