@@ -44,7 +44,7 @@ def test_triton_kernel_under_interpreter():
     report = proc.stdout[-6000:] + proc.stderr[-2000:]
     assert proc.returncode == 0, report
     # Every interpreted case ran (none skipped, e.g. by a lost environment variable).
-    assert f"{len(CASES) + 1} passed" in proc.stdout, report
+    assert f"{len(CASES) + 2} passed" in proc.stdout, report
 
 
 def _inputs(b, d, n, length, *, groups=0, seed=0, device="cpu"):
@@ -165,6 +165,37 @@ def test_triton_scan_interpreted_matches_float64_reference(
         return selective_scan_triton(**kw, block_d=block_d, chunk=chunk)
 
     _run_parity(fn, x, half=dtype, use=use, softplus=softplus, reverse=reverse)
+
+
+@interpreted_only
+def test_triton_scan_interpreted_backward_in_batch_slices(monkeypatch):
+    """A 1-byte workspace cap: the backward runs one sequence per launch, same gradients."""
+    from cinemamba_backbone.ops import triton_scan
+
+    monkeypatch.setattr(triton_scan, "WORKSPACE_BYTES", 1)
+    launches = []
+    kernel = triton_scan._kernels_now().scan_bwd
+    monkeypatch.setattr(
+        triton_scan._kernels_now(), "scan_bwd", _Counting(kernel, launches), raising=True
+    )
+    x = _inputs(3, 5, 3, 6, seed=21)
+
+    def fn(**kw):
+        return selective_scan_triton(**kw, block_d=4, chunk=4)
+
+    _run_parity(fn, x, half=torch.float32, use=ALL, softplus=True, reverse=False)
+    assert launches == [1, 1, 1]  # grid rows per launch
+
+
+class _Counting:
+    """Wraps a kernel: records the first grid dimension of each launch."""
+
+    def __init__(self, kernel, log):
+        self.kernel, self.log = kernel, log
+
+    def __getitem__(self, grid):
+        self.log.append(grid[0])
+        return self.kernel[grid]
 
 
 @interpreted_only

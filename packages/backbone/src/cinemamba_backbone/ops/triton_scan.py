@@ -15,6 +15,8 @@ workspace (b·d·CHUNK·n fp32, freed after the call), then runs the adjoint rec
 backwards through the chunk, as the C kernel does (``csrc/selective_scan.c``). Parameter
 gradients that sum over channels (B, C) or sequences (A, D, Δ bias) are written as
 per-program partial sums and reduced in PyTorch, so results are deterministic (no atomics).
+The workspace and partial sums are capped at WORKSPACE_BYTES: a huge batch runs its
+backward in several launches over slices of sequences.
 
 Triton is imported lazily through ``_kernels._triton()``; this module imports without it.
 """
@@ -29,6 +31,9 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 from cinemamba_backbone._kernels import _triton
 
 CHUNK = 16  # checkpoint interval: checkpoints cost n/CHUNK fp32 per (b, d, l) element
+# Backward workspace cap (recomputed chunk states + partial sums); bigger batches run in
+# several launches of ≥ 1 sequence each.
+WORKSPACE_BYTES = 256 * 1024 * 1024
 MAX_BLOCK_D = 64  # channels per program: (64, 16) fp32 state = 8 registers/thread at 4 warps
 
 
@@ -127,40 +132,56 @@ class _TritonScanFn(torch.autograd.Function):
         b, dim, length, n, groups, e, _, nblk = _geometry(u, A, B, block)
         nch = ck.shape[2]
         f32 = dict(device=u.device, dtype=torch.float32)
-        ws = torch.empty(b, dim, chunk, n, **f32)
+        # Sequences per launch: the recompute workspace and per-sequence partial sums stay
+        # within WORKSPACE_BYTES (one launch for all but huge batches).
+        rows = max(1, min(b, WORKSPACE_BYTES // (4 * dim * n * (chunk + 1))))
+        ws = torch.empty(rows, dim, chunk, n, **f32)
+        gA_p = torch.empty(rows, dim, n, **f32)
+        gBp = torch.empty(rows, groups, nblk, n, length, **f32)
+        gCp = torch.empty_like(gBp)
+        gD_p, gbias_p = torch.empty(rows, dim, **f32), torch.empty(rows, dim, **f32)
+        gh0 = torch.empty(b if has_h0 else rows, dim, n, **f32)
         gu, gdl = torch.empty_like(u), torch.empty_like(delta)
         gz = torch.empty_like(z) if z is not None else None
-        gA = torch.empty(b, dim, n, **f32)
-        gBp = torch.empty(b, groups, nblk, n, length, **f32)
-        gCp = torch.empty_like(gBp)
-        gD, gbias = torch.empty(b, dim, **f32), torch.empty(b, dim, **f32)
-        gh0 = torch.empty(b, dim, n, **f32)
+        gA, gD, gbias = torch.zeros(dim, n, **f32), torch.zeros(dim, **f32), torch.zeros(dim, **f32)
+        gB = torch.empty(b, groups, n, length, **f32)
+        gC = torch.empty_like(gB)
+        gout = gout.contiguous()
+        glast = glast.contiguous() if glast is not None else None
         dummy = _dummy(u)
-        bwd[(b, groups * nblk)](
-            u, delta, A, B, C,
-            D if D is not None else dummy,
-            z if z is not None else dummy,
-            delta_bias if delta_bias is not None else dummy,
-            ck, gout.contiguous(),
-            glast.contiguous() if glast is not None else dummy,
-            ws, gu, gdl, gz if gz is not None else dummy, gA, gBp, gCp, gD, gbias, gh0,
-            length, dim, e, groups, nblk, nch, n,
-            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-            SOFTPLUS=softplus, HAS_GLAST=glast is not None, REVERSE=reverse,
-            CHUNK=chunk, BLOCK_D=block, BLOCK_N=_next_pow2(n),
-        )  # fmt: skip
-        gB, gC = gBp.sum(2), gCp.sum(2)
+        for s in range(0, b, rows):
+            r = min(rows, b - s)
+            sl = slice(s, s + r)
+            bwd[(r, groups * nblk)](
+                u[sl], delta[sl], A, B[sl], C[sl],
+                D if D is not None else dummy,
+                z[sl] if z is not None else dummy,
+                delta_bias if delta_bias is not None else dummy,
+                ck[sl], gout[sl],
+                glast[sl] if glast is not None else dummy,
+                ws, gu[sl], gdl[sl], gz[sl] if gz is not None else dummy,
+                gA_p, gBp, gCp, gD_p, gbias_p, gh0[sl] if has_h0 else gh0,
+                length, dim, e, groups, nblk, nch, n,
+                HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+                SOFTPLUS=softplus, HAS_GLAST=glast is not None, REVERSE=reverse,
+                CHUNK=chunk, BLOCK_D=block, BLOCK_N=_next_pow2(n),
+            )  # fmt: skip
+            gA += gA_p[:r].sum(0)
+            gD += gD_p[:r].sum(0)
+            gbias += gbias_p[:r].sum(0)
+            torch.sum(gBp[:r], dim=2, out=gB[sl])
+            torch.sum(gCp[:r], dim=2, out=gC[sl])
         if B.dim() == 3:
             gB, gC = gB[:, 0], gC[:, 0]
         return (
             gu,
             gdl,
-            gA.sum(0).to(A.dtype),
+            gA.to(A.dtype),
             gB.to(B.dtype),
             gC.to(C.dtype),
-            gD.sum(0).to(D.dtype) if D is not None else None,
+            gD.to(D.dtype) if D is not None else None,
             gz,
-            gbias.sum(0).to(delta_bias.dtype) if delta_bias is not None else None,
+            gbias.to(delta_bias.dtype) if delta_bias is not None else None,
             gh0.to(ctx.h0_dtype) if has_h0 else None,
             None,
             None,
