@@ -17,10 +17,20 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
+from einops import rearrange
 
 from cinemamba_backbone import _kernels
 from cinemamba_backbone._kernels import KernelUnavailableError, dispatch_plan, scan_path
-from cinemamba_backbone.ops import selective_scan, selective_scan_ref, selective_scan_triton
+from cinemamba_backbone.mixers import BiMamba
+from cinemamba_backbone.ops import (
+    causal_conv1d,
+    causal_conv1d_ref,
+    causal_conv1d_torch,
+    selective_scan,
+    selective_scan_ref,
+    selective_scan_triton,
+)
 
 HAVE_TRITON = _kernels._triton() is not None
 needs_triton = pytest.mark.skipif(not HAVE_TRITON, reason="triton is not installed")
@@ -44,7 +54,7 @@ def test_triton_kernel_under_interpreter():
     report = proc.stdout[-6000:] + proc.stderr[-2000:]
     assert proc.returncode == 0, report
     # Every interpreted case ran (none skipped, e.g. by a lost environment variable).
-    assert f"{len(CASES) + 2} passed" in proc.stdout, report
+    assert f"{len(CASES) + 3} passed" in proc.stdout, report
 
 
 def _inputs(b, d, n, length, *, groups=0, seed=0, device="cpu"):
@@ -363,3 +373,52 @@ def test_videodit_bf16_forward_backward_on_cuda():
     out.float().square().mean().backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+# ---- reverse through the mixer -------------------------------------------------------------
+
+
+def _bimamba_by_flips(m, x):
+    """BiMamba written with explicit flips: the backward core on the time-flipped input."""
+    xs, z = rearrange(m.in_proj(x), "b l e -> b e l").chunk(2, dim=1)
+    y_fwd, _ = m.forward_ssm.ssm(xs)
+    y_bwd, _ = m.backward_ssm.ssm(xs.flip(-1))
+    return m.out_proj(rearrange((y_fwd + y_bwd.flip(-1)) * F.silu(z), "b e l -> b l e"))
+
+
+def _bimamba_matches_flips(kernels):
+    torch.manual_seed(0)
+    m = BiMamba(8, d_state=4)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    x = torch.randn(3, 11, 8)
+    m.set_kernels(kernels)
+    out = m(x)
+    got = torch.autograd.grad(out.square().sum(), list(m.parameters()))
+    m.set_kernels("torch")
+    ref = _bimamba_by_flips(m, x)
+    want = torch.autograd.grad(ref.square().sum(), list(m.parameters()))
+    for a, e in zip([out, *got], [ref, *want], strict=True):
+        _check(a, e.double(), torch.float32, "bimamba")
+
+
+@pytest.mark.parametrize("kernels", ["auto", "torch"])
+def test_bimamba_reverse_matches_explicit_flips(kernels):
+    """The anti-causal core (reverse conv + reverse scan) is the flipped causal core."""
+    _bimamba_matches_flips(kernels)
+
+
+@interpreted_only
+def test_interpreted_bimamba_on_triton_matches_explicit_flips():
+    _bimamba_matches_flips("triton")
+
+
+@pytest.mark.parametrize("k", [2, 4])
+def test_anticausal_conv_is_flipped_causal_conv(k):
+    x, w, bias = torch.randn(2, 3, 9, dtype=torch.float64), torch.randn(3, k), torch.randn(3)
+    w, bias = w.double(), bias.double()
+    want = causal_conv1d_ref(x.flip(-1), w, bias).flip(-1)
+    torch.testing.assert_close(causal_conv1d(x, w, bias, True, True), want)
+    with pytest.raises(ValueError, match="initial"):
+        causal_conv1d_torch(x, w, bias, initial=torch.zeros(2, 3, k - 1), reverse=True)

@@ -3,7 +3,8 @@
 ``SelectiveSSM`` is the causal core (depthwise causal conv1d -> selective scan) on the
 expanded channels. ``Mamba`` wraps one core with the input/output projections, with
 parameter names and shapes of ``mamba_ssm.modules.mamba_simple.Mamba`` so state dicts move
-both ways. ``BiMamba`` composes two cores and a flip (the paper's best variant).
+both ways. ``BiMamba`` composes a causal and an anti-causal core (the paper's best variant);
+the anti-causal one runs its conv and scan with ``reverse=True`` instead of flipped copies.
 """
 
 from __future__ import annotations
@@ -59,16 +60,19 @@ class SelectiveSSM(TemporalMixer):
         self.D._no_weight_decay = True
 
     def scan_inputs(
-        self, x: torch.Tensor, conv_tail: torch.Tensor | None = None
+        self, x: torch.Tensor, conv_tail: torch.Tensor | None = None, reverse: bool = False
     ) -> tuple[torch.Tensor, ...]:
         """Conv + projections: x (b, d_inner, l) -> (u, Δ, B, C) in scan layout.
 
-        With ``conv_tail`` (b, d_inner, k-1) the conv continues a previous chunk.
+        With ``conv_tail`` (b, d_inner, k-1) the conv continues a previous chunk;
+        ``reverse`` makes the conv anti-causal (the core run backwards in time).
         """
         length = x.shape[-1]
         weight = rearrange(self.conv1d.weight, "d 1 k -> d k")
         if conv_tail is None:
-            x = causal_conv1d(x.contiguous(), weight, self.conv1d.bias, True, **self.kernel_kwargs)
+            x = causal_conv1d(
+                x.contiguous(), weight, self.conv1d.bias, True, reverse, **self.kernel_kwargs
+            )
         else:
             x = causal_conv1d_torch(x, weight, self.conv1d.bias, True, initial=conv_tail)
         x_dbl = self.x_proj(rearrange(x, "b d l -> (b l) d"))
@@ -88,9 +92,15 @@ class SelectiveSSM(TemporalMixer):
         z: torch.Tensor | None = None,
         state: MixerState | None = None,
         return_state: bool = False,
+        reverse: bool = False,
     ) -> tuple[torch.Tensor, MixerState | None]:
-        """x, z (b, d_inner, l) -> y (b, d_inner, l) [gated by SiLU(z) if given], new state."""
+        """x, z (b, d_inner, l) -> y (b, d_inner, l) [gated by SiLU(z) if given], new state.
+
+        ``reverse=True`` runs the core backwards in time (= flip, run, flip back; no state).
+        """
         conv_state = ssm_state = None
+        if reverse and (state is not None or return_state):
+            raise ValueError("reverse=True has no carried state (streaming is causal)")
         if state is not None or return_state:
             if state is None:
                 state = self.init_state(x.shape[0], x.device, x.dtype)
@@ -99,11 +109,12 @@ class SelectiveSSM(TemporalMixer):
             conv_state = xp[..., xp.shape[-1] - (self.d_conv - 1) :]
             u, dt, B, C = self.scan_inputs(x, tail)
         else:
-            u, dt, B, C = self.scan_inputs(x)
+            u, dt, B, C = self.scan_inputs(x, reverse=reverse)
         A, D, dt_bias = self.scan_params()
         out = selective_scan(
-            u, dt, A, B, C, D, z, dt_bias, True, return_state, ssm_state, **self.kernel_kwargs
-        )
+            u, dt, A, B, C, D, z, dt_bias, True, return_state, ssm_state, reverse,
+            **self.kernel_kwargs,
+        )  # fmt: skip
         if not return_state:
             return out, None
         y, ssm_state = out
@@ -152,9 +163,10 @@ class Mamba(SelectiveSSM):
 
 
 class BiMamba(TemporalMixer):
-    """Bidirectional Mamba: shared projections, a forward and a time-flipped causal core.
+    """Bidirectional Mamba: shared projections, a forward and a time-reversed causal core.
 
-    in_proj (2x expansion) -> [core(x) + flip(core_b(flip(x)))] ⊙ SiLU(z) -> out_proj.
+    in_proj (2x expansion) -> [core(x) + flip(core_b(flip(x)))] ⊙ SiLU(z) -> out_proj, where
+    flip(core_b(flip(x))) runs as core_b(x, reverse=True) (no flipped copies on Triton).
     """
 
     def __init__(self, dim: int, d_state: int = 16, d_conv: int = 4, expand: int = 2) -> None:
@@ -182,6 +194,6 @@ class BiMamba(TemporalMixer):
         xz = rearrange(self.in_proj(x), "b l e -> b e l")
         xs, z = xz.chunk(2, dim=1)
         y_fwd, _ = self.forward_ssm.ssm(xs)
-        y_bwd, _ = self.backward_ssm.ssm(xs.flip(-1))  # the backward core sees time flipped
-        y = (y_fwd + y_bwd.flip(-1)) * F.silu(z)
+        y_bwd, _ = self.backward_ssm.ssm(xs, reverse=True)  # the backward core runs back in time
+        y = (y_fwd + y_bwd) * F.silu(z)
         return self.out_proj(rearrange(y, "b e l -> b l e"))

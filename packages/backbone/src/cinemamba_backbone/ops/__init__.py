@@ -138,11 +138,16 @@ def causal_conv1d(
     weight: torch.Tensor,
     bias: torch.Tensor | None,
     activation: bool = True,
+    reverse: bool = False,
     *,
     kernels: str = "auto",
     require_kernels: bool = False,
 ) -> torch.Tensor:
-    """Depthwise causal conv over (b, d, l), weight (d, k), optional SiLU."""
+    """Depthwise causal conv over (b, d, l), weight (d, k), optional SiLU.
+
+    ``reverse=True``: the anti-causal conv flip(conv(flip(x))) (PyTorch does it natively;
+    the causal_conv1d kernel gets flipped copies).
+    """
     fn = kernel_for(
         "causal_conv1d",
         x,
@@ -152,5 +157,8 @@ def causal_conv1d(
         why_not="kernel width outside 2..4",
     )
     if fn is not None:
-        return fn(x, weight, bias, activation="silu" if activation else None)
-    return causal_conv1d_torch(x, weight, bias, activation)
+        act = "silu" if activation else None
+        if reverse:
+            return fn(x.flip(-1).contiguous(), weight, bias, activation=act).flip(-1)
+        return fn(x, weight, bias, activation=act)
+    return causal_conv1d_torch(x, weight, bias, activation, reverse=reverse)
