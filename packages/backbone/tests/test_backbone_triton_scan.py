@@ -318,6 +318,25 @@ def test_scan_path_logs_each_path_once(fake_packages, monkeypatch, caplog):
     assert len(lines) == 1 and lines[0].levelno == logging.WARNING
 
 
+def test_ops_import_and_run_without_triton():
+    """`import triton` is optional: with it blocked, ops import, dispatch and run on CPU."""
+    code = (
+        "import sys; sys.modules['triton'] = None\n"
+        "import torch\n"
+        "from cinemamba_backbone import _kernels\n"
+        "from cinemamba_backbone.ops import selective_scan, selective_scan_ref\n"
+        "assert _kernels._triton() is None\n"
+        "assert _kernels.scan_path('cuda', torch.bfloat16) in ('mamba_ssm', 'torch')\n"
+        "a = [torch.randn(1, 3, 5), torch.rand(1, 3, 5), -torch.rand(3, 2),"
+        " torch.randn(1, 2, 5), torch.randn(1, 2, 5)]\n"
+        "y = selective_scan(*a, reverse=True, kernels='torch')\n"
+        "r = selective_scan_ref(*[t.flip(-1) if t.dim() == 3 else t for t in a]).flip(-1)\n"
+        "torch.testing.assert_close(y, r)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
 def test_kernels_argument_is_validated():
     with pytest.raises(ValueError, match="kernels"):
         scan_path("cpu", torch.float32, kernels="cuda")
@@ -368,7 +387,8 @@ def test_videodit_bf16_forward_backward_on_cuda():
     x = torch.randn(2, 4, 9, 8, 8, device="cuda", dtype=torch.bfloat16)
     t = torch.rand(2, device="cuda")
     text = torch.randn(2, 6, 16, device="cuda", dtype=torch.bfloat16)
-    out = model(x, t, text)
+    pooled = torch.randn(2, 16, device="cuda", dtype=torch.bfloat16)
+    out = model(x, t, text, pooled=pooled)
     assert out.shape == x.shape and out.dtype == torch.bfloat16
     out.float().square().mean().backward()
     for name, p in model.named_parameters():
