@@ -337,6 +337,22 @@ def test_ops_import_and_run_without_triton():
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
+@pytest.mark.skipif(INTERPRETED, reason="checks the compiled mode's device error too")
+def test_triton_scan_names_bad_inputs():
+    x = _inputs(2, 6, 4, 5)
+    core = [x[k].float() for k in ("u", "delta", "A", "B", "C")]
+    with pytest.raises(ValueError, match="A must have shape"):
+        selective_scan_triton(core[0], core[1], core[2][:, :3], *core[3:])
+    with pytest.raises(ValueError, match="initial_state must have shape"):
+        selective_scan_triton(*core, initial_state=torch.zeros(2, 6, 5))
+    with pytest.raises(ValueError, match="z must have shape"):
+        selective_scan_triton(*core, z=core[0][:, :, :4])
+    with pytest.raises(ValueError, match="groups"):
+        selective_scan_triton(*core[:3], core[3].view(2, 1, 4, 5).expand(2, 4, 4, 5), core[4])
+    with pytest.raises(ValueError, match="CUDA tensors"):
+        selective_scan_triton(*core)
+
+
 def test_kernels_argument_is_validated():
     with pytest.raises(ValueError, match="kernels"):
         scan_path("cpu", torch.float32, kernels="cuda")

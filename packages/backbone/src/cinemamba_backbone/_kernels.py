@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -141,9 +142,17 @@ def available() -> dict[str, bool]:
     return {op: loader() is not None for op, loader in _LOADERS.items()}
 
 
-def _triton_interpreting() -> bool:
+def triton_interpret_mode() -> bool:
+    """Whether Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1)."""
     triton = _triton()
-    return bool(triton is not None and triton.knobs.runtime.interpret)
+    knobs = getattr(triton, "knobs", None)  # Triton < 3.4 has no knobs: read the variable
+    if knobs is not None:
+        return bool(knobs.runtime.interpret)
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _triton_interpreting() -> bool:
+    return _triton() is not None and triton_interpret_mode()
 
 
 def scan_path(

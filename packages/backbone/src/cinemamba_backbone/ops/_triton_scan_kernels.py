@@ -12,7 +12,9 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-INTERPRET = bool(triton.knobs.runtime.interpret)
+from cinemamba_backbone._kernels import triton_interpret_mode
+
+INTERPRET = triton_interpret_mode()  # the mode these kernels were built in
 
 
 @triton.jit

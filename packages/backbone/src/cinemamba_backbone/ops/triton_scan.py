@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from cinemamba_backbone._kernels import _triton
+from cinemamba_backbone._kernels import _triton, triton_interpret_mode
 
 CHUNK = 16  # checkpoint interval: checkpoints cost n/CHUNK fp32 per (b, d, l) element
 # Backward workspace cap (recomputed chunk states + partial sums); bigger batches run in
@@ -49,7 +49,7 @@ def _kernels_now() -> Any:
         raise RuntimeError("the Triton selective scan needs the `triton` package")
     from cinemamba_backbone.ops import _triton_scan_kernels as mod
 
-    if bool(triton.knobs.runtime.interpret) != mod.INTERPRET:
+    if triton_interpret_mode() != mod.INTERPRET:
         raise RuntimeError(
             "TRITON_INTERPRET changed after triton was imported; set it before the first import"
         )
@@ -67,6 +67,59 @@ def _geometry(u: torch.Tensor, A: torch.Tensor, B: torch.Tensor, block_d: int | 
     if block & (block - 1):
         raise ValueError(f"block_d={block} must be a power of 2")
     return b, dim, length, n, groups, e, block, -(-e // block)
+
+
+def _validate(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    z: torch.Tensor | None,
+    delta_bias: torch.Tensor | None,
+    initial_state: torch.Tensor | None,
+) -> None:
+    """Shapes and devices, checked up front: the kernel reads memory by the shapes it is told."""
+    if u.dim() != 3:
+        raise ValueError(f"u must be (b, d, l), got {tuple(u.shape)}")
+    b, dim, length = u.shape
+    if B.dim() not in (3, 4):
+        raise ValueError(f"B must be (b, n, l) or (b, g, n, l), got {tuple(B.shape)}")
+    n = B.shape[-2]
+    groups = B.shape[1] if B.dim() == 4 else 1
+    if dim % groups:
+        raise ValueError(f"B/C groups ({groups}) must divide the channels of u ({dim})")
+    want = {
+        "delta": (delta, (b, dim, length)),
+        "A": (A, (dim, n)),
+        "B": (B, (b, groups, n, length) if B.dim() == 4 else (b, n, length)),
+        "C": (C, tuple(B.shape)),
+        "D": (D, (dim,)),
+        "z": (z, (b, dim, length)),
+        "delta_bias": (delta_bias, (dim,)),
+        "initial_state": (initial_state, (b, dim, n)),
+    }
+    for name, (x, shape) in want.items():
+        if x is None:
+            continue
+        if tuple(x.shape) != shape:
+            raise ValueError(f"{name} must have shape {shape}, got {tuple(x.shape)}")
+        if x.device != u.device:
+            raise ValueError(f"{name} is on {x.device}, u on {u.device}")
+    if u.device.type != "cuda" and not triton_interpret_mode():
+        raise ValueError(
+            f"selective_scan_triton needs CUDA tensors (got {u.device}), or TRITON_INTERPRET=1"
+        )
+
+
+def _launch(kernel: Any, grid: tuple[int, int], device: torch.device, *args: Any, **kw: Any):
+    """Launch on the tensors' GPU (Triton launches on the current device otherwise)."""
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            kernel[grid](*args, **kw)
+    else:
+        kernel[grid](*args, **kw)
 
 
 def _dummy(ref: torch.Tensor) -> torch.Tensor:
@@ -98,13 +151,15 @@ class _TritonScanFn(torch.autograd.Function):
         u, delta, A = u.contiguous(), delta.contiguous(), A.contiguous()
         Bc, Cc = B.contiguous(), C.contiguous()
         z = z.contiguous() if z is not None else None
+        D = D.contiguous() if D is not None else None
+        delta_bias = delta_bias.contiguous() if delta_bias is not None else None
         nch = max(1, -(-length // chunk))
         keep = any(ctx.needs_input_grad)  # checkpoints only when a backward will need them
         out = torch.empty_like(u)
         last = torch.empty(b, dim, n, device=u.device, dtype=torch.float32)
         ck = torch.empty(b, dim, nch, n, device=u.device, dtype=torch.float32) if keep else None
         dummy = _dummy(u)
-        fwd[(b, groups * nblk)](
+        _launch(fwd, (b, groups * nblk), u.device,
             u, delta, A, Bc, Cc,
             D if D is not None else dummy,
             z if z is not None else dummy,
@@ -152,7 +207,7 @@ class _TritonScanFn(torch.autograd.Function):
         for s in range(0, b, rows):
             r = min(rows, b - s)
             sl = slice(s, s + r)
-            bwd[(r, groups * nblk)](
+            _launch(bwd, (r, groups * nblk), u.device,
                 u[sl], delta[sl], A, B[sl], C[sl],
                 D if D is not None else dummy,
                 z[sl] if z is not None else dummy,
@@ -214,10 +269,7 @@ def selective_scan_triton(
     last state is fp32 (as mamba's); the output has the dtype of u. ``block_d`` (power
     of 2) and ``chunk`` (checkpoint interval) are tuning knobs, exposed for tests.
     """
-    if u.dim() != 3 or delta.shape != u.shape:
-        raise ValueError(
-            f"u and delta must both be (b, d, l); got {tuple(u.shape)}, {tuple(delta.shape)}"
-        )  # noqa: E501
+    _validate(u, delta, A, B, C, D, z, delta_bias, initial_state)
     if chunk < 1:
         raise ValueError(f"chunk={chunk} must be >= 1")
     out, last = _TritonScanFn.apply(
