@@ -168,14 +168,14 @@ def scan_bwd(
                 gy = gy * zz * sig
             gD += gy * uu
             tl.store(gC_ptr + bcp + t, tl.sum(h * gy[:, None], axis=0), mask=nmask)
-            G = adj + gy[:, None] * Ct[None, :]  # dL/dh_t
+            gh = adj + gy[:, None] * Ct[None, :]  # dL/dh_t
             a = tl.exp(dt[:, None] * A)
-            tl.store(gB_ptr + bcp + t, tl.sum(G * (dt * uu)[:, None], axis=0), mask=nmask)
-            gdu = tl.sum(G * Bt[None, :], axis=1)  # dL/d(Δ u)
-            gdA = G * a * hp  # dL/d(Δ A)
+            tl.store(gB_ptr + bcp + t, tl.sum(gh * (dt * uu)[:, None], axis=0), mask=nmask)
+            gdu = tl.sum(gh * Bt[None, :], axis=1)  # dL/d(Δ u)
+            gdA = gh * a * hp  # dL/d(Δ A)
             gdt = tl.sum(gdA * A, axis=1) + gdu * uu
             gA += gdA * dt[:, None]
-            adj = G * a
+            adj = gh * a
             gu = gdu * dt + gy * Dv
             if HAS_BIAS:
                 pre = raw + bias
