@@ -266,7 +266,7 @@ def test_triton_scan_compiles_for_sm90_without_a_gpu(
     fn = getattr(kernels, kernel)
     consts = dict(
         HAS_D=feats, HAS_Z=feats, HAS_BIAS=feats, SOFTPLUS=feats, REVERSE=reverse, CHUNK=16,
-        BLOCK_D=64, BLOCK_N=16,
+        BLOCK_D=16, BLOCK_N=16,
     )  # fmt: skip
     consts.update(dict(HAS_H0=True, KEEP=True) if kernel == "scan_fwd" else dict(HAS_GLAST=True))
     halves = {"u_ptr", "dl_ptr", "B_ptr", "C_ptr", "z_ptr", "out_ptr", "gout_ptr", "gu_ptr",

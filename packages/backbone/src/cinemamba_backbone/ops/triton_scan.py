@@ -34,7 +34,11 @@ CHUNK = 16  # checkpoint interval: checkpoints cost n/CHUNK fp32 per (b, d, l) e
 # Backward workspace cap (recomputed chunk states + partial sums); bigger batches run in
 # several launches of ≥ 1 sequence each.
 WORKSPACE_BYTES = 256 * 1024 * 1024
-MAX_BLOCK_D = 64  # channels per program: (64, 16) fp32 state = 8 registers/thread at 4 warps
+# Channels per program and warps: at (16 channels, N = 16, 4 warps) the sm_90 cubins use 72
+# (forward) and 107 (backward) registers with no spills; 32 or 64 channels spill in the
+# backward (cuobjdump -res-usage; not timed on a GPU yet). Huge B·D keeps the grid full.
+MAX_BLOCK_D = 16
+NUM_WARPS = 4
 
 
 def _next_pow2(x: int) -> int:
@@ -117,9 +121,9 @@ def _launch(kernel: Any, grid: tuple[int, int], device: torch.device, *args: Any
     """Launch on the tensors' GPU (Triton launches on the current device otherwise)."""
     if device.type == "cuda":
         with torch.cuda.device(device):
-            kernel[grid](*args, **kw)
+            kernel[grid](*args, num_warps=NUM_WARPS, **kw)
     else:
-        kernel[grid](*args, **kw)
+        kernel[grid](*args, num_warps=NUM_WARPS, **kw)
 
 
 def _dummy(ref: torch.Tensor) -> torch.Tensor:
@@ -189,7 +193,8 @@ class _TritonScanFn(torch.autograd.Function):
         f32 = dict(device=u.device, dtype=torch.float32)
         # Sequences per launch: the recompute workspace and per-sequence partial sums stay
         # within WORKSPACE_BYTES (one launch for all but huge batches).
-        rows = max(1, min(b, WORKSPACE_BYTES // (4 * dim * n * (chunk + 1))))
+        per_row = 4 * (dim * n * (chunk + 1) + 2 * groups * nblk * n * length + 2 * dim)
+        rows = max(1, min(b, WORKSPACE_BYTES // per_row))
         ws = torch.empty(rows, dim, chunk, n, **f32)
         gA_p = torch.empty(rows, dim, n, **f32)
         gBp = torch.empty(rows, groups, nblk, n, length, **f32)
