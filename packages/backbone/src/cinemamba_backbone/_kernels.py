@@ -163,13 +163,14 @@ def scan_path(
     require_kernels: bool = False,
     initial_state: bool = False,
     reverse: bool = False,
+    last_state_grad: bool = False,
     native_cpu: bool = True,
     log: bool = True,
 ) -> str:
     """Which implementation serves a selective scan: one of ``SCAN_PATHS``.
 
-    CUDA: mamba_ssm when installed and it can serve the call (no initial state, no reverse),
-    else our Triton kernel, else PyTorch. CPU: the C kernel (``native``, when it builds and
+    CUDA: mamba_ssm when installed and it can serve the call (no initial state, no reverse,
+    no gradient through the last state, which mamba_ssm drops), else our Triton kernel, else PyTorch. CPU: the C kernel (``native``, when it builds and
     ``native_cpu``) else PyTorch, or Triton under ``TRITON_INTERPRET=1`` with
     ``kernels="triton"``. A non-fused path with ``require_kernels`` raises.
     """
@@ -185,7 +186,11 @@ def scan_path(
     if device_type == "cuda":
         if dtype not in _CUDA_DTYPES:
             reason = f"dtype {dtype} unsupported"
-        elif kernels == "auto" and not (initial_state or reverse) and _selective_scan_fn():
+        elif (
+            kernels == "auto"
+            and not (initial_state or reverse or last_state_grad)
+            and _selective_scan_fn()
+        ):
             path, reason = "mamba_ssm", "installed"
         elif _triton() is not None:
             path = "triton"
@@ -231,6 +236,7 @@ def dispatch_plan(
     kernels: str = "auto",
     initial_state: bool = False,
     reverse: bool = False,
+    last_state_grad: bool = False,
 ) -> dict[str, str]:
     """For (device, dtype, installed packages): the path each op takes (no tensors, no logs)."""
     check_kernels_arg(kernels)
@@ -241,7 +247,13 @@ def dispatch_plan(
         return name if fused and loader() is not None else fallback
 
     scan = scan_path(
-        device, dtype, kernels=kernels, initial_state=initial_state, reverse=reverse, log=False
+        device,
+        dtype,
+        kernels=kernels,
+        initial_state=initial_state,
+        reverse=reverse,
+        last_state_grad=last_state_grad,
+        log=False,
     )
     return {
         "selective_scan": scan,

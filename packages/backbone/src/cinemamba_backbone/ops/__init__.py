@@ -66,6 +66,8 @@ def selective_scan(
         require_kernels=require_kernels,
         initial_state=initial_state is not None,
         reverse=reverse,
+        # mamba_ssm's backward ignores the gradient of the last state it returns.
+        last_state_grad=return_last_state and torch.is_grad_enabled(),
         native_cpu=kernels != "torch",
     )
     if path == "triton":
