@@ -137,7 +137,7 @@ def test_scan_dispatch_arguments():
     with pytest.raises(KernelUnavailableError, match="selective_scan"):
         selective_scan(*args, require_kernels=True)
     with pytest.raises(ValueError, match="kernels"):
-        selective_scan(*args, kernels="triton")
+        selective_scan(*args, kernels="cuda")
     with pytest.raises(KernelUnavailableError):
         causal_conv1d(x["u"], torch.randn(4, 4), None, require_kernels=True)
 

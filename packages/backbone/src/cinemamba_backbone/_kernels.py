@@ -1,4 +1,4 @@
-"""The one place optional CUDA kernels are imported (mamba_ssm, causal_conv1d, xformers).
+"""The one place optional kernels are imported (mamba_ssm, causal_conv1d, xformers, triton).
 
 Every import is lazy and guarded by ``ImportError`` so the package works on a bare CPU
 install. Dispatchers ask here per call; the first fallback of each operation is logged once,
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -16,7 +17,11 @@ import torch
 
 logger = logging.getLogger("cinemamba_backbone.kernels")
 
-KERNEL_CHOICES = ("auto", "torch")
+# "auto": the best path per call; "torch": pure PyTorch everywhere; "triton": as "auto", but
+# the selective scan runs our Triton kernel (never mamba_ssm), also on CPU when
+# TRITON_INTERPRET=1 (the interpreter: how CI checks the kernel without a GPU).
+KERNEL_CHOICES = ("auto", "torch", "triton")
+SCAN_PATHS = ("mamba_ssm", "triton", "native", "torch")
 _logged_fallbacks: set[str] = set()
 
 
@@ -55,6 +60,17 @@ def _causal_conv1d_fn() -> Callable[..., Any] | None:
     except ImportError:
         return None
     return causal_conv1d_fn
+
+
+@functools.cache
+def _triton() -> Any | None:
+    """The ``triton`` module (our own scan kernel, ops/triton_scan.py), or None."""
+    try:
+        import triton
+        import triton.language  # noqa: F401
+    except ImportError:
+        return None
+    return triton
 
 
 @functools.cache
@@ -124,3 +140,124 @@ def kernel_for(
 def available() -> dict[str, bool]:
     """Which optional kernel packages import on this machine."""
     return {op: loader() is not None for op, loader in _LOADERS.items()}
+
+
+def triton_interpret_mode() -> bool:
+    """Whether Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1)."""
+    triton = _triton()
+    knobs = getattr(triton, "knobs", None)  # Triton < 3.4 has no knobs: read the variable
+    if knobs is not None:
+        return bool(knobs.runtime.interpret)
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _triton_interpreting() -> bool:
+    return _triton() is not None and triton_interpret_mode()
+
+
+def scan_path(
+    device: torch.device | str,
+    dtype: torch.dtype,
+    *,
+    kernels: str = "auto",
+    require_kernels: bool = False,
+    initial_state: bool = False,
+    reverse: bool = False,
+    last_state_grad: bool = False,
+    native_cpu: bool = True,
+    log: bool = True,
+) -> str:
+    """Which implementation serves a selective scan: one of ``SCAN_PATHS``.
+
+    CUDA: mamba_ssm when installed and it can serve the call (no initial state, no reverse,
+    no gradient through the last state, which mamba_ssm drops), else our Triton kernel, else PyTorch. CPU: the C kernel (``native``, when it builds and
+    ``native_cpu``) else PyTorch, or Triton under ``TRITON_INTERPRET=1`` with
+    ``kernels="triton"``. A non-fused path with ``require_kernels`` raises.
+    """
+    check_kernels_arg(kernels)
+    if kernels == "torch":
+        if require_kernels:
+            raise KernelUnavailableError(
+                "selective_scan: kernels='torch' conflicts with require_kernels"
+            )
+        return "torch"
+    device_type = torch.device(device).type
+    path, reason = "", ""
+    if device_type == "cuda":
+        if dtype not in _CUDA_DTYPES:
+            reason = f"dtype {dtype} unsupported"
+        elif (
+            kernels == "auto"
+            and not (initial_state or reverse or last_state_grad)
+            and _selective_scan_fn()
+        ):
+            path, reason = "mamba_ssm", "installed"
+        elif _triton() is not None:
+            path = "triton"
+            reason = "installed" if kernels == "triton" else "mamba_ssm absent or cannot serve"
+        else:
+            reason = "neither mamba_ssm (for this call) nor triton is installed"
+    elif kernels == "triton" and _triton_interpreting():
+        path, reason = "triton", "TRITON_INTERPRET=1"
+    else:
+        reason = f"tensor on {device_type}"
+        if kernels == "triton":
+            reason += " and TRITON_INTERPRET is not 1"
+    if not path:
+        if require_kernels:
+            raise KernelUnavailableError(f"selective_scan: fused kernel unavailable ({reason})")
+        path = "torch"
+        if device_type == "cpu" and native_cpu and dtype in _CUDA_DTYPES:
+            from cinemamba_backbone.ops import cpu_native  # local: ops imports this module
+
+            path = "native" if cpu_native.load() is not None else "torch"
+    if log:
+        # Falling back on CUDA costs speed: a warning; on CPU the C/PyTorch path is the norm.
+        _log_path("selective_scan", path, reason, device_type == "cuda" and path == "torch")
+    return path
+
+
+_logged_paths: set[tuple[str, str]] = set()
+
+
+def _log_path(op: str, path: str, reason: str, warn: bool) -> None:
+    """Say once per (op, path) which implementation runs and why."""
+    if (op, path) in _logged_paths:
+        return
+    _logged_paths.add((op, path))
+    level = logging.WARNING if warn else logging.INFO
+    logger.log(level, "%s: %s path (%s); logged once", op, path, reason)
+
+
+def dispatch_plan(
+    device: torch.device | str,
+    dtype: torch.dtype,
+    *,
+    kernels: str = "auto",
+    initial_state: bool = False,
+    reverse: bool = False,
+    last_state_grad: bool = False,
+) -> dict[str, str]:
+    """For (device, dtype, installed packages): the path each op takes (no tensors, no logs)."""
+    check_kernels_arg(kernels)
+    cuda = torch.device(device).type == "cuda" and dtype in _CUDA_DTYPES
+    fused = kernels != "torch" and cuda
+
+    def pick(loader: Callable[[], Any], name: str, fallback: str) -> str:
+        return name if fused and loader() is not None else fallback
+
+    scan = scan_path(
+        device,
+        dtype,
+        kernels=kernels,
+        initial_state=initial_state,
+        reverse=reverse,
+        last_state_grad=last_state_grad,
+        log=False,
+    )
+    return {
+        "selective_scan": scan,
+        "ssd": pick(_ssd_fn, "mamba_ssm", "torch"),
+        "causal_conv1d": pick(_causal_conv1d_fn, "causal_conv1d", "torch"),
+        "attention": pick(_xformers_ops, "xformers", "sdpa"),
+    }

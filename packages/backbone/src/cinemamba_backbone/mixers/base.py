@@ -87,13 +87,14 @@ class CausalConv1d(nn.Conv1d):
         initial: torch.Tensor | None = None,
         kernels: str = "auto",
         require_kernels: bool = False,
+        reverse: bool = False,
     ) -> torch.Tensor:
         """x (b, d, l) -> SiLU(causal conv) (b, d, l); ``initial`` (b, d, k-1) continues a
-        previous chunk (PyTorch path)."""
+        previous chunk (PyTorch path); ``reverse`` makes it anti-causal."""
         weight = self.weight[:, 0]  # (d, k)
         if initial is None:
             return causal_conv1d(
-                x.contiguous(), weight, self.bias, True,
+                x.contiguous(), weight, self.bias, True, reverse,
                 kernels=kernels, require_kernels=require_kernels,
             )  # fmt: skip
         return causal_conv1d_torch(x, weight, self.bias, True, initial=initial)

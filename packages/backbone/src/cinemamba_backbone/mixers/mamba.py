@@ -73,15 +73,16 @@ class SelectiveSSM(TemporalMixer):
         self.D._no_weight_decay = True
 
     def scan_inputs(
-        self, x: torch.Tensor, conv_tail: torch.Tensor | None = None
+        self, x: torch.Tensor, conv_tail: torch.Tensor | None = None, reverse: bool = False
     ) -> tuple[torch.Tensor, ...]:
         """Conv + projections: x (b, d_inner, l) -> (u, Δ, B, C, Δ bias) in scan layout.
 
-        With ``conv_tail`` (b, d_inner, k-1) the conv continues a previous chunk. Every child
-        runs through its own forward (see ``CausalConv1d`` for why).
+        With ``conv_tail`` (b, d_inner, k-1) the conv continues a previous chunk; ``reverse``
+        makes the conv anti-causal (the core run backwards in time). Every child runs through
+        its own forward (see ``CausalConv1d`` for why).
         """
         length = x.shape[-1]
-        x = self.conv1d(x, conv_tail, **self.kernel_kwargs)
+        x = self.conv1d(x, conv_tail, reverse=reverse, **self.kernel_kwargs)
         x_dbl = self.x_proj(rearrange(x, "b d l -> (b l) d"))
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt, dt_bias = self.dt_proj(dt)
@@ -100,9 +101,15 @@ class SelectiveSSM(TemporalMixer):
         z: torch.Tensor | None = None,
         state: MixerState | None = None,
         return_state: bool = False,
+        reverse: bool = False,
     ) -> tuple[torch.Tensor, MixerState | None]:
-        """x, z (b, d_inner, l) -> y (b, d_inner, l) [gated by SiLU(z) if given], new state."""
+        """x, z (b, d_inner, l) -> y (b, d_inner, l) [gated by SiLU(z) if given], new state.
+
+        ``reverse=True`` runs the core backwards in time (= flip, run, flip back; no state).
+        """
         conv_state = ssm_state = None
+        if reverse and (state is not None or return_state):
+            raise ValueError("reverse=True has no carried state (streaming is causal)")
         if state is not None or return_state:
             if state is None:
                 state = self.init_state(x.shape[0], x.device, x.dtype)
@@ -111,20 +118,23 @@ class SelectiveSSM(TemporalMixer):
             conv_state = xp[..., xp.shape[-1] - (self.d_conv - 1) :]
             u, dt, B, C, dt_bias = self.scan_inputs(x, tail)
         else:
-            u, dt, B, C, dt_bias = self.scan_inputs(x)
+            u, dt, B, C, dt_bias = self.scan_inputs(x, reverse=reverse)
         A, D = self.scan_params()
         out = selective_scan(
-            u, dt, A, B, C, D, z, dt_bias, True, return_state, ssm_state, **self.kernel_kwargs
-        )
+            u, dt, A, B, C, D, z, dt_bias, True, return_state, ssm_state, reverse,
+            **self.kernel_kwargs,
+        )  # fmt: skip
         if not return_state:
             return out, None
         y, ssm_state = out
         return y, (conv_state, ssm_state)
 
-    def forward(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
-        """The core alone: x, z (b, d_inner, l) -> y (b, d_inner, l) (``Mamba`` overrides
-        this with the whole mixer)."""
-        return self.ssm(x, z)[0]
+    def forward(
+        self, x: torch.Tensor, z: torch.Tensor | None = None, reverse: bool = False
+    ) -> torch.Tensor:
+        """The core alone: x, z (b, d_inner, l) -> y (b, d_inner, l), backwards in time if
+        ``reverse`` (``Mamba`` overrides this with the whole mixer)."""
+        return self.ssm(x, z, reverse=reverse)[0]
 
     def init_state(
         self, batch: int, device: torch.device | None = None, dtype: torch.dtype | None = None
@@ -200,6 +210,6 @@ class BiMamba(TemporalMixer):
         xs, z = xz.chunk(2, dim=1)
         # The cores run through their forward (not `.ssm`): see CausalConv1d for why.
         y_fwd = self.forward_ssm(xs)
-        y_bwd = self.backward_ssm(xs.flip(-1))  # the backward core sees time flipped
-        y = (y_fwd + y_bwd.flip(-1)) * F.silu(z)
+        y_bwd = self.backward_ssm(xs, reverse=True)  # the backward core runs back in time
+        y = (y_fwd + y_bwd) * F.silu(z)
         return self.out_proj(rearrange(y, "b e l -> b l e"))
