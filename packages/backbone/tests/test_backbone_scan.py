@@ -409,3 +409,26 @@ def test_builds_racing_for_one_library_all_end_with_a_whole_one(tmp_path):
     assert errors == ["", ""]
     assert [p.name for p in tmp_path.iterdir()] == [target.name]
     assert ctypes.CDLL(str(target)).cm_max_state() == cpu_native.MAX_STATE
+
+
+def test_xformers_without_compiled_ops_counts_as_missing(monkeypatch):
+    """An xformers wheel built for another torch imports but has no compiled ops: attention
+    must not pick it (it would fail at the first CUDA call)."""
+    import sys
+    import types
+
+    from cinemamba_backbone import _kernels
+
+    broken = types.ModuleType("xformers")
+    broken._has_cpp_library = False
+    broken.ops = types.ModuleType("xformers.ops")
+    monkeypatch.setitem(sys.modules, "xformers", broken)
+    monkeypatch.setitem(sys.modules, "xformers.ops", broken.ops)
+    _kernels._xformers_ops.cache_clear()
+    try:
+        assert _kernels._xformers_ops() is None
+        broken._has_cpp_library = True
+        _kernels._xformers_ops.cache_clear()
+        assert _kernels._xformers_ops() is broken.ops
+    finally:
+        _kernels._xformers_ops.cache_clear()

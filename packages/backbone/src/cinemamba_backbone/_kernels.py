@@ -76,8 +76,18 @@ def _triton() -> Any | None:
 @functools.cache
 def _xformers_ops() -> Any | None:
     try:
+        import xformers
         import xformers.ops as xops
     except ImportError:
+        return None
+    # A wheel built for another torch/Python imports, warns, and has no compiled ops: its
+    # attention would fail at the first CUDA call, so treat it as not installed.
+    if not getattr(xformers, "_has_cpp_library", True):
+        logger.warning(
+            "xformers %s is installed but its compiled ops do not load (built for another "
+            "torch or Python); attention uses SDPA",
+            getattr(xformers, "__version__", "?"),
+        )
         return None
     return xops
 
