@@ -166,11 +166,19 @@ def test_gan_phases_under_bf16(shards, tmp_path):
         "task.loss.disc.lecam_weight=0.1",
         "task.data.image_prob=0.5",
     ]
-    result = train_vae(load_vae_experiment(TINY, overrides(shards, run, 3) + extra))
+    experiment = load_vae_experiment(TINY, overrides(shards, run, 3) + extra)
+    # the GAN step (micro-batch 2) is an image batch: 1-frame clips, which oneDNN's AMX bf16
+    # Conv3d got wrong with the time padding inside the kernel (NaN discriminator loss)
+    assert is_image_batch(experiment.train.seed, 0, 2, 0.5)
+    result = train_vae(experiment)
     assert result.reason == "done"
     rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     train_rows = [r for r in rows if r.get("kind") == "train"]
     # the discriminator phase is skipped before start_step, then trains (hinge + LeCam)
     assert [("discriminator/d_loss" in r) for r in train_rows] == [False, False, True]
-    assert train_rows[-1]["vae/adaptive_weight"] > 0 and np.isfinite(train_rows[-1]["vae/loss"])
-    assert "discriminator/lecam" in train_rows[-1]
+    last = train_rows[-1]
+    assert last["vae/adaptive_weight"] > 0 and np.isfinite(last["vae/loss"])
+    assert last["vae/skipped"] == 0 and last["discriminator/skipped"] == 0
+    assert np.isfinite([last["discriminator/d_loss"], last["discriminator/lecam"]]).all()
+    # untrained logits are small, so the hinge terms are each about 1
+    assert 1.5 < last["discriminator/d_hinge"] < 2.5
