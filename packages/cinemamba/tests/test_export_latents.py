@@ -108,29 +108,30 @@ def test_exported_sample_equals_direct_encoding(made: dict[str, Path]) -> None:
 def test_interrupted_export_resumes_and_skips_finished_shards(
     made: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A crash during shard 1 leaves shard 0 complete, shard 1 only under .tmp, no manifest; the
-    re-run writes shards 1 and 2 only, and the result equals an uninterrupted export."""
+    """A crash during shard 1 (after one of its samples is encoded) leaves shard 0 complete,
+    shard 1 only under .tmp, no manifest; the re-run writes shards 1 and 2 only, and the result
+    equals an uninterrupted export (same thread count: the same computation, bit for bit)."""
     root = made["root"]
     _same_computation_as(made)
-    real = export_mod._export_shard
+    real = export_mod._Encoders.encode
     calls = []
 
-    def crash_on_second(enc, src_url, src_name, dst, clip, bar):
-        calls.append(dst.name)
-        if len(calls) == 2:
-            dst.with_name(dst.name + ".tmp").write_bytes(b"half a shard")
-            raise KeyboardInterrupt  # the process dies mid-shard
-        return real(enc, src_url, src_name, dst, clip, bar)
+    def crash_on_fourth(self, video, caption):
+        calls.append(caption)
+        if len(calls) == 4:  # shard 1's second sample: the process dies mid-shard
+            raise KeyboardInterrupt
+        return real(self, video, caption)
 
-    monkeypatch.setattr(export_mod, "_export_shard", crash_on_second)
+    monkeypatch.setattr(export_mod._Encoders, "encode", crash_on_fourth)
     with pytest.raises(KeyboardInterrupt):
         export_latents(_cfg(root, "resumed"))
     out = root / "resumed"
     assert (out / "latents-000000.tar").exists() and not (out / "latents-000001.tar").exists()
+    assert (out / "latents-000001.tar.tmp").exists()
     assert not (out / "latents.json").exists()
     with pytest.raises(LatentFormatError, match="unfinished"):
         open_latent_set(out)
-    monkeypatch.setattr(export_mod, "_export_shard", real)
+    monkeypatch.setattr(export_mod._Encoders, "encode", real)
     report = export_latents(_cfg(root, "resumed"))
     assert report.already_done == 1
     assert [p.name for p in report.written] == ["latents-000001.tar", "latents-000002.tar"]
