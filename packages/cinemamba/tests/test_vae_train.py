@@ -202,12 +202,15 @@ def _vae_checkpoint(run: Path, step: int) -> dict[str, torch.Tensor]:
 
 def test_resumed_gan_run_continues_exactly(shards, tmp_path):
     """5 steps straight == 2 steps, stop, resume to 5, with image batches, posterior samples
-    (the torch RNG), EMA and a discriminator that starts after the resume (LeCam anchors).
+    (the torch RNG), EMA, warmup + cosine LR and a discriminator that starts after the resume
+    (LeCam anchors).
 
     Same process, threads and batches: equal bit for bit. Batches 2-4 are image, clip, image
     batches, unlike batches 0-2, so a resume that restarted the image draws at 0 differs."""
     assert [is_image_batch(0, 0, b, 0.5) for b in range(5)] == [False, False, True, False, True]
     gan = [
+        "train.optimizer.warmup_steps=2",  # an LR that changes every step, as a function of it
+        "train.optimizer.schedule=cosine",
         "train.ema_decay=0.9",
         "task.data.image_prob=0.5",
         "task.loss.disc.enabled=true",
@@ -237,6 +240,7 @@ def test_resumed_gan_run_continues_exactly(shards, tmp_path):
     want, got = losses(straight), losses(resumed)
     assert len(want) == len(got) == 5
     assert [("discriminator/d_loss" in r) for r in want] == [False] * 3 + [True] * 2
+    assert len({r["vae/lr"] for r in want}) == 5
     for step, (a, b) in enumerate(zip(want, got, strict=True), start=1):
         assert a == b, step
     a, b = _vae_checkpoint(straight, 5), _vae_checkpoint(resumed, 5)
