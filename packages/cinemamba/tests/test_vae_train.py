@@ -240,7 +240,7 @@ def test_resumed_gan_run_continues_exactly(shards, tmp_path):
     want, got = losses(straight), losses(resumed)
     assert len(want) == len(got) == 5
     assert [("discriminator/d_loss" in r) for r in want] == [False] * 3 + [True] * 2
-    assert len({r["vae/lr"] for r in want}) == 5
+    assert len({r["vae/lr"] for r in want[2:]}) == 3  # steps 3-5: each its own LR
     for step, (a, b) in enumerate(zip(want, got, strict=True), start=1):
         assert a == b, step
     a, b = _vae_checkpoint(straight, 5), _vae_checkpoint(resumed, 5)
