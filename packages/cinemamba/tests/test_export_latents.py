@@ -46,7 +46,19 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     cfg = _cfg(root, "lat")
     report = export_latents(cfg)
     assert report.manifest is not None and report.samples == 6 and not report.skipped
-    return {"root": root, "raw": root / "raw", "vae": root / "vae", "lat": root / "lat"}
+    return {"root": root, "raw": root / "raw", "vae": root / "vae", "lat": root / "lat",
+            "threads": torch.get_num_threads()}  # fmt: skip
+
+
+def _same_computation_as(made: dict) -> None:
+    """Run this test's exports at the reference export's thread count: shard bytes are equal
+    only for the same computation (docs/latents.md), and the VAE's convolutions sum in another
+    order at another thread count."""
+    torch.set_num_threads(made["threads"])  # the autouse fixture restores it after the test
+
+
+def _manifest(path: Path) -> dict:
+    return json.loads((path / "latents.json").read_text())
 
 
 def _cfg(root: Path, out: str, raw: str = "raw") -> ExportConfig:
@@ -96,28 +108,30 @@ def test_exported_sample_equals_direct_encoding(made: dict[str, Path]) -> None:
 def test_interrupted_export_resumes_and_skips_finished_shards(
     made: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A crash during shard 1 leaves shard 0 complete, shard 1 only under .tmp, no manifest; the
-    re-run writes shards 1 and 2 only, and the result equals an uninterrupted export."""
+    """A crash during shard 1 (after one of its samples is encoded) leaves shard 0 complete,
+    shard 1 only under .tmp, no manifest; the re-run writes shards 1 and 2 only, and the result
+    equals an uninterrupted export (same thread count: the same computation, bit for bit)."""
     root = made["root"]
-    real = export_mod._export_shard
+    _same_computation_as(made)
+    real = export_mod._Encoders.encode
     calls = []
 
-    def crash_on_second(enc, src_url, src_name, dst, clip, bar, **kw):
-        calls.append(dst.name)
-        if len(calls) == 2:
-            dst.with_name(dst.name + ".tmp").write_bytes(b"half a shard")
-            raise KeyboardInterrupt  # the process dies mid-shard
-        return real(enc, src_url, src_name, dst, clip, bar, **kw)
+    def crash_on_fourth(self, video, caption):
+        calls.append(caption)
+        if len(calls) == 4:  # shard 1's second sample: the process dies mid-shard
+            raise KeyboardInterrupt
+        return real(self, video, caption)
 
-    monkeypatch.setattr(export_mod, "_export_shard", crash_on_second)
+    monkeypatch.setattr(export_mod._Encoders, "encode", crash_on_fourth)
     with pytest.raises(KeyboardInterrupt):
         export_latents(_cfg(root, "resumed"))
     out = root / "resumed"
     assert (out / "latents-000000.tar").exists() and not (out / "latents-000001.tar").exists()
+    assert (out / "latents-000001.tar.tmp").exists()
     assert not (out / "latents.json").exists()
     with pytest.raises(LatentFormatError, match="unfinished"):
         open_latent_set(out)
-    monkeypatch.setattr(export_mod, "_export_shard", real)
+    monkeypatch.setattr(export_mod._Encoders, "encode", real)
     report = export_latents(_cfg(root, "resumed"))
     assert report.already_done == 1
     assert [p.name for p in report.written] == ["latents-000001.tar", "latents-000002.tar"]
@@ -126,6 +140,8 @@ def test_interrupted_export_resumes_and_skips_finished_shards(
         name = f"latents-{i:06d}.tar"
         assert (out / name).read_bytes() == (made["lat"] / name).read_bytes(), name
     assert not list(out.glob("*.tmp"))
+    # the manifest describes all three shards, not only the two this run wrote
+    assert _manifest(out) == _manifest(made["lat"])
     # a third run has nothing to do
     again = export_latents(_cfg(root, "resumed"))
     assert again.written == [] and again.already_done == 3
@@ -134,6 +150,7 @@ def test_interrupted_export_resumes_and_skips_finished_shards(
 def test_ranks_split_the_shards_and_the_last_writes_the_manifest(made: dict[str, Path]) -> None:
     """Two processes' shares (rank 0: shards 0, 2; rank 1: shard 1) make the same shard set."""
     root = made["root"]
+    _same_computation_as(made)
     first = export_latents(_cfg(root, "split"), rank=1, world_size=2)
     assert [p.name for p in first.written] == ["latents-000001.tar"] and first.manifest is None
     second = export_latents(_cfg(root, "split"), rank=0, world_size=2)
@@ -142,6 +159,7 @@ def test_ranks_split_the_shards_and_the_last_writes_the_manifest(made: dict[str,
     for i in range(3):
         name = f"latents-{i:06d}.tar"
         assert (root / "split" / name).read_bytes() == (made["lat"] / name).read_bytes()
+    assert _manifest(root / "split") == _manifest(made["lat"])
 
 
 def test_bad_inputs_are_counted_not_fatal(made: dict[str, Path]) -> None:

@@ -170,10 +170,19 @@ def test_cache_encodes_each_prompt_once(encoder):
     assert counting.calls[1:] == [["a green star"]]
     # a repeat inside one call is deduplicated before the lookup, so it counts once
     assert (cached.cache.hits, cached.cache.misses) == (2, 3)
+    # The cache hands back what the inner encoder computed for the deduplicated batch: equal
+    # bit for bit to that same batch encoded directly (same computation) ...
+    same = encoder.encode(["a red circle", "a blue square"])
+    for got, want in ((first.tokens, same.tokens), (first.pooled, same.pooled)):
+        assert torch.equal(got, want[[0, 1, 0]])
+    assert torch.equal(second.pooled[2], first.pooled[0])  # a hit is the stored tensor
+    assert torch.equal(second.tokens[0], first.tokens[1])
+    # ... and within float32 rounding of an uncached call on another batch (3 rows): matmuls
+    # of another row count may sum in another order (4.5 eps of the largest value apart on an AVX-512 Xeon)
     ref = encoder.encode(prompts)
-    torch.testing.assert_close(first.tokens, ref.tokens, rtol=0, atol=0)
+    tol = 32 * torch.finfo(torch.float32).eps * ref.tokens.abs().max().item()
+    torch.testing.assert_close(first.tokens, ref.tokens, rtol=0, atol=tol)
     assert torch.equal(first.mask, ref.mask)
-    torch.testing.assert_close(second.pooled[2], ref.pooled[0], rtol=0, atol=0)
     cached.null(4)
     cached.null(2)
     assert counting.calls[2:] == [[""]]

@@ -86,6 +86,41 @@ def test_discriminator_scores_images_and_clips():
         assert logits.shape[:2] == (2, 1) and logits.numel() > 2
 
 
+def _stock_float64_copy(d: PatchDiscriminator3D) -> torch.nn.Module:
+    """The same network with stock `nn.Conv3d` (padding in the kernel), in float64."""
+    import copy
+
+    ref = copy.deepcopy(d).double()
+    for i, m in enumerate(ref.net):
+        if isinstance(m, torch.nn.Conv3d):
+            conv = torch.nn.Conv3d(m.in_channels, m.out_channels, m.kernel_size, stride=m.stride,
+                                   padding=1, bias=m.bias is not None, dtype=torch.float64)  # fmt: skip
+            conv.load_state_dict(m.state_dict())
+            ref.net[i] = conv
+    return ref
+
+
+@pytest.mark.parametrize("frames", [1, 2, 9])
+def test_discriminator_under_bf16_matches_a_float64_reference(frames):
+    """bf16 logits of images and clips within bf16 rounding of a float64 stock-Conv3d network.
+
+    Guards the explicit time padding: with it in the kernel, oneDNN's AMX bf16 Conv3d (Intel
+    Sapphire Rapids) returns values up to 1e38 for 1-frame inputs, and image batches of bf16
+    GAN training had a NaN discriminator loss.
+    """
+    torch.manual_seed(0)
+    d = PatchDiscriminator3D(channels=8, layers=3).bfloat16()
+    ref = _stock_float64_copy(d)
+    x = (torch.rand(2, 3, frames, 32, 32) * 2 - 1).bfloat16()
+    with torch.no_grad():
+        got = d(x).double()
+        want = ref(x.double())
+    assert got.shape == want.shape
+    # a few bf16 roundings per layer, relative to the logits' scale (GroupNorm makes it O(1))
+    tol = 4 * torch.finfo(torch.bfloat16).eps * want.abs().max().item()
+    torch.testing.assert_close(got, want, rtol=0, atol=tol)
+
+
 def make_output(video: torch.Tensor, seed: int = 0) -> VAEOutput:
     g = torch.Generator().manual_seed(seed)
     recon = (video + 0.3 * torch.randn(video.shape, generator=g)).requires_grad_()

@@ -3,6 +3,12 @@
 The discriminator scores overlapping space-time patches (PatchGAN, extended to 3D as in
 Open-Sora-Plan / MAGVIT). It is only used in training, so it need not be causal; its
 temporal kernel is 3 with padding 1 so a 1-frame clip (an image) is scored too.
+
+The temporal zero padding is applied by `F.pad`, not by the convolution (`TimePaddedConv3d`):
+on Intel CPUs with AMX (Sapphire Rapids), PyTorch 2.14's oneDNN bf16 Conv3d returns garbage
+(errors up to 1e38, so GroupNorm overflows to NaN) for a 1-frame input padded in time by the
+kernel, i.e. for every image batch of bf16 GAN training. The same weights on an explicitly
+padded input are correct there, and the result is the same convolution everywhere else.
 """
 
 from __future__ import annotations
@@ -12,13 +18,31 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+class TimePaddedConv3d(nn.Conv3d):
+    """`nn.Conv3d` (same parameters and state-dict keys) that zero-pads time with `F.pad`."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if isinstance(self.padding, str) or self.padding_mode != "zeros":
+            raise ValueError("TimePaddedConv3d takes integer zero padding")
+        self.time_pad = int(self.padding[0])
+        # the convolution itself pads only in space: see the module docstring for why
+        self.padding = (0, *self.padding[1:])
+
+    def forward(self, x: Tensor) -> Tensor:
+        """The convolution of `x` zero-padded by `time_pad` frames on both ends of time."""
+        if self.time_pad:
+            x = F.pad(x, (0, 0, 0, 0, self.time_pad, self.time_pad))
+        return super().forward(x)
+
+
 class PatchDiscriminator3D(nn.Module):
     """(B, 3, T, H, W) -> patch logits (B, 1, T', H', W')."""
 
     def __init__(self, channels: int = 64, layers: int = 3, in_channels: int = 3) -> None:
         super().__init__()
         blocks: list[nn.Module] = [
-            nn.Conv3d(in_channels, channels, (3, 4, 4), stride=(2, 2, 2), padding=1),
+            TimePaddedConv3d(in_channels, channels, (3, 4, 4), stride=(2, 2, 2), padding=1),
             nn.LeakyReLU(0.2),
         ]
         ch = channels
@@ -26,12 +50,14 @@ class PatchDiscriminator3D(nn.Module):
             out = channels * min(2**i, 8)
             t_stride = 2 if i == 1 else 1  # two 2x time reductions in all
             blocks += [
-                nn.Conv3d(ch, out, (3, 4, 4), stride=(t_stride, 2, 2), padding=1, bias=False),
+                TimePaddedConv3d(
+                    ch, out, (3, 4, 4), stride=(t_stride, 2, 2), padding=1, bias=False
+                ),
                 nn.GroupNorm(min(32, out // 4), out),
                 nn.LeakyReLU(0.2),
             ]
             ch = out
-        blocks.append(nn.Conv3d(ch, 1, (3, 4, 4), stride=1, padding=1))
+        blocks.append(TimePaddedConv3d(ch, 1, (3, 4, 4), stride=1, padding=1))
         self.net = nn.Sequential(*blocks)
         # LeCam anchors: EMAs of the mean logits on real and fake data (Tseng et al. 2021).
         self.register_buffer("lecam_real", torch.zeros(()))

@@ -207,7 +207,10 @@ def _export_shard(
             # below, and finish the shard, so a re-run does not crash at the same place.
             error = f"{type(err).__name__}: {err}"
             log.warning("source shard %s unreadable after %d samples: %s", src_url, read, error)
-        writer.close()
+        finally:
+            # Also on an interrupt: the .tmp stays unfinished, but no writer is left to flush
+            # into a closed file at garbage collection.
+            writer.close()
     incomplete = None
     if error or (expected is not None and read < expected):
         lost = max(0, (expected or 0) - read)
