@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import logging
 import os
 import socket
 import sys
@@ -14,6 +15,9 @@ import torch
 import torch.distributed as dist
 
 _RENDEZVOUS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+SHM_COMM_OP = "deepspeed_shm_comm"  # DeepSpeed's CPU shared-memory all-reduce op (C++, JIT built)
+
+log = logging.getLogger(__name__)
 
 
 def free_port() -> int:
@@ -28,8 +32,9 @@ def prepare_environment() -> None:
 
 
     A plain process (no launcher) gets a one-rank rendezvous on a free local port. DeepSpeed
-    compiles a shared-memory comm op for CPU runs on first use (~25 s); its cache goes in the
-    virtual environment so every later run, test and launcher reuses it.
+    JIT-builds its ops under TORCH_EXTENSIONS_DIR; the cache goes in the virtual environment so
+    every later run, test and launcher reuses it (see `skip_shm_comm_op` for the CPU comm op,
+    which training never builds).
     """
     if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():
         os.environ["DS_ACCELERATOR"] = "cpu"
@@ -53,6 +58,27 @@ def prepare_environment() -> None:
         if os.environ["WORLD_SIZE"] != "1":
             raise RuntimeError("WORLD_SIZE > 1 but MASTER_PORT is unset; launch with a launcher")
         os.environ["MASTER_PORT"] = str(free_port())
+
+
+def skip_shm_comm_op() -> None:
+    """Keep DeepSpeed from building and loading its CPU shared-memory comm op.
+
+    DeepSpeed's torch backend JIT-compiles ``deepspeed_shm_comm`` (~25 s of C++, silent) when
+    the process group starts on the CPU accelerator, at any world size, under a lock in the
+    build folder that every job of the venv shares. The op serves only
+    ``deepspeed.comm.inference_all_reduce`` (tensor-parallel inference); training's
+    collectives go through torch.distributed (gloo), so a training start has no reason to
+    wait for that build, or for another job's (issue 14: a start waited minutes, without a
+    word, behind a killed job's build whose compilers were still running). DeepSpeed asks its
+    table of compatible ops before building; marking the op incompatible there is the switch
+    it consults, and ``inference_all_reduce`` then falls back to torch.distributed.
+    """
+    import deepspeed.ops
+
+    compatible = deepspeed.ops.__compatible_ops__  # probed once per process by DeepSpeed
+    if compatible.get(SHM_COMM_OP, False):
+        compatible[SHM_COMM_OP] = False
+        log.debug("DeepSpeed's %s op is not built: training does not use it", SHM_COMM_OP)
 
 
 def on_cuda() -> bool:
@@ -84,6 +110,7 @@ def session(backend: str = "") -> Iterator[tuple[int, int, torch.device]]:
         if not dist.is_initialized():
             created = True
             prepare_environment()
+            skip_shm_comm_op()
             backend = backend or ("nccl" if cuda else "gloo")
             deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(minutes=30))
             atexit.register(shutdown)
@@ -91,6 +118,7 @@ def session(backend: str = "") -> Iterator[tuple[int, int, torch.device]]:
             os.environ.setdefault("RANK", str(dist.get_rank()))
             os.environ.setdefault("WORLD_SIZE", str(dist.get_world_size()))
             os.environ.setdefault("LOCAL_RANK", "0")
+            skip_shm_comm_op()  # adopting a group builds DeepSpeed's backend (and the op) too
             deepspeed.init_distributed()  # adopt the caller's group
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         if cuda:
