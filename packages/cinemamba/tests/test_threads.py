@@ -40,3 +40,21 @@ def test_cli_keeps_a_wait_policy_the_user_set() -> None:
     settings = _libgomp_settings(OMP_WAIT_POLICY="ACTIVE")
     assert settings["OMP_WAIT_POLICY"] == "ACTIVE"
     assert int(settings["GOMP_SPINCOUNT"]) > 0
+
+
+def test_contention_benchmark_block_lands_below_the_bench_block_and_is_replaced() -> None:
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[3] / "scripts" / "bench_contention.py"
+    spec = importlib.util.spec_from_file_location("bench_contention", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    page = f"# Benchmarks\n\n{bench.AFTER}\n\n## Backbone\nhand notes\n"
+    first = bench.merge(page, f"{bench.BEGIN}\nold\n{bench.END}")
+    assert (
+        first
+        == f"# Benchmarks\n\n{bench.AFTER}\n\n{bench.BEGIN}\nold\n{bench.END}\n\n## Backbone\nhand notes\n"
+    )
+    second = bench.merge(first, f"{bench.BEGIN}\nnew\n{bench.END}")
+    assert second == first.replace("\nold\n", "\nnew\n")
