@@ -105,3 +105,42 @@ def test_two_rank_start_does_not_build_or_wait_for_the_comm_op(tmp_path: Path) -
     for rank, out in enumerate(outputs):
         assert f"rank {rank} of 2: sum 2" in out, out[-3000:]
     _check_untouched(extensions, outputs)
+
+
+def test_a_long_op_build_says_which_lock_and_pid_it_waits_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import time
+
+    from cinemamba.train.distributed import op_build_notice
+
+    lock = tmp_path / "cpu_adam" / "lock"
+    lock.parent.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(lock)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+        with caplog.at_level("WARNING", logger="cinemamba.train.distributed"):
+            with op_build_notice("cpu_adam", "minutes", first_after_s=10.0):
+                time.sleep(0.3)  # a quick load says nothing
+            assert caplog.messages == []
+            with op_build_notice("cpu_adam", "minutes", first_after_s=0.2, every_s=0.2):
+                time.sleep(0.9)
+    finally:
+        holder.kill()
+        holder.wait()
+    waits = [m for m in caplog.messages if m.startswith("waiting")]
+    assert len(waits) >= 2, caplog.messages  # the first after 0.2 s, then repeated
+    assert f"{lock} held by pid {holder.pid}" in waits[0]
+    assert "DeepSpeed's cpu_adam op" in waits[0]
+
+
+HOLDER = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+time.sleep(600)
+"""

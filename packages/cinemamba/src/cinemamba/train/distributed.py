@@ -8,8 +8,10 @@ import logging
 import os
 import socket
 import sys
+import threading
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -79,6 +81,63 @@ def skip_shm_comm_op() -> None:
     if compatible.get(SHM_COMM_OP, False):
         compatible[SHM_COMM_OP] = False
         log.debug("DeepSpeed's %s op is not built: training does not use it", SHM_COMM_OP)
+
+
+def lock_holder(path: str) -> int | None:
+    """The pid holding a flock on `path` (from /proc/locks), or None when it is free or unknown.
+
+    torch's JIT build of an op holds a kernel flock on ``<build dir>/lock``: the kernel drops it
+    when its holder dies, so a holder listed here is alive (its build still running)."""
+    try:
+        inode = os.stat(path).st_ino
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()  # 1: FLOCK ADVISORY WRITE <pid> <major>:<minor>:<inode> 0 EOF
+        if len(fields) > 5 and fields[1] == "FLOCK" and fields[5].split(":")[-1] == str(inode):
+            return int(fields[4])
+    return None
+
+
+@contextlib.contextmanager
+def op_build_notice(
+    op: str, usual: str, first_after_s: float = 5.0, every_s: float = 30.0
+) -> Iterator[None]:
+    """Log what a DeepSpeed op's build is waiting for while the block runs longer than
+    `first_after_s`, then every `every_s` (a JIT build prints nothing; issue 14).
+
+    Args:
+        op: the op's build name (its folder under TORCH_EXTENSIONS_DIR).
+        usual: how long its build usually takes, for the message (e.g. "~25 s").
+    """
+    folder = os.path.join(os.environ.get("TORCH_EXTENSIONS_DIR", ""), op)
+    lock = os.path.join(folder, "lock")
+    done = threading.Event()
+
+    def watch() -> None:
+        waited, pause = first_after_s, first_after_s
+        while not done.wait(pause):
+            holder = lock_holder(lock)
+            if holder is not None and holder != os.getpid():
+                log.warning(
+                    "waiting %.0f s for %s held by pid %d (building DeepSpeed's %s op, "
+                    "usually %s)", waited, lock, holder, op, usual,
+                )  # fmt: skip
+            else:
+                log.warning(
+                    "building DeepSpeed's %s op in %s for %.0f s (usually %s, once per venv)",
+                    op, folder, waited, usual,
+                )  # fmt: skip
+            waited, pause = waited + every_s, every_s
+
+    watcher = threading.Thread(target=watch, name=f"{op}-build-notice", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join()
 
 
 def on_cuda() -> bool:
