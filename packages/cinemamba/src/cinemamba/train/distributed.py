@@ -76,7 +76,10 @@ def skip_shm_comm_op() -> None:
     it consults, and ``inference_all_reduce`` then falls back to torch.distributed.
     """
     import deepspeed.ops
+    from deepspeed.accelerator import get_accelerator
 
+    if get_accelerator().create_op_builder("ShareMemCommBuilder") is None:
+        return  # an accelerator without the op (CUDA): DeepSpeed would not probe the table
     compatible = deepspeed.ops.__compatible_ops__  # probed once per process by DeepSpeed
     if compatible.get(SHM_COMM_OP, False):
         compatible[SHM_COMM_OP] = False
