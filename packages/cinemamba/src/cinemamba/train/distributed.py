@@ -70,8 +70,8 @@ def skip_shm_comm_op() -> None:
     build folder that every job of the venv shares. The op serves only
     ``deepspeed.comm.inference_all_reduce`` (tensor-parallel inference); training's
     collectives go through torch.distributed (gloo), so a training start has no reason to
-    wait for that build, or for another job's (issue 14: a start waited minutes, without a
-    word, behind a killed job's build whose compilers were still running). DeepSpeed asks its
+    wait for that build, or for another job's (issue 14: after a job was killed mid-build,
+    its compilers kept running and the next start rebuilt beside them for minutes, silently). DeepSpeed asks its
     table of compatible ops before building; marking the op incompatible there is the switch
     it consults, and ``inference_all_reduce`` then falls back to torch.distributed.
     """
