@@ -71,9 +71,10 @@ def skip_shm_comm_op() -> None:
     ``deepspeed.comm.inference_all_reduce`` (tensor-parallel inference); training's
     collectives go through torch.distributed (gloo), so a training start has no reason to
     wait for that build, or for another job's (issue 14: after a job was killed mid-build,
-    its compilers kept running and the next start rebuilt beside them for minutes, silently). DeepSpeed asks its
-    table of compatible ops before building; marking the op incompatible there is the switch
-    it consults, and ``inference_all_reduce`` then falls back to torch.distributed.
+    its compilers kept running and the next start rebuilt beside them for minutes, silently).
+    DeepSpeed asks its table of compatible ops before building; marking the op incompatible
+    there is the switch it consults, and ``inference_all_reduce`` then falls back to
+    torch.distributed.
     """
     import deepspeed.ops
     from deepspeed.accelerator import get_accelerator
