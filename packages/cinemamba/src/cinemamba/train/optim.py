@@ -37,7 +37,10 @@ def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optim
     if cfg.name == "cpu_adam":
         from deepspeed.ops.adam import DeepSpeedCPUAdam
 
-        return DeepSpeedCPUAdam(groups, adamw_mode=True, **kwargs)
+        from cinemamba.train.distributed import op_build_notice
+
+        with op_build_notice("cpu_adam", "minutes on a small CPU"):  # JIT-built on first use
+            return DeepSpeedCPUAdam(groups, adamw_mode=True, **kwargs)
     if cfg.name == "fused_adam":
         from deepspeed.ops.adam import FusedAdam
 
