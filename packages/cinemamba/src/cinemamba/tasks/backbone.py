@@ -47,6 +47,8 @@ from cinemamba_sampling import (
     MODES,
     PipelineConfig,
     ProcessConfig,
+    SamplingDefaults,
+    TrainingClip,
     VideoPipeline,
     build_process,
     contact_sheet,
@@ -151,6 +153,7 @@ class BackboneTask:
         self._text = None
         self._null: dict[str, torch.Tensor] | None = None
         self._writer = None
+        self._clip: tuple[int, int, int] | None = None  # (t, h, w) of the latents trained on
 
     # ---------------------------------------------------------------- checks and frozen parts
     def validate(self) -> None:
@@ -323,6 +326,8 @@ class BackboneTask:
         inputs = self.encode(batch, device)
         x0 = inputs["latents"]
         b, _, frames, h, w = x0.shape
+        if self._clip is None or frames > self._clip[0]:
+            self._clip = (frames, h, w)
         # All randomness from one CPU generator per micro-batch: identical on any device, for
         # either data source, and after a resume.
         gen = torch.Generator().manual_seed(int(batch["noise_seed"]))
@@ -346,6 +351,30 @@ class BackboneTask:
         loss = (err * weight).mean()
         return LossOutput(loss, {"mse": err.mean().detach(), "t_mean": t.float().mean()})
 
+    # ---------------------------------------------------------------- saved pipeline
+    def training_clip(self) -> TrainingClip:
+        """The latent clip geometry trained on: what `loss` saw, else one micro-batch's."""
+        if self._clip is None:
+            spec = DataSpec(rank=0, world_size=1, micro_batch_size=1, seed=0, start_batch=0)
+            batch = next(iter(self.train_data(spec)))
+            self._clip = tuple(self.encode(batch, torch.device("cpu"))["latents"].shape[2:])
+        t, h, w = self._clip
+        return TrainingClip(latent_frames=t, latent_height=h, latent_width=w)
+
+    def pipeline(self, backbone: nn.Module) -> VideoPipeline:
+        """`backbone` with this task's VAE, text encoder and process, sampling defaults from
+        `task.samples`, rolling windows the length of the training clip."""
+        device = self._device_of(backbone)
+        clip = self.training_clip()
+        window = clip.latent_frames
+        config = PipelineConfig(window=window, context=min(PipelineConfig.context, window - 1),
+                                progress=False)  # fmt: skip
+        s = self.cfg.samples
+        return VideoPipeline(
+            self.vae(device), backbone, self.text_encoder(device), self.process, config,
+            defaults=SamplingDefaults(steps=s.steps, guidance=s.guidance), training_clip=clip,
+        )  # fmt: skip
+
     # ---------------------------------------------------------------- periodic samples
     @torch.no_grad()
     def evaluate(self, models: Mapping[str, nn.Module], step: int, run_dir: Path) -> dict | None:
@@ -357,6 +386,10 @@ class BackboneTask:
             log.warning("ZeRO-3 partitions the weights: use export_weights for the backbone")
             return None
         model.save_pretrained(Path(run_dir) / "backbone")
+        if self.cfg.vae:
+            self.pipeline(model).save_pretrained(
+                Path(run_dir) / "pipeline", vae_reference=self.cfg.vae
+            )
         s = self.cfg.samples
         if not s.prompts:
             return None
@@ -395,3 +428,30 @@ def train_backbone(experiment: BackboneExperiment) -> TrainResult:
     """Train the backbone in this process (or under torchrun / deepspeed: one call per rank)."""
     full = OmegaConf.structured(experiment)
     return train(experiment.train, BackboneTask(experiment.task), full_config=full)
+
+
+def export_pipeline(
+    source: str | Path, out: str | Path, *, ema: bool = True, data_path: str | None = None
+) -> Path:
+    """A saved pipeline (`VideoPipeline.save_pretrained`) from a backbone checkpoint or run
+    directory (its latest): the EMA weights by default, the trained ones with `ema=False`.
+
+    The VAE, text encoder, process and sampling defaults come from the experiment config
+    saved in the checkpoint; `data_path` replaces `task.data.path` when the training data has
+    moved (it gives the training clip geometry).
+    """
+    from cinemamba.train import checkpoint as ckpt_io
+    from cinemamba.train.export import consolidated_state_dict
+
+    state = ckpt_io.read_trainer_state(ckpt_io.resolve_checkpoint(source))
+    overrides = [f"task.data.path={data_path}"] if data_path else []
+    merged = OmegaConf.merge(OmegaConf.structured(BackboneExperiment), state["config"],
+                             OmegaConf.from_dotlist(overrides))  # fmt: skip
+    exp: BackboneExperiment = OmegaConf.to_object(merged)
+    if not exp.task.vae:
+        raise ConfigError(f"{source}: the run has no task.vae, so a pipeline cannot name its VAE")
+    task = BackboneTask(exp.task)
+    task.validate()
+    model = VideoDiT(exp.task.backbone, kernels=exp.task.kernels)
+    model.load_state_dict(consolidated_state_dict(source, "backbone", ema))
+    return task.pipeline(model.eval()).save_pretrained(out, vae_reference=exp.task.vae)

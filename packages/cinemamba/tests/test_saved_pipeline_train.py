@@ -1,0 +1,131 @@
+"""Train tiny -> RUN_DIR/pipeline -> from_pretrained and `cinemamba sample DIR` with nothing
+else; export-pipeline from a checkpoint; the process check, overrides anywhere, prompt sidecars."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cinemamba.cli import main
+from cinemamba.data.synth import SceneConfig
+from cinemamba.data.synth_video import write_synth
+from cinemamba.eval.run import iter_generated
+from cinemamba.latents import ClipConfig, ExportConfig, export_latents
+from cinemamba.tasks.backbone import BackboneTask, load_backbone_experiment, train_backbone
+from cinemamba.train import checkpoint as ckpt_io
+from cinemamba_backbone import VideoDiT
+from cinemamba_conditioning import TextEncoderConfig
+from cinemamba_sampling import TrainingClip, VideoPipeline
+from cinemamba_vae import VideoAutoencoder, vae_preset
+
+pytestmark = pytest.mark.distributed
+CONFIG = Path(__file__).parents[3] / "configs" / "experiment" / "backbone_tiny.yaml"
+SMALL = ["steps=2", "pipeline.progress=false"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """2 synth videos -> tiny VAE latents (9 frames, 32x32) -> a 2-step backbone run."""
+    root = tmp_path_factory.mktemp("pipe")
+    write_synth(root / "raw", "train", 2, SceneConfig(frames=12, height=32, width=32),
+                samples_per_shard=2)  # fmt: skip
+    torch.manual_seed(0)
+    vae = VideoAutoencoder(vae_preset("tiny"))
+    vae.set_latent_stats(torch.linspace(-0.1, 0.1, 8), torch.linspace(0.5, 1.5, 8))
+    vae.save_pretrained(root / "vae")
+    export_latents(ExportConfig(
+        input=str(root / "raw"), output=str(root / "lat"), vae=str(root / "vae"),
+        text_encoder=TextEncoderConfig(random_init_seed=0), clip=ClipConfig(frames=9, start="first"),
+        progress=False,
+    ))  # fmt: skip
+    exp = load_backbone_experiment(CONFIG, [
+        f"train.run_dir={root / 'run'}", "train.steps=2", "train.batch_size=2",
+        "train.progress=false", "train.checkpoint_every=0", f"task.vae={root / 'vae'}",
+        f"task.data.path={root / 'lat'}", "task.samples.prompts=[]", "task.samples.steps=3",
+        "task.backbone.mixer=mamba",
+    ])  # fmt: skip
+    assert train_backbone(exp).reason == "done"
+    return {"root": root, "run": root / "run", "vae": root / "vae", "exp": exp}
+
+
+def _task_pipeline(run: dict, weights: dict[str, torch.Tensor]) -> VideoPipeline:
+    """The in-memory pipeline the training task composes, around `weights`."""
+    task = BackboneTask(run["exp"].task)
+    task.validate()
+    model = VideoDiT(run["exp"].task.backbone)
+    model.load_state_dict(weights)
+    pipe = task.pipeline(model)
+    pipe.config.progress = False
+    return pipe
+
+
+def test_training_writes_a_pipeline_that_reproduces_the_in_memory_one(run: dict) -> None:
+    """RUN_DIR/pipeline (EMA weights, VAE by reference) gives bit-for-bit the latents of the
+    task's in-memory pipeline around the checkpoint's EMA weights, for a seed."""
+    meta = json.loads((run["run"] / "pipeline" / "pipeline.json").read_text())
+    assert meta["vae"]["path"] == str(run["vae"].resolve())
+    assert meta["training_clip"] == {"latent_frames": 3, "latent_height": 8, "latent_width": 8}
+    assert meta["defaults"]["steps"] == 3
+    loaded = VideoPipeline.from_pretrained(run["run"] / "pipeline")
+    loaded.config.progress = False
+    assert loaded.training_clip == TrainingClip(3, 8, 8)
+    ckpt = ckpt_io.latest_checkpoint(run["run"])
+    memory = _task_pipeline(run, load_file(str(ckpt / "ema" / "backbone.safetensors")))
+    kw = dict(frames=9, height=32, width=32, seed=5, mode="rolling")
+    assert torch.equal(loaded.sample_latents(["a red circle"], **kw),
+                       memory.sample_latents(["a red circle"], **kw))  # fmt: skip
+
+
+def test_export_pipeline_from_a_checkpoint_with_raw_weights(run: dict) -> None:
+    """`cinemamba export-pipeline --no-ema` holds the trained (not EMA) weights."""
+    out = run["root"] / "raw_pipe"
+    assert main(["export-pipeline", str(run["run"]), "--out", str(out), "--no-ema"]) == 0
+    ckpt = ckpt_io.latest_checkpoint(run["run"])
+    files = sorted((ckpt / "backbone" / ckpt_io.DS_TAG).glob("mp_rank_*_model_states.pt"))
+    raw = torch.load(files[0], map_location="cpu", weights_only=False)["module"]
+    saved = load_file(str(out / "backbone" / "model.safetensors"))
+    assert saved.keys() == raw.keys()
+    assert all(torch.equal(saved[k], raw[k]) for k in raw)
+    ema = load_file(str(ckpt / "ema" / "backbone.safetensors"))
+    assert any(not torch.equal(saved[k], ema[k]) for k in raw)
+
+
+def test_sample_a_saved_pipeline_with_nothing_else(run: dict, tmp_path: Path) -> None:
+    """DIR alone: the clip size and sampling defaults come from pipeline.json; each video gets
+    its prompt sidecar, which eval's generated-folder reader picks up."""
+    out = tmp_path / "v.mp4"
+    argv = ["sample", str(run["run"] / "pipeline"), "--prompt", "a red circle", "--out", str(out)]
+    assert main([*argv, *SMALL]) == 0
+    assert out.with_suffix(".txt").read_text() == "a red circle\n"
+    items = list(iter_generated(tmp_path, Counter(), 64))
+    assert [item.prompt for item in items] == ["a red circle"]
+
+
+def test_sampling_another_process_is_an_error_naming_both(run: dict, tmp_path: Path, capsys):
+    argv = ["sample", str(run["run"] / "pipeline"), "--prompt", "x", "--out",
+            str(tmp_path / "v.mp4"), "process.name=ddpm", "pipeline.solver=ddim", *SMALL]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "trained with process (name='flow')" in err and "(name='ddpm'" in err
+    assert not (tmp_path / "v.mp4").exists()
+    # another solver for the same process is fine
+    assert main([*argv[:-4], "pipeline.solver=heun", *SMALL]) == 0
+
+
+def test_overrides_anywhere_and_the_window_warning(run: dict, tmp_path: Path, caplog) -> None:
+    """`--out y pipeline.window=4` (an override after an option) is taken, and a rolling window
+    longer than the 3-frame training clip warns."""
+    argv = ["sample", str(run["run"] / "pipeline"), "--prompt", "x", "--mode", "rolling",
+            "--out", str(tmp_path / "v.mp4"), "pipeline.window=4", "--set", "steps=1",
+            "pipeline.progress=false"]  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="cinemamba_sampling.pipeline"):
+        assert main(argv) == 0
+    assert any("window of 4 latent frames" in r.getMessage() for r in caplog.records)
+    with pytest.raises(SystemExit):
+        main([*argv, "stray"])
