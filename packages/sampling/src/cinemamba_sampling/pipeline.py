@@ -147,6 +147,15 @@ class VideoPipeline:
         training clip); see `cinemamba_sampling.saved`."""
         return save_pipeline(self, directory, vae_reference)
 
+    def load_lora(self, directory: str | Path, *, merge: bool = True) -> VideoPipeline:
+        """Put a LoRA adapter (`cinemamba train` with `task.lora.rank > 0`: RUN_DIR/lora) on
+        the backbone, merged into its weights by default; the base it was trained on is
+        checked. Returns self."""
+        from cinemamba_backbone import load_lora
+
+        self.backbone = load_lora(self.backbone, directory, merge=merge).eval()
+        return self
+
     @classmethod
     def from_pretrained(
         cls,

@@ -125,6 +125,11 @@ def save_pipeline(
     from cinemamba_vae import vae_identity
 
     directory = Path(directory)
+    if hasattr(pipe.backbone, "peft_config"):
+        raise ValueError(
+            "the backbone carries unmerged LoRA adapters; save the adapter on its own, or "
+            "load it with load_lora(..., merge=True) before save_pretrained"
+        )
     text_cfg = getattr(pipe.text_encoder.encoder, "cfg", None)
     if text_cfg is None:
         raise ValueError(

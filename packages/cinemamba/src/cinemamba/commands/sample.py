@@ -94,6 +94,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--height", type=int, help="pixel height")
     parser.add_argument("--width", type=int, help="pixel width")
     parser.add_argument("--negative-prompt", help="prompt for the unconditional branch")
+    parser.add_argument(
+        "--lora", help="a LoRA adapter directory (a fine-tuning run's lora/), merged on load"
+    )
     # key=value overrides may come anywhere: cli.main hands the ones argparse leaves over
     # (after an option) to this list too.
     parser.add_argument(
@@ -221,6 +224,8 @@ def run(args: argparse.Namespace) -> int:
     outputs = _outputs(Path(args.out), len(args.prompt))
     outputs[0].parent.mkdir(parents=True, exist_ok=True)
     pipe = load_saved_pipeline(args.config, cfg) if saved else build_pipeline(cfg)
+    if args.lora:
+        pipe.load_lora(args.lora)
     video = pipe.generate(
         args.prompt,
         frames=cfg.frames,

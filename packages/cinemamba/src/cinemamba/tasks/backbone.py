@@ -17,7 +17,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,8 @@ from cinemamba.train import (
     load_experiment,
     train,
 )
-from cinemamba_backbone import BackboneConfig, VideoDiT
+from cinemamba_backbone import BackboneConfig, LoraSettings, VideoDiT, add_lora, save_lora
+from cinemamba_backbone.lora import weights_hash
 from cinemamba_conditioning import TextEmbedding, TextEncoderConfig, build_text_encoder
 from cinemamba_sampling import (
     MODES,
@@ -51,7 +52,10 @@ from cinemamba_sampling import (
     TrainingClip,
     VideoPipeline,
     build_process,
+    check_process,
     contact_sheet,
+    is_saved_pipeline,
+    read_pipeline_json,
     save_png,
     to_uint8,
 )
@@ -103,7 +107,14 @@ class PeriodicSamples:
 
 @dataclass
 class BackboneTaskConfig:
-    """The backbone task: model, frozen encoders, noise process, data and loss options."""
+    """The backbone task: model, frozen encoders, noise process, data and loss options.
+
+    init_from: start from these weights (a saved pipeline directory or a backbone
+        `save_pretrained` directory) with a fresh optimizer; the architecture must equal
+        `backbone`, and a pipeline's process and text encoder those of this task.
+    lora: `lora.rank > 0` trains LoRA adapters (peft) on the backbone's block linear layers
+        with every other weight frozen; they are saved on their own in RUN_DIR/lora.
+    """
 
     backbone: BackboneConfig = field(default_factory=lambda: BackboneConfig.from_preset("tiny"))
     vae: str = ""  # a VideoAutoencoder directory (save_pretrained); checked against latents
@@ -115,6 +126,8 @@ class BackboneTaskConfig:
     vae_sample: bool = False  # raw only: sample the posterior instead of its mean
     kernels: str = "auto"  # backbone kernels: "auto" | "torch"
     samples: PeriodicSamples = field(default_factory=PeriodicSamples)
+    init_from: str = ""
+    lora: LoraSettings = field(default_factory=LoraSettings)
 
 
 @dataclass
@@ -154,6 +167,7 @@ class BackboneTask:
         self._null: dict[str, torch.Tensor] | None = None
         self._writer = None
         self._clip: tuple[int, int, int] | None = None  # (t, h, w) of the latents trained on
+        self._base: str | None = None  # hash of the frozen base weights under LoRA
 
     # ---------------------------------------------------------------- checks and frozen parts
     def validate(self) -> None:
@@ -165,6 +179,15 @@ class BackboneTask:
             raise ConfigError(f"task.data.crop must be one of {CROPS}, got {data.crop!r}")
         if not data.path or not Path(data.path).is_dir():
             raise ConfigError(f"task.data.path={data.path!r} is not a shard directory")
+        if cfg.init_from:
+            self._check_init_from()
+        if cfg.lora.rank < 0 or cfg.lora.alpha < 0 or not 0 <= cfg.lora.dropout < 1:
+            raise ConfigError(
+                "task.lora needs rank >= 0 (0: off), alpha >= 0 and dropout in [0, 1), got "
+                f"{cfg.lora}"
+            )
+        if cfg.lora.rank > 0 and not cfg.init_from:
+            log.warning("task.lora without task.init_from: adapters on a randomly initialised base")
         if not 0 <= cfg.caption_dropout <= 1:
             raise ConfigError(f"task.caption_dropout must be in [0, 1], got {cfg.caption_dropout}")
         if cfg.samples.mode not in MODES:
@@ -238,9 +261,54 @@ class BackboneTask:
         return {k: v.to(device) for k, v in self._null.items()}
 
     # ---------------------------------------------------------------- engine protocol
+    def _init_dir(self) -> Path:
+        """The backbone directory `init_from` names (a pipeline's `backbone/`, or itself)."""
+        path = Path(self.cfg.init_from)
+        if is_saved_pipeline(path):
+            return path / read_pipeline_json(path)["backbone"]
+        return path
+
+    def _check_init_from(self) -> None:
+        cfg = self.cfg
+        path = Path(cfg.init_from)
+        if not (path / "config.yaml").is_file() and not is_saved_pipeline(path):
+            raise ConfigError(
+                f"task.init_from={cfg.init_from!r} is neither a saved pipeline (pipeline.json) "
+                "nor a backbone directory (config.yaml + model.safetensors)"
+            )
+        saved = BackboneConfig.from_yaml(self._init_dir() / "config.yaml")
+        diff = [f"{k}: {getattr(cfg.backbone, k)!r} here, {getattr(saved, k)!r} there"
+                for k in saved.__dataclass_fields__
+                if k != "grad_checkpointing" and getattr(saved, k) != getattr(cfg.backbone, k)]  # fmt: skip
+        if diff:
+            raise ConfigError(
+                f"task.backbone differs from the backbone in task.init_from={cfg.init_from!r} "
+                f"({'; '.join(diff)}); set task.backbone to its architecture"
+            )
+        if is_saved_pipeline(path):
+            meta = read_pipeline_json(path)
+            try:
+                check_process(ProcessConfig(**meta["process"]), cfg.process)
+            except ValueError as err:
+                raise ConfigError(f"task.process: {err}") from None
+            if asdict(cfg.text_encoder) != meta["text_encoder"]["config"]:
+                raise ConfigError(
+                    f"task.text_encoder={asdict(cfg.text_encoder)} but the pipeline in "
+                    f"task.init_from was trained with {meta['text_encoder']['config']}"
+                )
+
     def build_models(self) -> dict[str, nn.Module]:
-        """One VideoDiT."""
-        return {"backbone": VideoDiT(self.cfg.backbone, kernels=self.cfg.kernels)}
+        """One VideoDiT: fresh, or the `init_from` weights; wrapped with LoRA adapters when
+        `lora.rank > 0` (only the adapters train)."""
+        if self.cfg.init_from:
+            model = VideoDiT.from_pretrained(self._init_dir(), kernels=self.cfg.kernels)
+            model.config.grad_checkpointing = self.cfg.backbone.grad_checkpointing
+        else:
+            model = VideoDiT(self.cfg.backbone, kernels=self.cfg.kernels)
+        if self.cfg.lora.rank > 0:
+            self._base = weights_hash(model)
+            model = add_lora(model, self.cfg.lora)
+        return {"backbone": model}
 
     def train_data(self, spec: DataSpec) -> Iterator[dict[str, Any]]:
         """This rank's micro-batches (a function of seed, rank and batch index)."""
@@ -385,8 +453,11 @@ class BackboneTask:
         if any(hasattr(p, "ds_id") for p in model.parameters()):
             log.warning("ZeRO-3 partitions the weights: use export_weights for the backbone")
             return None
-        model.save_pretrained(Path(run_dir) / "backbone")
-        if self.cfg.vae:
+        if self._base is not None:  # LoRA: the adapters on their own (EMA weights)
+            save_lora(model, Path(run_dir) / "lora", self._base)
+        else:
+            model.save_pretrained(Path(run_dir) / "backbone")
+        if self.cfg.vae and self._base is None:
             self.pipeline(model).save_pretrained(
                 Path(run_dir) / "pipeline", vae_reference=self.cfg.vae
             )
