@@ -182,7 +182,7 @@ def test_init_from_loads_the_pipeline_weights_and_checks_them(run: dict) -> None
         BackboneTask(_fine_tune(run, "init", "task.process.name=ddpm").task).validate()
 
 
-@pytest.mark.parametrize("stage", [0, 2])
+@pytest.mark.parametrize("stage", [0, 1, 2])
 def test_lora_trains_only_adapters_and_resumes_exactly(run: dict, stage: int) -> None:
     """ZeRO `stage`: after LoRA steps every base weight equals the pipeline's and the adapters
     moved; 3 steps straight == 2 steps then a resume to 3 (same losses, same adapters)."""
@@ -224,3 +224,8 @@ def test_sample_with_a_lora_adapter(run: dict, tmp_path: Path) -> None:
     assert not torch.equal(base.sample_latents("x", **kw), tuned.sample_latents("x", **kw))
     with pytest.raises(ValueError, match="was trained on base weights"):
         tuned.load_lora(adapter)  # the base now has the adapter merged in
+    # export-pipeline of the LoRA run: the same merge of the same EMA adapters, bit for bit
+    assert main(["export-pipeline", str(adapter.parent), "--out", str(tmp_path / "m")]) == 0
+    merged = VideoPipeline.from_pretrained(tmp_path / "m")
+    merged.config.progress = False
+    assert torch.equal(merged.sample_latents("x", **kw), tuned.sample_latents("x", **kw))

@@ -523,6 +523,16 @@ def export_pipeline(
         raise ConfigError(f"{source}: the run has no task.vae, so a pipeline cannot name its VAE")
     task = BackboneTask(exp.task)
     task.validate()
-    model = VideoDiT(exp.task.backbone, kernels=exp.task.kernels)
-    model.load_state_dict(consolidated_state_dict(source, "backbone", ema))
+    model = task.build_models()["backbone"]  # init_from weights and LoRA wrapper, as trained
+    weights = consolidated_state_dict(source, "backbone", ema)
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    # The EMA of a LoRA run holds the adapters only; the frozen base comes from init_from.
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    if unexpected or set(missing) - frozen:
+        raise ValueError(
+            f"{source}: the checkpoint's backbone weights do not fit the model its config builds"
+            f" (missing {sorted(set(missing) - frozen)[:5]}, unexpected {unexpected[:5]})"
+        )
+    if exp.task.lora.rank > 0:
+        model = model.merge_and_unload()  # a plain VideoDiT: the pipeline holds merged weights
     return task.pipeline(model.eval()).save_pretrained(out, vae_reference=exp.task.vae)
