@@ -229,3 +229,41 @@ def test_sample_with_a_lora_adapter(run: dict, tmp_path: Path) -> None:
     merged = VideoPipeline.from_pretrained(tmp_path / "m")
     merged.config.progress = False
     assert torch.equal(merged.sample_latents("x", **kw), tuned.sample_latents("x", **kw))
+
+
+def test_held_out_validation_loss(run: dict) -> None:
+    """eval/val_loss at every eval step, in TensorBoard and log.jsonl; the last one against a
+    hand computation of the flow loss at the fixed times on the EMA weights saved beside it."""
+    root = run["root"]
+    exp = load_backbone_experiment(CONFIG, [
+        f"train.run_dir={root / 'val'}", "train.steps=2", "train.batch_size=2",
+        "train.progress=false", "train.checkpoint_every=0", "train.eval_every=1",
+        f"task.vae={run['vae']}", f"task.data.path={root / 'lat'}", "task.samples.prompts=[]",
+        f"task.validation.path={root / 'lat'}", "task.validation.samples=2",
+        "task.validation.t=[0.25,0.75]", "task.validation.seed=7",
+        "train.optimizer.warmup_steps=0", "train.optimizer.lr=0.02",
+    ])  # fmt: skip
+    train_backbone(exp)
+    recs = [json.loads(x) for x in (root / "val" / "log.jsonl").read_text().splitlines()]
+    evals = [r for r in recs if r["kind"] == "eval"]
+    assert [r["step"] for r in evals] == [1, 2] and evals[0]["val_loss"] != evals[1]["val_loss"]
+    events = b"".join(p.read_bytes() for p in (root / "val" / "tensorboard").iterdir())
+    assert b"eval/val_loss" in events and b"eval/val_loss_t0.25" in events
+
+    from cinemamba.latents.dataset import latent_batches, open_latent_set
+
+    net = VideoDiT.from_pretrained(root / "val" / "backbone").eval()
+    stream = latent_batches(open_latent_set(root / "lat"), seed=7, rank=0, batch_size=1,
+                            start_batch=0, crop="first")  # fmt: skip
+    total = 0.0
+    for i in range(2):
+        batch, _ = next(stream)
+        x0 = batch["latents"].double()
+        eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(7 + i)).double()
+        for t in (0.25, 0.75):
+            x_t = (1 - t) * x0 + t * eps
+            with torch.no_grad():
+                pred = net(x_t.float(), torch.tensor([t]), batch["text"], batch["text_mask"],
+                           batch["pooled"]).double()  # fmt: skip
+            total += float(((pred - (eps - x0)) ** 2).mean())
+    assert evals[1]["val_loss"] == pytest.approx(total / 4, rel=1e-5)

@@ -13,6 +13,7 @@ from the other source, draws the same.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections import Counter
@@ -106,6 +107,24 @@ class PeriodicSamples:
 
 
 @dataclass
+class ValidationConfig:
+    """A held-out loss at every `train.eval_every` step and at the end (rank 0, EMA weights),
+    logged as `eval/val_loss` and `eval/val_loss_t<t>` (TensorBoard and log.jsonl).
+
+    path: a latent shard set kept out of training ("": off); checked against the task's VAE
+        and text encoder like the training set. The first `samples` clips of its seeded stream
+        (`seed`, first-frame crop to `task.data.latent_frames`) are scored at each diffusion time
+        in `t`, with the noise of clip i drawn from a generator seeded `seed + i`: the same
+        inputs at every evaluation, so the curve moves only with the weights.
+    """
+
+    path: str = ""
+    samples: int = 8
+    t: list[float] = field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7, 0.9])
+    seed: int = 0
+
+
+@dataclass
 class BackboneTaskConfig:
     """The backbone task: model, frozen encoders, noise process, data and loss options.
 
@@ -128,6 +147,7 @@ class BackboneTaskConfig:
     samples: PeriodicSamples = field(default_factory=PeriodicSamples)
     init_from: str = ""
     lora: LoraSettings = field(default_factory=LoraSettings)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
 
 
 @dataclass
@@ -168,6 +188,8 @@ class BackboneTask:
         self._writer = None
         self._clip: tuple[int, int, int] | None = None  # (t, h, w) of the latents trained on
         self._base: str | None = None  # hash of the frozen base weights under LoRA
+        self.val_set: LatentSet | None = None
+        self._val_batches: list[dict[str, torch.Tensor]] | None = None
 
     # ---------------------------------------------------------------- checks and frozen parts
     def validate(self) -> None:
@@ -181,6 +203,7 @@ class BackboneTask:
             raise ConfigError(f"task.data.path={data.path!r} is not a shard directory")
         if cfg.init_from:
             self._check_init_from()
+        self._open_validation()
         if cfg.lora.rank < 0 or cfg.lora.alpha < 0 or not 0 <= cfg.lora.dropout < 1:
             raise ConfigError(
                 "task.lora needs rank >= 0 (0: off), alpha >= 0 and dropout in [0, 1), got "
@@ -296,6 +319,57 @@ class BackboneTask:
                     f"task.text_encoder={asdict(cfg.text_encoder)} but the pipeline in "
                     f"task.init_from was trained with {meta['text_encoder']['config']}"
                 )
+
+    def _open_validation(self) -> None:
+        val = self.cfg.validation
+        if not val.path:
+            return
+        if val.samples < 1 or not val.t or not all(0 < t <= 1 for t in val.t):
+            raise ConfigError(
+                f"task.validation needs samples >= 1 and times t in (0, 1], got {val.samples}, "
+                f"{list(val.t)}"
+            )
+        if not Path(val.path).is_dir():
+            raise ConfigError(f"task.validation.path={val.path!r} is not a latent shard directory")
+        try:
+            self.val_set = open_latent_set(
+                val.path,
+                vae=fmt.vae_identity(self.cfg.vae) if self.cfg.vae else None,
+                text_encoder=self.cfg.text_encoder,
+            )
+        except fmt.LatentFormatError as err:
+            raise ConfigError(f"task.validation.path: {err}") from None
+
+    @torch.no_grad()
+    def validation_loss(self, model: nn.Module) -> dict[str, float]:
+        """Mean loss (the training loss's weighting) of the held-out clips at each fixed `t`."""
+        val = self.cfg.validation
+        assert self.val_set is not None, "validate() opens the validation set"
+        if self._val_batches is None:
+            stream = latent_batches(
+                self.val_set, seed=val.seed, rank=0, batch_size=1, start_batch=0,
+                latent_frames=self.cfg.data.latent_frames, crop="first",
+            )  # fmt: skip
+            self._val_batches = [batch for batch, _ in itertools.islice(stream, val.samples)]
+        device = self._device_of(model)
+        dtype = next(model.parameters()).dtype
+        per_t = {t: 0.0 for t in val.t}
+        for i, batch in enumerate(self._val_batches):
+            x0 = batch["latents"].float()
+            noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(val.seed + i))
+            x0, noise = x0.to(device), noise.to(device)
+            text = batch["text"].to(device, dtype)
+            mask, pooled = batch["text_mask"].to(device), batch["pooled"].to(device, dtype)
+            for t_value in val.t:
+                t = torch.full((x0.shape[0],), t_value, device=device)
+                x_t = self.process.add_noise(x0, noise, t)
+                pred = model(x_t.to(dtype), t, text, mask, pooled).float()
+                err = (pred - self.process.target(x0, noise, t)).pow(2).mean()
+                per_t[t_value] += float(err * self.process.loss_weight(t).float().mean())
+        n = len(self._val_batches)
+        out = {f"val_loss_t{t:g}": v / n for t, v in per_t.items()}
+        out["val_loss"] = sum(per_t.values()) / (n * len(per_t))
+        return out
 
     def build_models(self) -> dict[str, nn.Module]:
         """One VideoDiT: fresh, or the `init_from` weights; wrapped with LoRA adapters when
@@ -461,9 +535,10 @@ class BackboneTask:
             self.pipeline(model).save_pretrained(
                 Path(run_dir) / "pipeline", vae_reference=self.cfg.vae
             )
+        metrics = self.validation_loss(model) if self.val_set is not None else {}
         s = self.cfg.samples
         if not s.prompts:
-            return None
+            return metrics or None
         started = time.perf_counter()
         device = self._device_of(model)
         pipe = VideoPipeline(self.vae(device), model, self.text_encoder(device), self.process,
@@ -480,9 +555,10 @@ class BackboneTask:
             write_video(out / f"step{step:07d}_{i}.mp4", frames, s.fps)
             sheet = contact_sheet(frames)
             save_png(out / f"step{step:07d}_{i}.png", sheet)
-            self._writer.add_image(f"samples/{i}", sheet, step, dataformats="HWC")
+            # the tag carries the prompt; TensorBoard shows the step on the image's slider
+            self._writer.add_image(f"samples/{i} {s.prompts[i]}", sheet, step, dataformats="HWC")
         self._writer.flush()
-        return {"sample_seconds": time.perf_counter() - started}
+        return {**metrics, "sample_seconds": time.perf_counter() - started}
 
 
 # ---------------------------------------------------------------- Python API
