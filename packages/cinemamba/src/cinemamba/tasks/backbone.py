@@ -188,6 +188,7 @@ class BackboneTask:
         self._writer = None
         self._clip: tuple[int, int, int] | None = None  # (t, h, w) of the latents trained on
         self._base: str | None = None  # hash of the frozen base weights under LoRA
+        self._warned_no_pipeline = False
         self.val_set: LatentSet | None = None
         self._val_batches: list[dict[str, torch.Tensor]] | None = None
 
@@ -503,10 +504,11 @@ class BackboneTask:
         t, h, w = self._clip
         return TrainingClip(latent_frames=t, latent_height=h, latent_width=w)
 
-    def pipeline(self, backbone: nn.Module) -> VideoPipeline:
-        """`backbone` with this task's VAE, text encoder and process, sampling defaults from
-        `task.samples`, rolling windows the length of the training clip."""
-        device = self._device_of(backbone)
+    def pipeline(self, backbone: nn.Module, device: torch.device | None = None) -> VideoPipeline:
+        """`backbone` with this task's VAE and text encoder (on `device`, default the
+        backbone's) and process, sampling defaults from `task.samples`, rolling windows the
+        length of the training clip."""
+        device = device or self._device_of(backbone)
         clip = self.training_clip()
         window = clip.latent_frames
         config = PipelineConfig(window=window, context=min(PipelineConfig.context, window - 1),
@@ -532,9 +534,13 @@ class BackboneTask:
         else:
             model.save_pretrained(Path(run_dir) / "backbone")
         if self.cfg.vae and self._base is None:
-            self.pipeline(model).save_pretrained(
+            # Saving only reads the frozen encoders' configs and weights: keep them off the GPU.
+            self.pipeline(model, torch.device("cpu")).save_pretrained(
                 Path(run_dir) / "pipeline", vae_reference=self.cfg.vae
             )
+        elif self._base is None and not self._warned_no_pipeline:
+            self._warned_no_pipeline = True
+            log.warning("task.vae is empty: RUN_DIR/pipeline is not written (it names its VAE)")
         metrics = self.validation_loss(model) if self.val_set is not None else {}
         s = self.cfg.samples
         if not s.prompts:
