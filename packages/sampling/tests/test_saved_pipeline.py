@@ -56,6 +56,12 @@ def test_round_trip_gives_the_same_latents(tmp_path) -> None:
     assert loaded.training_clip == TrainingClip(2, 4, 4)
     got = loaded.sample_latents(["a red circle"], seed=3, mode="rolling", **SIZE)
     assert torch.equal(got, want)
+    loaded.save_pretrained(tmp_path / "pipe")  # replacing a saved pipeline is fine
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="is not a saved pipeline"):
+        pipe.save_pretrained(tmp_path / "other")
+    assert (tmp_path / "other" / "notes.txt").read_text() == "keep me"
 
 
 def test_vae_reference_is_checked_by_identity(tmp_path) -> None:

@@ -136,6 +136,11 @@ def save_pipeline(
             f"the text encoder {type(pipe.text_encoder.encoder).__name__} has no `cfg` "
             "(TextEncoderConfig) to save; build it with cinemamba_conditioning.build_text_encoder"
         )
+    if directory.exists() and not is_saved_pipeline(directory) and any(directory.iterdir()):
+        # replacing a saved pipeline is expected; wiping an unrelated folder never is
+        raise FileExistsError(
+            f"{str(directory)!r} exists and is not a saved pipeline; choose another directory"
+        )
     tmp = directory.with_name(directory.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
