@@ -62,7 +62,13 @@ def test_merged_equals_unmerged_and_the_base_is_checked(tmp_path) -> None:
     model = add_lora(base, LoraSettings(rank=2, alpha=4.0))
     _randomise_adapters(model)
     save_lora(model, tmp_path / "lora", identity)
+    save_lora(model, tmp_path / "lora", identity)  # replacing an adapter is fine
     assert not (tmp_path / "lora.partial").exists()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "keep.txt").write_text("x")
+    with pytest.raises(FileExistsError, match="is not a LoRA adapter"):
+        save_lora(model, tmp_path / "other", identity)
+    assert (tmp_path / "other" / "keep.txt").is_file()
     args = _inputs()
     with torch.no_grad():
         unmerged = load_lora(_net(), tmp_path / "lora", merge=False).eval()(*args)

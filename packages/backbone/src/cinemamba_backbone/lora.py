@@ -98,6 +98,10 @@ def save_lora(model: nn.Module, directory: str | Path, base: str) -> Path:
     """Write the adapter (peft `save_pretrained`) and the base identity `base` into
     `directory`, via a `.partial` sibling renamed into place."""
     directory = Path(directory)
+    if directory.exists() and not (directory / BASE_FILE).is_file() and any(directory.iterdir()):
+        raise FileExistsError(
+            f"{str(directory)!r} exists and is not a LoRA adapter; choose another directory"
+        )
     tmp = directory.with_name(directory.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
