@@ -224,6 +224,29 @@ def test_two_ranks_sigkill_and_resume_is_exact(
     assert_same_run(ref, run)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", [0, 2])
+def test_two_ranks_lora_sigkill_and_resume_is_exact(
+    stage: int, data: dict[str, Path], tmp_path: Path
+) -> None:
+    """LoRA adapters on the backbone (base frozen: only adapters in the optimizer and EMA),
+    2 ranks, ZeRO `stage`: SIGKILL at step 4, resume, equal to the uninterrupted run."""
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER.format(tests=str(Path(__file__).parent)))
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    lora = ["task.lora.rank=2", "task.lora.targets=[attn.qkv,mlp.0,temporal.in_proj]"]
+    finished(launch(driver, "backbone", -1, [*overrides("backbone", data, ref, stage), *lora]), ref)
+    args = [*overrides("backbone", data, run, stage), *lora]
+    assert launch(driver, "backbone", CRASH_AT, args).returncode != 0
+    assert [p.name for p in ckpt_io.list_checkpoints(run)] == ["step_00000002"]
+    finished(launch(driver, "backbone", -1, args), run)
+    assert_same_run(ref, run)
+    ema = load_file(str(ckpt_io.latest_checkpoint(run) / "ema" / "backbone.safetensors"))
+    trained = [k for k in ema if "lora_" in k]
+    assert trained and all(k.startswith("base_model.model.blocks.") for k in trained)
+    assert (run / "lora" / "adapter_model.safetensors").is_file()
+
+
 def test_vae_adaptive_gan_weight_under_zero3_is_a_clear_error(
     data: dict[str, Path], tmp_path: Path
 ) -> None:

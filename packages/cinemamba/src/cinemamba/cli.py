@@ -55,7 +55,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments and run one subcommand; returns the process exit code."""
     for key, value in OPENMP_ENV.items():
         os.environ.setdefault(key, value)  # also inherited by launched ranks and workers
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse fills a `nargs="*"` positional from the first run of positionals only, so a
+    # `key=value` after an option (`--out y pipeline.window=3`) is left over: it belongs to
+    # the subcommand's overrides wherever it stands.
+    stray = [a for a in extra if a.startswith("-") or "=" not in a]
+    if stray or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

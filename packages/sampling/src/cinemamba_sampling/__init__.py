@@ -19,6 +19,15 @@ from cinemamba_sampling.processes import (
     build_process,
     expand_t,
 )
+from cinemamba_sampling.saved import (
+    FORMAT,
+    TRAINED_PROCESS_FIELDS,
+    SamplingDefaults,
+    TrainingClip,
+    check_process,
+    is_saved_pipeline,
+    read_pipeline_json,
+)
 from cinemamba_sampling.solvers import (
     DEFAULT_SOLVER,
     SOLVERS,
@@ -32,6 +41,13 @@ from cinemamba_sampling.solvers import (
 )
 
 __all__ = [
+    "FORMAT",
+    "TRAINED_PROCESS_FIELDS",
+    "SamplingDefaults",
+    "TrainingClip",
+    "check_process",
+    "is_saved_pipeline",
+    "read_pipeline_json",
     "DDPM",
     "DEFAULT_SOLVER",
     "MODES",

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -26,7 +27,8 @@ from tqdm.auto import tqdm
 
 from cinemamba_conditioning import CachedTextEncoder, TextEmbedding, TextEncoder
 from cinemamba_sampling.guidance import WithContext, guided
-from cinemamba_sampling.processes import NoiseProcess
+from cinemamba_sampling.processes import NoiseProcess, ProcessConfig
+from cinemamba_sampling.saved import SamplingDefaults, TrainingClip, load_pipeline, save_pipeline
 from cinemamba_sampling.solvers import DEFAULT_SOLVER, get_solver
 
 log = logging.getLogger(__name__)
@@ -100,6 +102,9 @@ class VideoPipeline:
     `vae` follows `cinemamba_vae.VideoAutoencoder` (latent_shape, chunked decode), `backbone`
     `cinemamba_backbone.VideoDiT` (forward; init_state/forward_chunk for streaming), and
     `text_encoder` the `TextEncoder` protocol (wrapped in an embedding cache here).
+    `defaults` holds the model's default steps and guidance, `training_clip` the latent clip
+    geometry the backbone was trained on (rolling windows beyond it warn); both are saved by
+    `save_pretrained`.
     """
 
     def __init__(
@@ -109,6 +114,10 @@ class VideoPipeline:
         text_encoder: TextEncoder,
         process: NoiseProcess,
         config: PipelineConfig | None = None,
+        *,
+        defaults: SamplingDefaults | None = None,
+        training_clip: TrainingClip | None = None,
+        trained_process: ProcessConfig | None = None,
     ) -> None:
         self.vae = vae.eval()
         self.backbone = backbone.eval()
@@ -125,6 +134,42 @@ class VideoPipeline:
         )
         self.solver_name = name
         self.solver = get_solver(name, eta=self.config.eta)
+        self.defaults = defaults or SamplingDefaults()
+        self.training_clip = training_clip or TrainingClip()
+        self.trained_process = trained_process or getattr(process, "cfg", None)
+
+    # ---- persistence ---------------------------------------------------------------------
+    def save_pretrained(
+        self, directory: str | Path, *, vae_reference: str | Path | None = None
+    ) -> Path:
+        """Write the pipeline as a directory (backbone, VAE or a reference to `vae_reference`
+        with its identity hash, text encoder config + identity, process, solver defaults,
+        training clip); see `cinemamba_sampling.saved`."""
+        return save_pipeline(self, directory, vae_reference)
+
+    def load_lora(self, directory: str | Path, *, merge: bool = True) -> VideoPipeline:
+        """Put a LoRA adapter (`cinemamba train` with `task.lora.rank > 0`: RUN_DIR/lora) on
+        the backbone, merged into its weights by default; the base it was trained on is
+        checked. Returns self."""
+        from cinemamba_backbone import load_lora
+
+        self.backbone = load_lora(self.backbone, directory, merge=merge).eval()
+        return self
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        directory: str | Path,
+        *,
+        process: ProcessConfig | None = None,
+        config: PipelineConfig | None = None,
+        device: str | torch.device = "cpu",
+        kernels: str = "auto",
+    ) -> VideoPipeline:
+        """Rebuild a pipeline from `save_pretrained` output. `config` replaces the saved solver
+        settings; `process` must be the one the backbone was trained with (shift may differ)."""
+        return load_pipeline(directory, process=process, config=config, device=device,
+                             kernels=kernels)  # fmt: skip
 
     @property
     def device(self) -> torch.device:
@@ -170,14 +215,16 @@ class VideoPipeline:
         frames: int,
         height: int,
         width: int,
-        steps: int = 30,
-        guidance: float = 5.0,
+        steps: int | None = None,
+        guidance: float | None = None,
         seed: int = 0,
         mode: str = "oneshot",
         negative_prompt: str | None = None,
     ) -> Tensor:
         """Normalised latents `(B, C, t, h, w)` for `prompts` (same arguments as `generate`)."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        steps = self.defaults.steps if steps is None else steps
+        guidance = self.defaults.guidance if guidance is None else guidance
         if mode not in MODES:
             raise ValueError(f"unknown long-video mode {mode!r}; valid: {', '.join(MODES)}")
         if mode == "streaming" and not getattr(self.backbone, "is_causal", False):
@@ -196,6 +243,13 @@ class VideoPipeline:
         if mode == "oneshot":
             spans, tokens = [(0, t)], t * h * w
         elif mode == "rolling":
+            trained = self.training_clip.latent_frames
+            if trained and self.config.window > trained:
+                log.warning(
+                    "rolling window of %d latent frames is longer than the %d the backbone was "
+                    "trained on; set pipeline.window <= %d",
+                    self.config.window, trained, trained,
+                )  # fmt: skip
             spans, tokens = (
                 rolling_windows(t, self.config.window, self.config.context),
                 min(self.config.window, t) * h * w,
@@ -301,15 +355,15 @@ class VideoPipeline:
         frames: int,
         height: int,
         width: int,
-        steps: int = 30,
-        guidance: float = 5.0,
+        steps: int | None = None,
+        guidance: float | None = None,
         seed: int = 0,
         mode: str = "oneshot",
         negative_prompt: str | None = None,
     ) -> Tensor:
         """Videos `(B, 3, frames, height, width)` in [-1, 1], deterministic for a `seed`.
 
-        `guidance` is the CFG scale (1 disables it); `negative_prompt` replaces the empty
+        `steps` / `guidance` default to `self.defaults`; `guidance` is the CFG scale (1 disables it); `negative_prompt` replaces the empty
         prompt in the unconditional branch; `mode` is one of `MODES`.
         """
         latents = self.sample_latents(

@@ -1,5 +1,6 @@
 """cinemamba_vae: causal 3D video autoencoder with exact chunked encode/decode of any length."""
 
+from cinemamba_vae.identity import vae_identity
 from cinemamba_vae.model import (
     VAE_PRESETS,
     VAEConfig,
@@ -15,5 +16,6 @@ __all__ = [
     "VAEOutput",
     "VideoAutoencoder",
     "load_vae_config",
+    "vae_identity",
     "vae_preset",
 ]

@@ -57,6 +57,7 @@ class TrainScale:
     batch_size: int = 2
     warmup_steps: int = 2
     zero_stages: tuple[int, ...] = (0, 2)
+    lora_rank: int = 8  # a LoRA row at ZeRO-0 (issue 17); 0 leaves it out
 
 
 class PhaseClock:
@@ -131,24 +132,27 @@ def make_raw_shards(root: Path, scale: TrainScale) -> tuple[Path, Path]:
     return raw, vae_dir
 
 
-def _experiment(root: Path, raw: Path, vae: Path, scale: TrainScale, stage: int, steps: int):
+def _experiment(
+    root: Path, raw: Path, vae: Path, scale: TrainScale, stage: int, steps: int, lora: int = 0
+):
     return load_backbone_experiment(CONFIG, [
-        f"train.run_dir={root / f'run_zero{stage}'}", f"train.steps={steps}",
+        f"train.run_dir={root / f'run_zero{stage}_lora{lora}'}", f"train.steps={steps}",
         f"train.batch_size={scale.batch_size}", f"train.deepspeed_config=zero{stage}",
         "train.progress=false", "train.checkpoint_every=0", "train.eval_every=0",
         f"train.log_every={steps}", "train.ema_decay=0",
         "task.data.source=raw", f"task.data.path={raw}", f"task.vae={vae}",
         f"task.data.clip.frames={scale.clip_frames}", "task.samples.prompts=[]",
-        f"task.backbone.sample_size={scale.size // 4}",
+        f"task.backbone.sample_size={scale.size // 4}", f"task.lora.rank={lora}",
     ])  # fmt: skip
 
 
 def step_breakdown(
-    root: Path, raw: Path, vae: Path, scale: TrainScale, stage: int
+    root: Path, raw: Path, vae: Path, scale: TrainScale, stage: int, lora: int = 0
 ) -> list[dict[str, float]]:
-    """Per timed step: exclusive CPU seconds of each part and the step total."""
+    """Per timed step: exclusive CPU seconds of each part and the step total (LoRA adapters of
+    rank `lora` on a frozen base when > 0)."""
     steps = scale.warmup_steps + scale.repeats + 1  # + 1: a step ends where the next begins
-    exp = _experiment(root, raw, vae, scale, stage, steps)
+    exp = _experiment(root, raw, vae, scale, stage, steps, lora)
     task, clock = BackboneTask(exp.task), PhaseClock()
     cpu = torch.device("cpu")
     vae_model, text = task.vae(cpu), task.text_encoder(cpu)  # cached: the task reuses them
@@ -207,9 +211,11 @@ def training(scale: TrainScale) -> Section:
             "| ZeRO | " + " | ".join(PARTS) + " | step s | step ÷ floor |",
             "|---|" + "---|" * (len(PARTS) + 2),
         ]
+        full: dict[int, list[float]] = {}
         for stage in scale.zero_stages:
             rows = step_breakdown(root, raw, vae, scale, stage)
             totals = [r["total"] for r in rows]
+            full[stage] = totals
             med = {p: statistics.median(r[p] for r in rows) for p in PARTS}
             section.lines.append(
                 f"| {stage} | " + " | ".join(f"{med[p]:.4f}" for p in PARTS)
@@ -225,4 +231,38 @@ def training(scale: TrainScale) -> Section:
                 "train", f"ZeRO-{stage} step vs FLOP floor", "s", totals,
                 [flops / rate] * len(totals), "counted FLOPs ÷ GEMM rate",
             ))  # fmt: skip
+        if scale.lora_rank and 0 in full:
+            _lora_rows(section, root, raw, vae, scale, full[0])
     return section
+
+
+def _trainable(exp) -> tuple[int, int]:
+    """(trainable, all) parameter counts of the task's backbone."""
+    model = BackboneTask(exp.task).build_models()["backbone"]
+    params = list(model.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def _lora_rows(section: Section, root: Path, raw: Path, vae: Path, scale: TrainScale,
+               full: list[float]) -> None:  # fmt: skip
+    """A LoRA step (default targets, base frozen) against the full step at ZeRO-0."""
+    r = scale.lora_rank
+    rows = step_breakdown(root, raw, vae, scale, 0, lora=r)
+    med = {p: statistics.median(row[p] for row in rows) for p in PARTS}
+    totals = [row["total"] for row in rows]
+    section.lines.append(
+        f"| 0 + LoRA r{r} | " + " | ".join(f"{med[p]:.4f}" for p in PARTS)
+        + f" | {statistics.median(totals):.4f} | |"
+    )  # fmt: skip
+    lora_params, _ = _trainable(_experiment(root, raw, vae, scale, 0, 1, r))
+    full_params, _ = _trainable(_experiment(root, raw, vae, scale, 0, 1))
+    section.figures.append(Figure(
+        "train", f"ZeRO-0 LoRA r{r} step vs full step", "s", totals, full, "full step",
+    ))  # fmt: skip
+    # AdamW keeps two fp32 moments (and the engine the gradients) per trainable parameter, so
+    # optimizer and gradient memory scale with this count; the frozen base still holds its
+    # weights and the activations.
+    section.figures.append(Figure(
+        "train", f"LoRA r{r} optimizer + gradient memory (trainable params)", "params",
+        [float(lora_params)], [float(full_params)], "full fine-tuning", exact=True,
+    ))  # fmt: skip

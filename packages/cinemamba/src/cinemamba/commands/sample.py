@@ -1,7 +1,12 @@
-"""`cinemamba sample CONFIG --prompt ... --frames N --mode oneshot|rolling|streaming --out video.mp4`
+"""`cinemamba sample DIR|CONFIG --prompt ... [--frames N --mode ...] --out video.mp4 [key=value]`
 
-Builds the VAE, backbone and text encoder from a sampling config (configs/sampling/), generates
-one video per prompt and writes each as mp4 plus a PNG contact sheet next to it.
+DIR is a saved pipeline (`VideoPipeline.save_pretrained`, e.g. a training run's `pipeline/`):
+it names its VAE, text encoder, process, solver settings, steps, guidance and clip size, so
+nothing else is needed; `key=value` overrides change them (another solver is fine, another
+process than the backbone was trained with is an error). CONFIG is a sampling YAML
+(configs/sampling/) naming each part separately (random-weight smoke tests). One video per
+prompt: mp4, a PNG contact sheet and the prompt in a `.txt` sidecar (what `cinemamba eval
+generated=...` reads).
 """
 
 from __future__ import annotations
@@ -21,13 +26,17 @@ from cinemamba_sampling import (
     MODES,
     PipelineConfig,
     ProcessConfig,
+    SamplingDefaults,
+    TrainingClip,
     VideoPipeline,
     build_process,
     contact_sheet,
+    is_saved_pipeline,
+    read_pipeline_json,
     save_png,
     to_uint8,
 )
-from cinemamba_vae import VideoAutoencoder, vae_preset
+from cinemamba_vae import VideoAutoencoder, load_vae_config, vae_preset
 
 NAME = "sample"
 HELP = "generate videos from text with a trained VAE + backbone (oneshot, rolling or streaming)"
@@ -68,7 +77,9 @@ class SampleConfig:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags override the config's generation defaults; `key=value` overrides any field."""
-    parser.add_argument("config", help="sampling YAML (configs/sampling/...)")
+    parser.add_argument(
+        "config", help="a saved pipeline directory, or a sampling YAML (configs/sampling/...)"
+    )
     parser.add_argument(
         "--prompt", action="append", required=True, help="text prompt; repeat for several videos"
     )
@@ -83,12 +94,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--height", type=int, help="pixel height")
     parser.add_argument("--width", type=int, help="pixel width")
     parser.add_argument("--negative-prompt", help="prompt for the unconditional branch")
-    # argparse only takes positionals in one run, so key=value overrides go right after CONFIG;
-    # --set works anywhere on the line.
     parser.add_argument(
-        "overrides",
-        nargs="*",
-        help="key=value config overrides right after CONFIG, e.g. pipeline.window=16",
+        "--lora", help="a LoRA adapter directory (a fine-tuning run's lora/), merged on load"
+    )
+    # key=value overrides may come anywhere: cli.main hands the ones argparse leaves over
+    # (after an option) to this list too.
+    parser.add_argument(
+        "overrides", nargs="*", help="key=value config overrides, e.g. pipeline.window=16"
     )
     parser.add_argument(
         "--set",
@@ -146,9 +158,53 @@ def _outputs(out: Path, count: int) -> list[Path]:
     return [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(count)]
 
 
+def saved_defaults(directory: str | Path) -> SampleConfig:
+    """A SampleConfig whose fields are the saved pipeline's: text encoder, process, solver
+    settings, steps, guidance, and the training clip's pixel size."""
+    meta = read_pipeline_json(directory)
+    defaults = SamplingDefaults(**meta["defaults"])
+    cfg = SampleConfig(
+        text_encoder=TextEncoderConfig(**meta["text_encoder"]["config"]),
+        process=ProcessConfig(**meta["process"]),
+        pipeline=PipelineConfig(**meta["pipeline"]),
+        steps=defaults.steps,
+        guidance=defaults.guidance,
+    )
+    clip = TrainingClip(**meta["training_clip"])
+    if clip.latent_frames:
+        vae = load_vae_config(Path(directory) / meta["vae"]["path"] / "config.yaml")
+        cfg.frames = 1 + vae.temporal_compression * (clip.latent_frames - 1)
+        cfg.height = clip.latent_height * vae.spatial_compression
+        cfg.width = clip.latent_width * vae.spatial_compression
+    return cfg
+
+
+def load_saved_pipeline(directory: str | Path, cfg: SampleConfig) -> VideoPipeline:
+    """The saved pipeline with `cfg`'s process and solver settings (checked on load)."""
+    saved = saved_defaults(directory)
+    if cfg.vae or cfg.backbone or cfg.random_init:
+        raise ConfigError(
+            f"{str(directory)!r} is a saved pipeline with its own VAE and backbone; drop the "
+            "vae / backbone / random_init overrides"
+        )
+    if cfg.text_encoder != saved.text_encoder:
+        raise ConfigError(
+            f"the pipeline {str(directory)!r} was trained with text encoder "
+            f"{saved.text_encoder} but the overrides ask for {cfg.text_encoder}"
+        )
+    return VideoPipeline.from_pretrained(
+        directory, process=cfg.process, config=cfg.pipeline, device=_device(cfg.device),
+        kernels=cfg.kernels,
+    )  # fmt: skip
+
+
 def run(args: argparse.Namespace) -> int:
-    """Generate one video per prompt and write mp4 + contact sheet files."""
-    cfg = load_config(SampleConfig, args.config, [*args.overrides, *args.set])
+    """Generate one video per prompt and write mp4 + contact sheet + prompt files."""
+    saved = is_saved_pipeline(args.config)
+    if saved:
+        cfg = load_config(saved_defaults(args.config), None, [*args.overrides, *args.set])
+    else:
+        cfg = load_config(SampleConfig, args.config, [*args.overrides, *args.set])
     flags = {
         "frames": args.frames,
         "mode": args.mode,
@@ -167,7 +223,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"mode {cfg.mode!r} is unknown; valid: {', '.join(MODES)}")
     outputs = _outputs(Path(args.out), len(args.prompt))
     outputs[0].parent.mkdir(parents=True, exist_ok=True)
-    pipe = build_pipeline(cfg)
+    pipe = load_saved_pipeline(args.config, cfg) if saved else build_pipeline(cfg)
+    if args.lora:
+        pipe.load_lora(args.lora)
     video = pipe.generate(
         args.prompt,
         frames=cfg.frames,
@@ -179,8 +237,9 @@ def run(args: argparse.Namespace) -> int:
         mode=cfg.mode,
         negative_prompt=cfg.negative_prompt or None,
     )
-    for frames, path in zip(to_uint8(video), outputs, strict=True):
+    for frames, path, prompt in zip(to_uint8(video), outputs, args.prompt, strict=True):
         write_video(path, frames, fps=cfg.fps)
         sheet = save_png(path.with_suffix(".png"), contact_sheet(frames))
-        log.info("wrote %s (%d frames) and %s", path, frames.shape[0], sheet)
+        path.with_suffix(".txt").write_text(prompt + "\n")  # the sidecar `eval` reads
+        log.info("wrote %s (%d frames), %s and its prompt", path, frames.shape[0], sheet)
     return 0

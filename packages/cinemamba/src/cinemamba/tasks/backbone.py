@@ -13,11 +13,12 @@ from the other source, draws the same.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections import Counter
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,15 +42,21 @@ from cinemamba.train import (
     load_experiment,
     train,
 )
-from cinemamba_backbone import BackboneConfig, VideoDiT
+from cinemamba_backbone import BackboneConfig, LoraSettings, VideoDiT, add_lora, save_lora
+from cinemamba_backbone.lora import weights_hash
 from cinemamba_conditioning import TextEmbedding, TextEncoderConfig, build_text_encoder
 from cinemamba_sampling import (
     MODES,
     PipelineConfig,
     ProcessConfig,
+    SamplingDefaults,
+    TrainingClip,
     VideoPipeline,
     build_process,
+    check_process,
     contact_sheet,
+    is_saved_pipeline,
+    read_pipeline_json,
     save_png,
     to_uint8,
 )
@@ -100,8 +107,33 @@ class PeriodicSamples:
 
 
 @dataclass
+class ValidationConfig:
+    """A held-out loss at every `train.eval_every` step and at the end (rank 0, EMA weights),
+    logged as `eval/val_loss` and `eval/val_loss_t<t>` (TensorBoard and log.jsonl).
+
+    path: a latent shard set kept out of training ("": off); checked against the task's VAE
+        and text encoder like the training set. The first `samples` clips of its seeded stream
+        (`seed`, first-frame crop to `task.data.latent_frames`) are scored at each diffusion time
+        in `t`, with the noise of clip i drawn from a generator seeded `seed + i`: the same
+        inputs at every evaluation, so the curve moves only with the weights.
+    """
+
+    path: str = ""
+    samples: int = 8
+    t: list[float] = field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7, 0.9])
+    seed: int = 0
+
+
+@dataclass
 class BackboneTaskConfig:
-    """The backbone task: model, frozen encoders, noise process, data and loss options."""
+    """The backbone task: model, frozen encoders, noise process, data and loss options.
+
+    init_from: start from these weights (a saved pipeline directory or a backbone
+        `save_pretrained` directory) with a fresh optimizer; the architecture must equal
+        `backbone`, and a pipeline's process and text encoder those of this task.
+    lora: `lora.rank > 0` trains LoRA adapters (peft) on the backbone's block linear layers
+        with every other weight frozen; they are saved on their own in RUN_DIR/lora.
+    """
 
     backbone: BackboneConfig = field(default_factory=lambda: BackboneConfig.from_preset("tiny"))
     vae: str = ""  # a VideoAutoencoder directory (save_pretrained); checked against latents
@@ -113,6 +145,9 @@ class BackboneTaskConfig:
     vae_sample: bool = False  # raw only: sample the posterior instead of its mean
     kernels: str = "auto"  # backbone kernels: "auto" | "torch"
     samples: PeriodicSamples = field(default_factory=PeriodicSamples)
+    init_from: str = ""
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
 
 
 @dataclass
@@ -151,6 +186,11 @@ class BackboneTask:
         self._text = None
         self._null: dict[str, torch.Tensor] | None = None
         self._writer = None
+        self._clip: tuple[int, int, int] | None = None  # (t, h, w) of the latents trained on
+        self._base: str | None = None  # hash of the frozen base weights under LoRA
+        self._warned_no_pipeline = False
+        self.val_set: LatentSet | None = None
+        self._val_batches: list[dict[str, torch.Tensor]] | None = None
 
     # ---------------------------------------------------------------- checks and frozen parts
     def validate(self) -> None:
@@ -162,6 +202,16 @@ class BackboneTask:
             raise ConfigError(f"task.data.crop must be one of {CROPS}, got {data.crop!r}")
         if not data.path or not Path(data.path).is_dir():
             raise ConfigError(f"task.data.path={data.path!r} is not a shard directory")
+        if cfg.init_from:
+            self._check_init_from()
+        self._open_validation()
+        if cfg.lora.rank < 0 or cfg.lora.alpha < 0 or not 0 <= cfg.lora.dropout < 1:
+            raise ConfigError(
+                "task.lora needs rank >= 0 (0: off), alpha >= 0 and dropout in [0, 1), got "
+                f"{cfg.lora}"
+            )
+        if cfg.lora.rank > 0 and not cfg.init_from:
+            log.warning("task.lora without task.init_from: adapters on a randomly initialised base")
         if not 0 <= cfg.caption_dropout <= 1:
             raise ConfigError(f"task.caption_dropout must be in [0, 1], got {cfg.caption_dropout}")
         if cfg.samples.mode not in MODES:
@@ -235,9 +285,105 @@ class BackboneTask:
         return {k: v.to(device) for k, v in self._null.items()}
 
     # ---------------------------------------------------------------- engine protocol
+    def _init_dir(self) -> Path:
+        """The backbone directory `init_from` names (a pipeline's `backbone/`, or itself)."""
+        path = Path(self.cfg.init_from)
+        if is_saved_pipeline(path):
+            return path / read_pipeline_json(path)["backbone"]
+        return path
+
+    def _check_init_from(self) -> None:
+        cfg = self.cfg
+        path = Path(cfg.init_from)
+        if not (path / "config.yaml").is_file() and not is_saved_pipeline(path):
+            raise ConfigError(
+                f"task.init_from={cfg.init_from!r} is neither a saved pipeline (pipeline.json) "
+                "nor a backbone directory (config.yaml + model.safetensors)"
+            )
+        saved = BackboneConfig.from_yaml(self._init_dir() / "config.yaml")
+        diff = [f"{k}: {getattr(cfg.backbone, k)!r} here, {getattr(saved, k)!r} there"
+                for k in saved.__dataclass_fields__
+                if k != "grad_checkpointing" and getattr(saved, k) != getattr(cfg.backbone, k)]  # fmt: skip
+        if diff:
+            raise ConfigError(
+                f"task.backbone differs from the backbone in task.init_from={cfg.init_from!r} "
+                f"({'; '.join(diff)}); set task.backbone to its architecture"
+            )
+        if is_saved_pipeline(path):
+            meta = read_pipeline_json(path)
+            try:
+                check_process(ProcessConfig(**meta["process"]), cfg.process)
+            except ValueError as err:
+                raise ConfigError(f"task.process: {err}") from None
+            if asdict(cfg.text_encoder) != meta["text_encoder"]["config"]:
+                raise ConfigError(
+                    f"task.text_encoder={asdict(cfg.text_encoder)} but the pipeline in "
+                    f"task.init_from was trained with {meta['text_encoder']['config']}"
+                )
+
+    def _open_validation(self) -> None:
+        val = self.cfg.validation
+        if not val.path:
+            return
+        if val.samples < 1 or not val.t or not all(0 < t <= 1 for t in val.t):
+            raise ConfigError(
+                f"task.validation needs samples >= 1 and times t in (0, 1], got {val.samples}, "
+                f"{list(val.t)}"
+            )
+        if not Path(val.path).is_dir():
+            raise ConfigError(f"task.validation.path={val.path!r} is not a latent shard directory")
+        try:
+            self.val_set = open_latent_set(
+                val.path,
+                vae=fmt.vae_identity(self.cfg.vae) if self.cfg.vae else None,
+                text_encoder=self.cfg.text_encoder,
+            )
+        except fmt.LatentFormatError as err:
+            raise ConfigError(f"task.validation.path: {err}") from None
+
+    @torch.no_grad()
+    def validation_loss(self, model: nn.Module) -> dict[str, float]:
+        """Mean loss (the training loss's weighting) of the held-out clips at each fixed `t`."""
+        val = self.cfg.validation
+        assert self.val_set is not None, "validate() opens the validation set"
+        if self._val_batches is None:
+            stream = latent_batches(
+                self.val_set, seed=val.seed, rank=0, batch_size=1, start_batch=0,
+                latent_frames=self.cfg.data.latent_frames, crop="first",
+            )  # fmt: skip
+            self._val_batches = [batch for batch, _ in itertools.islice(stream, val.samples)]
+        device = self._device_of(model)
+        dtype = next(model.parameters()).dtype
+        per_t = {t: 0.0 for t in val.t}
+        for i, batch in enumerate(self._val_batches):
+            x0 = batch["latents"].float()
+            noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(val.seed + i))
+            x0, noise = x0.to(device), noise.to(device)
+            text = batch["text"].to(device, dtype)
+            mask, pooled = batch["text_mask"].to(device), batch["pooled"].to(device, dtype)
+            for t_value in val.t:
+                t = torch.full((x0.shape[0],), t_value, device=device)
+                x_t = self.process.add_noise(x0, noise, t)
+                pred = model(x_t.to(dtype), t, text, mask, pooled).float()
+                err = (pred - self.process.target(x0, noise, t)).pow(2).mean()
+                per_t[t_value] += float(err * self.process.loss_weight(t).float().mean())
+        n = len(self._val_batches)
+        out = {f"val_loss_t{t:g}": v / n for t, v in per_t.items()}
+        out["val_loss"] = sum(per_t.values()) / (n * len(per_t))
+        return out
+
     def build_models(self) -> dict[str, nn.Module]:
-        """One VideoDiT."""
-        return {"backbone": VideoDiT(self.cfg.backbone, kernels=self.cfg.kernels)}
+        """One VideoDiT: fresh, or the `init_from` weights; wrapped with LoRA adapters when
+        `lora.rank > 0` (only the adapters train)."""
+        if self.cfg.init_from:
+            model = VideoDiT.from_pretrained(self._init_dir(), kernels=self.cfg.kernels)
+            model.config.grad_checkpointing = self.cfg.backbone.grad_checkpointing
+        else:
+            model = VideoDiT(self.cfg.backbone, kernels=self.cfg.kernels)
+        if self.cfg.lora.rank > 0:
+            self._base = weights_hash(model)
+            model = add_lora(model, self.cfg.lora)
+        return {"backbone": model}
 
     def train_data(self, spec: DataSpec) -> Iterator[dict[str, Any]]:
         """This rank's micro-batches (a function of seed, rank and batch index)."""
@@ -323,6 +469,8 @@ class BackboneTask:
         inputs = self.encode(batch, device)
         x0 = inputs["latents"]
         b, _, frames, h, w = x0.shape
+        if self._clip is None or frames > self._clip[0]:
+            self._clip = (frames, h, w)
         # All randomness from one CPU generator per micro-batch: identical on any device, for
         # either data source, and after a resume.
         gen = torch.Generator().manual_seed(int(batch["noise_seed"]))
@@ -346,6 +494,31 @@ class BackboneTask:
         loss = (err * weight).mean()
         return LossOutput(loss, {"mse": err.mean().detach(), "t_mean": t.float().mean()})
 
+    # ---------------------------------------------------------------- saved pipeline
+    def training_clip(self) -> TrainingClip:
+        """The latent clip geometry trained on: what `loss` saw, else one micro-batch's."""
+        if self._clip is None:
+            spec = DataSpec(rank=0, world_size=1, micro_batch_size=1, seed=0, start_batch=0)
+            batch = next(iter(self.train_data(spec)))
+            self._clip = tuple(self.encode(batch, torch.device("cpu"))["latents"].shape[2:])
+        t, h, w = self._clip
+        return TrainingClip(latent_frames=t, latent_height=h, latent_width=w)
+
+    def pipeline(self, backbone: nn.Module, device: torch.device | None = None) -> VideoPipeline:
+        """`backbone` with this task's VAE and text encoder (on `device`, default the
+        backbone's) and process, sampling defaults from `task.samples`, rolling windows the
+        length of the training clip."""
+        device = device or self._device_of(backbone)
+        clip = self.training_clip()
+        window = clip.latent_frames
+        config = PipelineConfig(window=window, context=min(PipelineConfig.context, window - 1),
+                                progress=False)  # fmt: skip
+        s = self.cfg.samples
+        return VideoPipeline(
+            self.vae(device), backbone, self.text_encoder(device), self.process, config,
+            defaults=SamplingDefaults(steps=s.steps, guidance=s.guidance), training_clip=clip,
+        )  # fmt: skip
+
     # ---------------------------------------------------------------- periodic samples
     @torch.no_grad()
     def evaluate(self, models: Mapping[str, nn.Module], step: int, run_dir: Path) -> dict | None:
@@ -356,10 +529,22 @@ class BackboneTask:
         if any(hasattr(p, "ds_id") for p in model.parameters()):
             log.warning("ZeRO-3 partitions the weights: use export_weights for the backbone")
             return None
-        model.save_pretrained(Path(run_dir) / "backbone")
+        if self._base is not None:  # LoRA: the adapters on their own (EMA weights)
+            save_lora(model, Path(run_dir) / "lora", self._base)
+        else:
+            model.save_pretrained(Path(run_dir) / "backbone")
+        if self.cfg.vae and self._base is None:
+            # Saving only reads the frozen encoders' configs and weights: keep them off the GPU.
+            self.pipeline(model, torch.device("cpu")).save_pretrained(
+                Path(run_dir) / "pipeline", vae_reference=self.cfg.vae
+            )
+        elif self._base is None and not self._warned_no_pipeline:
+            self._warned_no_pipeline = True
+            log.warning("task.vae is empty: RUN_DIR/pipeline is not written (it names its VAE)")
+        metrics = self.validation_loss(model) if self.val_set is not None else {}
         s = self.cfg.samples
         if not s.prompts:
-            return None
+            return metrics or None
         started = time.perf_counter()
         device = self._device_of(model)
         pipe = VideoPipeline(self.vae(device), model, self.text_encoder(device), self.process,
@@ -376,9 +561,10 @@ class BackboneTask:
             write_video(out / f"step{step:07d}_{i}.mp4", frames, s.fps)
             sheet = contact_sheet(frames)
             save_png(out / f"step{step:07d}_{i}.png", sheet)
-            self._writer.add_image(f"samples/{i}", sheet, step, dataformats="HWC")
+            # the tag carries the prompt; TensorBoard shows the step on the image's slider
+            self._writer.add_image(f"samples/{i} {s.prompts[i]}", sheet, step, dataformats="HWC")
         self._writer.flush()
-        return {"sample_seconds": time.perf_counter() - started}
+        return {**metrics, "sample_seconds": time.perf_counter() - started}
 
 
 # ---------------------------------------------------------------- Python API
@@ -395,3 +581,40 @@ def train_backbone(experiment: BackboneExperiment) -> TrainResult:
     """Train the backbone in this process (or under torchrun / deepspeed: one call per rank)."""
     full = OmegaConf.structured(experiment)
     return train(experiment.train, BackboneTask(experiment.task), full_config=full)
+
+
+def export_pipeline(
+    source: str | Path, out: str | Path, *, ema: bool = True, data_path: str | None = None
+) -> Path:
+    """A saved pipeline (`VideoPipeline.save_pretrained`) from a backbone checkpoint or run
+    directory (its latest): the EMA weights by default, the trained ones with `ema=False`.
+
+    The VAE, text encoder, process and sampling defaults come from the experiment config
+    saved in the checkpoint; `data_path` replaces `task.data.path` when the training data has
+    moved (it gives the training clip geometry).
+    """
+    from cinemamba.train import checkpoint as ckpt_io
+    from cinemamba.train.export import consolidated_state_dict
+
+    state = ckpt_io.read_trainer_state(ckpt_io.resolve_checkpoint(source))
+    overrides = [f"task.data.path={data_path}"] if data_path else []
+    merged = OmegaConf.merge(OmegaConf.structured(BackboneExperiment), state["config"],
+                             OmegaConf.from_dotlist(overrides))  # fmt: skip
+    exp: BackboneExperiment = OmegaConf.to_object(merged)
+    if not exp.task.vae:
+        raise ConfigError(f"{source}: the run has no task.vae, so a pipeline cannot name its VAE")
+    task = BackboneTask(exp.task)
+    task.validate()
+    model = task.build_models()["backbone"]  # init_from weights and LoRA wrapper, as trained
+    weights = consolidated_state_dict(source, "backbone", ema)
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    # The EMA of a LoRA run holds the adapters only; the frozen base comes from init_from.
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    if unexpected or set(missing) - frozen:
+        raise ValueError(
+            f"{source}: the checkpoint's backbone weights do not fit the model its config builds"
+            f" (missing {sorted(set(missing) - frozen)[:5]}, unexpected {unexpected[:5]})"
+        )
+    if exp.task.lora.rank > 0:
+        model = model.merge_and_unload()  # a plain VideoDiT: the pipeline holds merged weights
+    return task.pipeline(model.eval()).save_pretrained(out, vae_reference=exp.task.vae)

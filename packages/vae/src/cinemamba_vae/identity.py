@@ -1,0 +1,41 @@
+"""Identity of a saved VAE: names the exact weights and architecture without building the model.
+
+Latent manifests and saved pipelines record it, so a consumer can refuse latents or a pipeline
+made with another VAE (a retrained one, or the same architecture with other latent statistics).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any
+
+
+def config_hash(config: Any) -> str:
+    """A short sha256 of a config (dataclass or mapping), stable across key order."""
+    data = asdict(config) if is_dataclass(config) else dict(config)
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 hex digest of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def vae_identity(directory: str | Path) -> str:
+    """Names the exact VAE saved in `directory` (by `save_pretrained`) without building it: a
+    hash of its weights file (latent statistics included) and of its config."""
+    from cinemamba_vae.model import load_vae_config
+
+    directory = Path(directory)
+    weights, config = directory / "model.safetensors", directory / "config.yaml"
+    for path in (weights, config):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: {str(directory)!r} is not a saved VAE")
+    return f"vae/sha256-{file_sha256(weights)[:16]}/cfg-{config_hash(load_vae_config(config))}"
