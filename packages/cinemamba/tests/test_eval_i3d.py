@@ -75,7 +75,9 @@ def test_same_padding_closed_form() -> None:
 
 def test_max_pool_same_matches_loop() -> None:
     """The padded max-pool against a float64 window loop that clips windows to the input."""
-    x = torch.randn(1, 2, 5, 6, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    # All negative: a pad of zeros instead of -inf would win every border window.
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 2, 5, 6, 7, dtype=torch.float64, generator=g).abs().neg() - 0.1
     k, s = (3, 3, 2), (2, 2, 2)
     y = max_pool_same(x, k, s)
     pads = [_same_pad(n, kk, ss)[0] for n, kk, ss in zip(x.shape[2:], k, s, strict=True)]
