@@ -308,9 +308,9 @@ class FVDAccumulator:
         """An accumulator restored from cached features (no extractor attached)."""
         acc = cls(None, lengths)
         for name in acc.lengths:
-            if arrays[name].size:
-                acc.stats[name].add(arrays[name])
-                acc.feats[name].append(arrays[name])
+            for row in arrays[name]:  # one clip at a time, as when computed: same sums
+                acc.stats[name].add(row[None])
+                acc.feats[name].append(row[None])
             acc.too_short[name] = int(too_short[name])
         acc.videos = videos
         return acc
