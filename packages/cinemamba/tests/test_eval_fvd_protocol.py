@@ -190,8 +190,9 @@ def test_real_features_cache_hit_miss_invalidation(two_sets, tmp_path, monkeypat
         first["fvd"]["fvd16"]["real_clips"] == 4 and first["fvd"]["fvd16"]["generated_clips"] == 4
     )
 
-    cfg.fvd.protocols = ["fvd16", "fvd8"]  # another protocol set: a new key
-    assert evaluate(cfg)["fvd_meta"]["cache"] == "miss"
+    cfg.fvd.protocols = ["fvd16", "fvd8"]  # another protocol set: a new key, a new file
+    meta = evaluate(cfg)["fvd_meta"]
+    assert meta["cache"] == "miss" and meta["cache_file"] != first["fvd_meta"]["cache_file"]
     cfg.fvd.protocols = ["fvd16"]
     cfg.fvd.seed = 1  # other real clips
     assert evaluate(cfg)["fvd_meta"]["cache"] == "miss"
