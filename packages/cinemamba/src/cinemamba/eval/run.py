@@ -67,6 +67,8 @@ class FVDConfig:
     seed: int = 0  # real clips' random start frames (see cinemamba.eval.fvd.clip_offset)
     cache: str = field(default_factory=_default_cache)  # real-set features; "" = no cache
     device: str = "cpu"
+    drift: bool = False  # per-segment FVD + flicker along the generated videos (drift.png)
+    drift_segment: int = 16  # frames per segment
 
 
 @dataclass
@@ -426,9 +428,25 @@ def evaluate(cfg: EvalConfig, *, scorer: Scorer | None = None) -> dict:
     if features is not None:
         report["fvd"] = _fvd_report(sets, lengths)
         report["fvd_meta"] = {"i3d": features.identity, "seed": cfg.fvd.seed, **cache_info}
+        if cfg.fvd.drift:
+            report["drift"] = _drift(cfg, features)
     if cfg.reconstruction.vae:
         report["reconstruction"] = run_reconstruction(cfg.shards, cfg.reconstruction)
     return report
+
+
+def _drift(cfg: EvalConfig, features: Any) -> dict:
+    """The drift table (`cinemamba.eval.drift`) of the generated set against the real one."""
+    from itertools import islice
+
+    from cinemamba.eval.drift import drift_table
+
+    limit = cfg.max_videos or None
+    frames = (it.frames for it in islice(iter_shards(cfg.shards, Counter(), cfg.max_frames), limit))
+    gen = iter_generated(cfg.generated, Counter(), cfg.max_frames)
+    return drift_table(
+        features, frames, (it.frames for it in islice(gen, limit)), cfg.fvd.drift_segment
+    )
 
 
 def _fvd_report(sets: list[SetResult], lengths: dict) -> dict:
@@ -533,6 +551,11 @@ def to_markdown(report: dict) -> str:
                 for n, v in fvd.items()
             ]
             parts.append(markdown_table(["clips", "FVD", "real", "generated", "too short"], rows))
+    if "drift" in report:
+        from cinemamba.eval.drift import drift_markdown
+
+        parts += ["", "## Drift over time (successive segments of the generated videos)", ""]
+        parts += [drift_markdown(report["drift"]), "", "![drift](drift.png)"]
     if "reconstruction" in report:
         parts += ["", "## VAE reconstruction", ""]
         leaves = [(k, v) for k, v in flat_scores(report["reconstruction"]) if v is not None]
@@ -544,6 +567,10 @@ def write_report(report: dict, out: str | Path) -> tuple[Path, Path]:
     """Write `eval.json` and `eval.md` under `out` (each via a temporary name)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    if report.get("drift", {}).get("rows"):
+        from cinemamba.eval.drift import plot_drift
+
+        plot_drift(report["drift"], out / "drift.png")
     paths = out / "eval.json", out / "eval.md"
     texts = json.dumps(report, indent=1, default=str) + "\n", to_markdown(report)
     for path, text in zip(paths, texts, strict=True):
