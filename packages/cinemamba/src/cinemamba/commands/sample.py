@@ -1,7 +1,8 @@
 """`cinemamba sample CONFIG --prompt ... --frames N --mode oneshot|rolling|streaming --out video.mp4`
 
 Builds the VAE, backbone and text encoder from a sampling config (configs/sampling/), generates
-one video per prompt and writes each as mp4 plus a PNG contact sheet next to it.
+one video per prompt and writes each as mp4 plus a PNG contact sheet and the prompt (`NAME.txt`,
+the sidecar `cinemamba eval --generated` reads) next to it.
 """
 
 from __future__ import annotations
@@ -179,8 +180,10 @@ def run(args: argparse.Namespace) -> int:
         mode=cfg.mode,
         negative_prompt=cfg.negative_prompt or None,
     )
-    for frames, path in zip(to_uint8(video), outputs, strict=True):
+    for frames, path, prompt in zip(to_uint8(video), outputs, args.prompt, strict=True):
         write_video(path, frames, fps=cfg.fps)
         sheet = save_png(path.with_suffix(".png"), contact_sheet(frames))
-        log.info("wrote %s (%d frames) and %s", path, frames.shape[0], sheet)
+        # The prompt sidecar `cinemamba eval --generated` reads (NAME.txt next to NAME.mp4).
+        path.with_suffix(".txt").write_text(prompt + "\n")
+        log.info("wrote %s (%d frames), %s and its prompt", path, frames.shape[0], sheet)
     return 0
