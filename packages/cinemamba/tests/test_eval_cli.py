@@ -218,6 +218,11 @@ def test_reconstruction_part_uses_the_vae_eval(synth, tmp_path, capsys) -> None:
         ]  # fmt: skip
     assert rec["psnr"] == pytest.approx(float(np.mean(psnr)), rel=1e-4)
     assert "## VAE reconstruction" in (tmp_path / "r" / "eval.md").read_text()
+    # --max-videos bounds the reconstruction too (its own default is 16 videos; the set has 6).
+    code = main(["eval", "--shards", str(synth), "--vae", str(tmp_path / "vae"), "--max-videos", "2",
+                 "--out", str(tmp_path / "r2"), "groundtruth=false", "reconstruction.clip_frames=9"])  # fmt: skip
+    assert code == 0
+    assert json.loads((tmp_path / "r2" / "eval.json").read_text())["reconstruction"]["clips"] == 2
     assert main(["eval", "--generated", str(tmp_path), "--vae", str(tmp_path / "vae")]) == 2
     assert "needs `shards`" in capsys.readouterr().err
 

@@ -24,7 +24,7 @@ import os
 import tarfile
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from glob import glob
 from pathlib import Path
 from typing import Any
@@ -431,7 +431,10 @@ def evaluate(cfg: EvalConfig, *, scorer: Scorer | None = None) -> dict:
         if cfg.fvd.drift:
             report["drift"] = _drift(cfg, features)
     if cfg.reconstruction.vae:
-        report["reconstruction"] = run_reconstruction(cfg.shards, cfg.reconstruction)
+        rec = cfg.reconstruction
+        if cfg.max_videos:  # `--max-videos` bounds every part, reconstruction included
+            rec = replace(rec, max_videos=min(rec.max_videos, cfg.max_videos))
+        report["reconstruction"] = run_reconstruction(cfg.shards, rec)
     return report
 
 
