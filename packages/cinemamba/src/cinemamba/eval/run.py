@@ -415,7 +415,11 @@ def evaluate(cfg: EvalConfig, *, scorer: Scorer | None = None) -> dict:
             real.videos = real.videos or real_fvd.videos
         sets.append(real)
         if cache_info.get("cache") == "miss":
-            FeatureCache(cfg.fvd.cache).save(cache_info.pop("identity"), real_fvd)
+            try:
+                FeatureCache(cfg.fvd.cache).save(cache_info.pop("identity"), real_fvd)
+            except OSError as err:  # a cache that cannot be written must not lose the result
+                log.warning("could not write the FVD cache %s: %s", cfg.fvd.cache, err)
+                cache_info["cache"] = "miss (not written)"
         cache_info.pop("identity", None)
     if cfg.generated:
         skipped = Counter()
