@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from cinemamba.cli import main
 from cinemamba.commands.sample import SampleConfig, build_pipeline
 from cinemamba.config import load_config, to_object
 from cinemamba.data.video import decode_video, probe_video
+from cinemamba.eval.run import iter_generated
 from cinemamba_sampling import contact_sheet, to_uint8
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,6 +57,9 @@ def test_sample_writes_video_and_contact_sheet(tmp_path):
         assert decode_video(mp4.read_bytes()).shape == (11, 16, 16, 3)
         sheet = np.asarray(Image.open(mp4.with_suffix(".png")))
         assert sheet.shape == (2 * 16 + 2, 8 * 16 + 7 * 2, 3)  # 11 frames in rows of 8
+    # The prompt sidecars eval reads: each video with the prompt it was generated from.
+    items = {it.key: it.prompt for it in iter_generated(out.parent, Counter())}
+    assert items == {"video_0": "a red circle moving left", "video_1": "a blue square"}
 
 
 def test_sample_output_is_the_seeded_pipeline_output(tmp_path):

@@ -26,6 +26,7 @@ TITLES = {
     "train": "## Training step breakdown (DeepSpeed engine, one process)",
     "sampling": "## Sampling: seconds per generated frame by long-video mode",
     "growth": "## Cost growth with frame count (whole pipeline)",
+    "fvd": "## FVD: I3D feature throughput (CPU)",
 }
 
 

@@ -19,6 +19,7 @@ from cinemamba.data.synth_video import write_synth
 from cinemamba.data.video import decode_video, write_video
 from cinemamba.eval.run import (
     EvalConfig,
+    FVDConfig,
     evaluate,
     iter_generated,
     iter_shards,
@@ -134,7 +135,9 @@ def test_evaluate_with_injected_scorer_and_fvd(synth, i3d, tmp_path) -> None:
 
     cfg = EvalConfig(shards=str(synth), generated=str(tmp_path / "gen"))
     cfg.fvd.i3d = str(i3d)
-    cfg.fvd.clip_frames = 8
+    cfg.fvd.protocols = ["fvd8"]
+    cfg.fvd.full_length = True
+    cfg.fvd.cache = ""
     report = evaluate(cfg, scorer=scorer)
     real, gen = report["sets"]["real"], report["sets"]["generated"]
     assert real["videos"] == 6 and real["scored"] == 6
@@ -165,12 +168,14 @@ def test_cli_writes_json_and_markdown(synth, i3d, tmp_path, capsys) -> None:
         write_video(gen / f"v{i}.mp4", noisy, fps=8.0)
     code = main(
         ["eval", "--shards", str(synth / "val-{000000..000001}.tar"), "--generated", str(gen),
-         "--i3d", str(i3d), "--out", str(out), "groundtruth=false", "fvd.full_length=false"]
+         "--i3d", str(i3d), "--out", str(out), "groundtruth=false", f"fvd.cache={tmp_path}/c"]
     )  # fmt: skip
     assert code == 0
     report = json.loads((out / "eval.json").read_text())
     assert report["fvd"]["fvd16"]["fvd"] > 1e-3  # brightened videos are measurably different
     assert "fvd_full" not in report["fvd"]
+    # 20-frame videos: none long enough for FVD_128, each counted, no figure.
+    assert report["fvd"]["fvd128"]["fvd"] is None and report["fvd"]["fvd128"]["too_short"] == 12
     assert report["sets"]["generated"]["groundtruth"] is None
     assert (out / "eval.md").read_text() == capsys.readouterr().out.rstrip("\n") + "\n"
 
@@ -213,6 +218,11 @@ def test_reconstruction_part_uses_the_vae_eval(synth, tmp_path, capsys) -> None:
         ]  # fmt: skip
     assert rec["psnr"] == pytest.approx(float(np.mean(psnr)), rel=1e-4)
     assert "## VAE reconstruction" in (tmp_path / "r" / "eval.md").read_text()
+    # --max-videos bounds the reconstruction too (its own default is 16 videos; the set has 6).
+    code = main(["eval", "--shards", str(synth), "--vae", str(tmp_path / "vae"), "--max-videos", "2",
+                 "--out", str(tmp_path / "r2"), "groundtruth=false", "reconstruction.clip_frames=9"])  # fmt: skip
+    assert code == 0
+    assert json.loads((tmp_path / "r2" / "eval.json").read_text())["reconstruction"]["clips"] == 2
     assert main(["eval", "--generated", str(tmp_path), "--vae", str(tmp_path / "vae")]) == 2
     assert "needs `shards`" in capsys.readouterr().err
 
@@ -253,7 +263,7 @@ def test_default_scorer_on_real_videos_and_wrong_prompts(synth, tmp_path) -> Non
         other = COLOUR_NAMES[(COLOUR_NAMES.index(spec.colour) + 3) % len(COLOUR_NAMES)]
         words = [w for w in COLOUR_WORDS[spec.colour] if w in item.prompt.split()]
         (gen / f"v{i}.txt").write_text(item.prompt.replace(words[0], other, 1))
-    report = evaluate(EvalConfig(shards=str(synth), generated=str(gen)))
+    report = evaluate(EvalConfig(shards=str(synth), generated=str(gen), fvd=FVDConfig(i3d="")))
     real = report["sets"]["real"]["groundtruth"]
     assert report["sets"]["real"]["scored"] == 6
     for key in ("colour_accuracy", "shape_accuracy", "motion_accuracy", "identity_persistence"):

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from cinemamba.bench import generation, scripts, training
+from cinemamba.bench import fvd, generation, scripts, training
+from cinemamba.bench.fvd import FVDScale
 from cinemamba.bench.generation import GenerationScale
 from cinemamba.bench.measure import MIN_REPEATS, Section, machine_description
 from cinemamba.bench.scripts import KernelScale
@@ -21,7 +22,7 @@ from cinemamba.bench.training import TrainScale
 
 log = logging.getLogger(__name__)
 
-BENCHMARKS = ("data", "vae", "scan", "backbone", "train", "sampling", "growth")
+BENCHMARKS = ("data", "vae", "scan", "backbone", "train", "sampling", "growth", "fvd")
 QUICK_TARGET_S = 180.0  # the issue: quick mode < 3 min
 
 
@@ -34,6 +35,7 @@ class Scale:
     train: TrainScale = field(default_factory=TrainScale)
     generation: GenerationScale = field(default_factory=GenerationScale)
     notes: tuple[str, ...] = ()  # what this mode leaves out, printed in the report
+    fvd: FVDScale = field(default_factory=FVDScale)
 
 
 CPU_ONLY = (
@@ -61,6 +63,7 @@ SCALES: dict[str, Scale] = {
             "of every case here; run `scripts/bench_backbone.py all` for the longer lengths.",
             CPU_ONLY,
         ),
+        FVDScale(clip_frames=(16, 128)),
     ),
     # Routine use, under 3 min on quiet cores: fewer, shorter lengths, narrower VideoDiT,
     # cases in this process.
@@ -83,6 +86,7 @@ SCALES: dict[str, Scale] = {
                    warmup_steps=1, zero_stages=(0,)),
         GenerationScale(size=16, steps=1, guidance=1.0, sample_frames=(9,),
                         growth_frames=(5, 9, 13), window=2, context=1, chunk=1),
+        fvd=FVDScale(clip_frames=(9,), source_size=16),  # 9: the shortest clip I3D takes
     ),
 }  # fmt: skip
 
@@ -100,6 +104,7 @@ def run_benchmarks(scale: Scale, only: Sequence[str] = BENCHMARKS) -> list[Secti
         "backbone": lambda: [scripts.backbone(scale.kernels)],
         "sampling": lambda: [generation.sampling(scale.generation)],
         "growth": lambda: [generation.growth(scale.generation)],
+        "fvd": lambda: [fvd.i3d_throughput(scale.fvd)],
     }
     sections: list[Section] = []
     # Data runs last: scripts/bench_data.py sets glibc mallopt for its "heap kept" rows, which

