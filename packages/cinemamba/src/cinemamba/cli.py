@@ -10,21 +10,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import os
 import pkgutil
 import sys
 from collections.abc import Sequence
 
 from cinemamba import commands
-
-# OpenMP settings the CLI applies when the user has not set them. torch's OpenMP (libgomp,
-# shared by the C scan) reads them once, when torch is first imported, so they are set before
-# any subcommand module is. libgomp's default keeps each idle thread spinning for 300,000
-# iterations after every parallel region; when another process shares the cores, a spinning
-# thread holds a core that a thread with work needs, every barrier costs a scheduler time
-# slice, and a demo training step ran 25x slower next to one other run instead of about 2x
-# (issue 14; scripts/bench_contention.py measures it). PASSIVE makes idle threads sleep.
-OPENMP_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 
 
 def _command_modules() -> list:
@@ -53,8 +43,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments and run one subcommand; returns the process exit code."""
-    for key, value in OPENMP_ENV.items():
-        os.environ.setdefault(key, value)  # also inherited by launched ranks and workers
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # argparse fills a `nargs="*"` positional from the first run of positionals only, so a

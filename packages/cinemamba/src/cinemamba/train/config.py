@@ -80,6 +80,9 @@ class TrainConfig:
     seed: int = 0
     resume: str = "auto"  # auto (latest checkpoint if any) | never | path to a checkpoint
     progress: bool = True
+    # On CPU, fit torch's thread count to the cores other processes leave free (train/threads.py);
+    # false keeps it fixed, which bit-exact reproduction at more than one thread needs.
+    adapt_threads: bool = True
     dist_backend: str = ""  # empty: nccl on CUDA, gloo on CPU
     deepspeed_config: str = "zero0"  # a name in configs/deepspeed/ or a path
     deepspeed: dict[str, Any] = field(default_factory=dict)

@@ -43,6 +43,7 @@ from cinemamba.train.monitor import Monitor, peak_memory_gb
 from cinemamba.train.optim import StepGate, build_optimizer
 from cinemamba.train.schedule import lr_at
 from cinemamba.train.task import DataSpec, Task, as_loss_output, call_optional, task_phases
+from cinemamba.train.threads import ThreadGovernor
 
 log = logging.getLogger(__name__)
 
@@ -531,8 +532,12 @@ class Trainer:
         losses: dict[str, float] = {}
         window = {"data": 0.0, "compute": 0.0, "samples": 0, "frames": 0, "steps": 0}
         count_frames = getattr(self.task, "count_frames", None)
+        cpu = self.device.type == "cpu"
+        governor = ThreadGovernor() if cfg.adapt_threads and cpu else None
         try:
             while step < cfg.steps:
+                if governor is not None:
+                    governor.poll()
                 t0 = time.perf_counter()
                 batches = []
                 for _ in range(cfg.grad_accum):
@@ -583,6 +588,8 @@ class Trainer:
             dist.barrier()
             return TrainResult(step, "done", last_ckpt, losses)
         finally:
+            if governor is not None:
+                governor.close()
             self._restore_signal_handlers()
             self.monitor.close()
 
