@@ -10,9 +10,6 @@ import pytest
 import torch
 
 from cinemamba.config import ConfigError
-from cinemamba.data.synth import SceneConfig
-from cinemamba.data.synth_video import write_synth
-from cinemamba.latents import ClipConfig, ExportConfig, export_latents
 from cinemamba.tasks.backbone import (
     BackboneTask,
     load_backbone_experiment,
@@ -21,28 +18,16 @@ from cinemamba.tasks.backbone import (
 from cinemamba.train import DataSpec
 from cinemamba_backbone import VideoDiT
 from cinemamba_conditioning import TextEncoderConfig, build_text_encoder
-from cinemamba_vae import VideoAutoencoder, vae_preset
+from cinemamba_vae import VideoAutoencoder
 
 pytestmark = pytest.mark.distributed
 CONFIG = Path(__file__).parents[3] / "configs" / "experiment" / "backbone_tiny.yaml"
 
 
 @pytest.fixture(scope="module")
-def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def made(tmp_path_factory: pytest.TempPathFactory, make_latent_set) -> dict[str, Path]:
     """4 raw synth videos (12 frames, 32x32, 2 per shard), a tiny VAE, their latent export."""
-    root = tmp_path_factory.mktemp("bb")
-    write_synth(root / "raw", "train", 4, SceneConfig(frames=12, height=32, width=32),
-                samples_per_shard=2)  # fmt: skip
-    torch.manual_seed(0)
-    vae = VideoAutoencoder(vae_preset("tiny"))
-    vae.set_latent_stats(torch.linspace(-0.1, 0.1, 8), torch.linspace(0.5, 1.5, 8))
-    vae.save_pretrained(root / "vae")
-    export_latents(ExportConfig(
-        input=str(root / "raw"), output=str(root / "lat"), vae=str(root / "vae"),
-        text_encoder=TextEncoderConfig(random_init_seed=0), clip=ClipConfig(frames=9, start="first"),
-        progress=False,
-    ))  # fmt: skip
-    return {"root": root, "raw": root / "raw", "vae": root / "vae", "lat": root / "lat"}
+    return make_latent_set(tmp_path_factory.mktemp("bb"))
 
 
 def _experiment(made: dict[str, Path], run: str, *extra: str):

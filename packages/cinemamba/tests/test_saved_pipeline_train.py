@@ -14,16 +14,11 @@ from safetensors.torch import load_file
 
 from cinemamba.cli import main
 from cinemamba.config import ConfigError
-from cinemamba.data.synth import SceneConfig
-from cinemamba.data.synth_video import write_synth
 from cinemamba.eval.run import iter_generated
-from cinemamba.latents import ClipConfig, ExportConfig, export_latents
 from cinemamba.tasks.backbone import BackboneTask, load_backbone_experiment, train_backbone
 from cinemamba.train import checkpoint as ckpt_io
 from cinemamba_backbone import VideoDiT
-from cinemamba_conditioning import TextEncoderConfig
 from cinemamba_sampling import TrainingClip, VideoPipeline
-from cinemamba_vae import VideoAutoencoder, vae_preset
 
 pytestmark = pytest.mark.distributed
 CONFIG = Path(__file__).parents[3] / "configs" / "experiment" / "backbone_tiny.yaml"
@@ -31,20 +26,10 @@ SMALL = ["steps=2", "pipeline.progress=false"]
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def run(tmp_path_factory: pytest.TempPathFactory, make_latent_set) -> dict[str, Path]:
     """2 synth videos -> tiny VAE latents (9 frames, 32x32) -> a 2-step backbone run."""
     root = tmp_path_factory.mktemp("pipe")
-    write_synth(root / "raw", "train", 2, SceneConfig(frames=12, height=32, width=32),
-                samples_per_shard=2)  # fmt: skip
-    torch.manual_seed(0)
-    vae = VideoAutoencoder(vae_preset("tiny"))
-    vae.set_latent_stats(torch.linspace(-0.1, 0.1, 8), torch.linspace(0.5, 1.5, 8))
-    vae.save_pretrained(root / "vae")
-    export_latents(ExportConfig(
-        input=str(root / "raw"), output=str(root / "lat"), vae=str(root / "vae"),
-        text_encoder=TextEncoderConfig(random_init_seed=0), clip=ClipConfig(frames=9, start="first"),
-        progress=False,
-    ))  # fmt: skip
+    make_latent_set(root, videos=2)
     exp = load_backbone_experiment(
         CONFIG,
         [

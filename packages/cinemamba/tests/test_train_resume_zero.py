@@ -25,15 +25,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cinemamba.data.synth import SceneConfig
-from cinemamba.data.synth_video import write_synth
-from cinemamba.latents import ClipConfig, ExportConfig, export_latents
 from cinemamba.tasks.backbone import BackboneTask, load_backbone_experiment
 from cinemamba.tasks.vae import VAETask, load_vae_experiment
 from cinemamba.train import checkpoint as ckpt_io
 from cinemamba.train import export_weights, train
-from cinemamba_conditioning import TextEncoderConfig
-from cinemamba_vae import VideoAutoencoder, vae_preset
 
 pytestmark = pytest.mark.distributed
 REPO = Path(__file__).resolve().parents[3]
@@ -55,21 +50,9 @@ def one_thread() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def data(tmp_path_factory: pytest.TempPathFactory, make_latent_set) -> dict[str, Path]:
     """4 raw synth videos (9 frames, 16x16), a tiny VAE and the latents it makes of them."""
-    root = tmp_path_factory.mktemp("resume_data")
-    write_synth(root / "raw", "train", 4, SceneConfig(frames=9, height=16, width=16),
-                samples_per_shard=2)  # fmt: skip
-    torch.manual_seed(0)
-    vae = VideoAutoencoder(vae_preset("tiny"))
-    vae.set_latent_stats(torch.zeros(8), torch.ones(8))
-    vae.save_pretrained(root / "vae")
-    export_latents(ExportConfig(
-        input=str(root / "raw"), output=str(root / "lat"), vae=str(root / "vae"),
-        text_encoder=TextEncoderConfig(random_init_seed=0), clip=ClipConfig(frames=9, start="first"),
-        progress=False,
-    ))  # fmt: skip
-    return {"raw": root / "raw", "vae": root / "vae", "lat": root / "lat"}
+    return make_latent_set(tmp_path_factory.mktemp("resume_data"), frames=9, size=16, stats=False)
 
 
 def overrides(task: str, data: dict[str, Path], run: Path, stage: int) -> list[str]:
