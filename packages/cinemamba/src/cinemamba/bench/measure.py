@@ -134,7 +134,8 @@ def slope(xs: list[float], ys: list[float]) -> float:
     return sum((a - mx) * (b - my) for a, b in zip(lx, ly, strict=True)) / den
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what `platform` knows."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -164,7 +165,7 @@ def machine_description() -> dict[str, str]:
         ds = "not installed"
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     return {
-        "CPU": _cpu_model(),
+        "CPU": cpu_model(),
         "cores (os.cpu_count)": str(os.cpu_count()),
         "RAM": f"{_ram_gib():.1f} GiB",
         "Python": platform.python_version(),
