@@ -122,9 +122,13 @@ def test_merge_sections_replaces_only_the_rerun_benchmarks() -> None:
     assert page.index("| vae | enc |") < page.index("| scan | fwd |")  # canonical order
     assert "\nv\n" in page and "| CPU | one |" in page and "| CPU | two |" not in page
     assert page.count("_Up x_") == page.count("intro") == page.count("## Scan") == 1
-    with pytest.raises(ValueError, match="no section"):
-        other = [Section("data", "Data", [], ["d"])]
-        merge_sections(page, render(other, {}, "full", 1.0), other, "_Up y_")
+    # a benchmark the page has never had is added once, inside the generated block
+    new = [Section("fvd", "FVD", [Figure("fvd", "clip", "s", [1.0] * 5, [1.0] * 5, "r")], ["f"])]
+    for _ in range(2):
+        page = merge_sections(page, render(new, {}, "full", 1.0), new, "_Up y_")
+    assert page.count("## FVD") == 1 and page.count("| fvd | clip |") == 1
+    assert page.index("## Scan") < page.index("## FVD") < page.index(END)
+    assert "scan table 0.5" in page and "\nv\n" in page
 
 
 def test_cli_micro_run_regenerates_every_section(tmp_path: Path) -> None:
