@@ -16,7 +16,7 @@ import torch
 from cinemamba.bench import fvd, generation, scripts, training
 from cinemamba.bench.fvd import FVDScale
 from cinemamba.bench.generation import GenerationScale
-from cinemamba.bench.measure import MIN_REPEATS, Section, machine_description
+from cinemamba.bench.measure import MIN_REPEATS, Section, cpu_model, machine_description
 from cinemamba.bench.scripts import KernelScale
 from cinemamba.bench.training import TrainScale
 
@@ -324,8 +324,9 @@ def bench(
         stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
         note = (
             f"_Updated by `cinemamba bench --{mode} --only {names}` on {stamp}: those "
-            f"sections and their summary rows (wall time {wall:.0f} s, load average at end "
-            f"{load}); the rest of this block is from the run above._"
+            f"sections and their summary rows, measured on {cpu_model()} (wall time {wall:.0f} "
+            f"s, load average at end {load}); the rest of this block is from the run above, on "
+            "the machine its table names. Compare figures of different machines as ratios only._"
         )
         write_atomic(out, merge_sections(existing, text, sections, note))
     elif out is not None:
