@@ -9,12 +9,16 @@ from cinemamba_vae.model import (
     load_vae_config,
     vae_preset,
 )
+from cinemamba_vae.pretrained import DiffusersVAEConfig, DiffusersVideoVAE, load_vae
 
 __all__ = [
+    "DiffusersVAEConfig",
+    "DiffusersVideoVAE",
     "VAE_PRESETS",
     "VAEConfig",
     "VAEOutput",
     "VideoAutoencoder",
+    "load_vae",
     "load_vae_config",
     "vae_identity",
     "vae_preset",

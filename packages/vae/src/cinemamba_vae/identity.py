@@ -30,10 +30,14 @@ def file_sha256(path: str | Path) -> str:
 
 def vae_identity(directory: str | Path) -> str:
     """Names the exact VAE saved in `directory` (by `save_pretrained`) without building it: a
-    hash of its weights file (latent statistics included) and of its config."""
+    hash of its weights file (latent statistics included) and of its config; a diffusers
+    directory gets `diffusers_vae_identity` (class + config + weights + measured statistics)."""
     from cinemamba_vae.model import load_vae_config
+    from cinemamba_vae.pretrained import diffusers_vae_identity, is_diffusers_dir
 
     directory = Path(directory)
+    if not (directory / "config.yaml").is_file() and is_diffusers_dir(directory):
+        return diffusers_vae_identity(directory)
     weights, config = directory / "model.safetensors", directory / "config.yaml"
     for path in (weights, config):
         if not path.is_file():

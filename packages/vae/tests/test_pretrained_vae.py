@@ -1,0 +1,171 @@
+"""Diffusers video VAEs behind our seam: tiny random-init Wan and CogVideoX models, saved to a
+temp dir, loaded through `load_vae`, compared against diffusers' own calls."""
+
+from __future__ import annotations
+
+import builtins
+import json
+
+import pytest
+import torch
+
+diffusers = pytest.importorskip("diffusers")
+
+from cinemamba_vae import DiffusersVideoVAE, VideoAutoencoder, load_vae, vae_identity, vae_preset
+from cinemamba_vae.pretrained import STATS_NAME
+
+WAN_MEAN = [0.1, 0.2, -0.1, 0.0]
+WAN_STD = [1.5, 2.0, 0.5, 1.0]
+
+
+def tiny_wan(seed: int = 0):
+    torch.manual_seed(seed)
+    return diffusers.AutoencoderKLWan(
+        base_dim=8, z_dim=4, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
+        temperal_downsample=[False, True, True], latents_mean=WAN_MEAN, latents_std=WAN_STD,
+    ).eval()  # fmt: skip
+
+
+def tiny_cogvideox(seed: int = 0):
+    torch.manual_seed(seed)
+    return diffusers.AutoencoderKLCogVideoX(
+        block_out_channels=(8, 8, 16, 16), latent_channels=4, layers_per_block=1,
+        norm_num_groups=4, down_block_types=("CogVideoXDownBlock3D",) * 4,
+        up_block_types=("CogVideoXUpBlock3D",) * 4, scaling_factor=0.5,
+    ).eval()  # fmt: skip
+
+
+MODELS = {"wan": (tiny_wan, 9), "cogvideox": (tiny_cogvideox, 17)}  # builder, a valid length
+
+
+@pytest.fixture(params=sorted(MODELS))
+def saved(request, tmp_path):
+    """(diffusers model, its save_pretrained dir, a valid frame count)."""
+    build, frames = MODELS[request.param]
+    model = build()
+    model.save_pretrained(tmp_path / request.param)
+    return model, tmp_path / request.param, frames
+
+
+def video(frames: int, size: int = 16, seed: int = 1) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand(1, 3, frames, size, size, generator=gen) * 2 - 1
+
+
+@torch.no_grad()
+def test_encode_decode_equal_diffusers(saved):
+    model, path, frames = saved
+    vae = load_vae(path)
+    assert isinstance(vae, DiffusersVideoVAE)
+    x = video(frames)
+    dist = model.encode(x).latent_dist
+    # published normalisation, computed here independently of the wrapper
+    if vae.config.model_class == "AutoencoderKLWan":
+        mean, std = torch.tensor(WAN_MEAN), torch.tensor(WAN_STD)
+    else:
+        mean, std = torch.zeros(4), torch.full((4,), 1 / 0.5)
+    expect = (dist.mean - mean.view(-1, 1, 1, 1)) / std.view(-1, 1, 1, 1)
+    z = vae.encode(x, sample=False)
+    assert vae.config.normalization == "published"
+    # same computation (same diffusers calls), then one affine map: float rounding only
+    torch.testing.assert_close(z, expect, rtol=0, atol=8 * torch.finfo(z.dtype).eps)
+    assert tuple(z.shape[2:]) == vae.latent_shape(frames, 16, 16)
+    out = vae.decode(z)
+    ref = model.decode(dist.mean).sample
+    assert out.shape == x.shape
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+@torch.no_grad()
+def test_chunk_frames_does_not_change_results(saved):
+    _, path, frames = saved
+    vae = load_vae(path)
+    x = video(2 * frames - 1)
+    full = vae.encode(x, sample=False)
+    assert torch.equal(vae.encode(x, sample=False, chunk_frames=4), full)
+    assert torch.equal(vae.decode(full, chunk_frames=1), vae.decode(full))
+    with pytest.raises(ValueError, match="chunk_frames"):
+        vae.encode(x, chunk_frames=0)
+
+
+@torch.no_grad()
+def test_wan_encode_is_causal(tmp_path):
+    """Wan's cached encode is causal: latents of a prefix equal the prefix of the latents."""
+    tiny_wan().save_pretrained(tmp_path)
+    vae = load_vae(tmp_path)
+    x = video(17)
+    full = vae.encode(x, sample=False)
+    head = vae.encode(x[:, :, :9], sample=False)
+    torch.testing.assert_close(head, full[:, :, :3], rtol=0, atol=1e-6)
+
+
+def test_latent_shape_rules(saved):
+    _, path, frames = saved
+    vae = load_vae(path)
+    assert vae.config.spatial_compression == 8 and vae.config.temporal_compression == 4
+    assert vae.config.latent_channels == 4
+    with pytest.raises(ValueError, match="needs 1 \\+"):
+        vae.latent_shape(frames + 1, 16, 16)
+    with pytest.raises(ValueError, match="divisible"):
+        vae.latent_shape(frames, 20, 16)
+    with pytest.raises(ValueError, match="latents must be"):
+        vae.decode(torch.zeros(1, 3, 3, 2, 2))
+
+
+def test_cogvideox_refuses_lengths_it_cannot_round_trip(tmp_path):
+    """1 + 4k frames with odd k decode to the wrong length in CogVideoX (measured): refused."""
+    tiny_cogvideox().save_pretrained(tmp_path)
+    vae = load_vae(tmp_path)
+    with pytest.raises(ValueError, match="1 \\+ 8\\*k"):
+        vae.encode(video(13))
+    with pytest.raises(ValueError, match="odd number"):
+        vae.decode(torch.zeros(1, 4, 4, 2, 2))
+
+
+def test_identity_names_class_weights_and_stats(tmp_path):
+    tiny_wan(0).save_pretrained(tmp_path / "a")
+    tiny_wan(1).save_pretrained(tmp_path / "b")
+    tiny_cogvideox().save_pretrained(tmp_path / "c")
+    ids = [vae_identity(tmp_path / n) for n in "abc"]
+    assert len(set(ids)) == 3
+    assert ids[0].startswith("diffusers/AutoencoderKLWan/")
+    assert vae_identity(tmp_path / "a") == ids[0]  # deterministic
+    # measured statistics (vae-stats) change the normalisation, hence the identity
+    vae = load_vae(tmp_path / "a")
+    vae.set_latent_stats(torch.zeros(4), torch.full((4,), 3.0))
+    vae.save_pretrained(tmp_path / "a")
+    assert vae_identity(tmp_path / "a") != ids[0]
+    again = load_vae(tmp_path / "a")
+    assert again.config.normalization == "measured"
+    assert torch.equal(again.latent_std, torch.full((4,), 3.0))
+    assert json.loads((tmp_path / "a" / STATS_NAME).read_text())["std"] == [3.0] * 4
+
+
+def test_load_vae_still_loads_our_own(tmp_path):
+    own = VideoAutoencoder(vae_preset("tiny"))
+    own.save_pretrained(tmp_path)
+    assert isinstance(load_vae(tmp_path), VideoAutoencoder)
+
+
+def test_missing_or_foreign_directory_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        load_vae(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="neither"):
+        load_vae(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKL"}))
+    with pytest.raises(ValueError, match="AutoencoderKLWan"):
+        load_vae(tmp_path)
+
+
+def test_missing_diffusers_names_the_extra(tmp_path, monkeypatch):
+    tiny_wan().save_pretrained(tmp_path)
+    real_import = builtins.__import__
+
+    def no_diffusers(name, *args, **kwargs):
+        if name == "diffusers" or name.startswith("diffusers."):
+            raise ImportError("No module named 'diffusers'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_diffusers)
+    with pytest.raises(ImportError, match=r"cinemamba-vae\[diffusers\]"):
+        load_vae(tmp_path)
