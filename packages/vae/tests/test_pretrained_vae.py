@@ -9,10 +9,10 @@ import json
 import pytest
 import torch
 
-diffusers = pytest.importorskip("diffusers")
-
 from cinemamba_vae import DiffusersVideoVAE, VideoAutoencoder, load_vae, vae_identity, vae_preset
 from cinemamba_vae.pretrained import STATS_NAME
+
+diffusers = pytest.importorskip("diffusers")
 
 WAN_MEAN = [0.1, 0.2, -0.1, 0.0]
 WAN_STD = [1.5, 2.0, 0.5, 1.0]
