@@ -193,7 +193,7 @@ def load_pipeline(
     from cinemamba_conditioning import TextEncoderConfig, build_text_encoder
     from cinemamba_sampling.pipeline import PipelineConfig, VideoPipeline
     from cinemamba_sampling.processes import build_process
-    from cinemamba_vae import VideoAutoencoder, vae_identity
+    from cinemamba_vae import load_vae, vae_identity
 
     directory = Path(directory)
     meta = read_pipeline_json(directory)
@@ -218,7 +218,7 @@ def load_pipeline(
         )
     saved_cfg = _dataclass_from(PipelineConfig, meta["pipeline"], f"{PIPELINE_JSON} pipeline")
     pipe = VideoPipeline(
-        VideoAutoencoder.from_pretrained(vae_dir).to(device),
+        load_vae(vae_dir).to(device),
         VideoDiT.from_pretrained(directory / meta["backbone"], kernels=kernels).to(device),
         text.to(device),
         build_process(process or trained),

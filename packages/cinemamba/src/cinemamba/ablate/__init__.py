@@ -54,7 +54,7 @@ from cinemamba_sampling import (
     save_png,
     to_uint8,
 )
-from cinemamba_vae import VideoAutoencoder
+from cinemamba_vae import VideoAutoencoder, load_vae
 
 log = logging.getLogger(__name__)
 
@@ -290,7 +290,7 @@ def _save_examples(work: Path, tag: str, videos: list[np.ndarray], prompts: list
 def evaluate_mixer(cfg: AblationConfig, demo: DemoConfig, exp: BackboneExperiment, run_dir: Path,
                    work: Path, scorer: Scorer) -> dict[str, Any]:  # fmt: skip
     """Generate the eval prompts at every length with one trained backbone and score them."""
-    vae = VideoAutoencoder.from_pretrained(exp.task.vae).eval()
+    vae = load_vae(exp.task.vae).eval()
     backbone = VideoDiT.from_pretrained(run_dir / "backbone", kernels=exp.task.kernels).eval()
     pipe = VideoPipeline(vae, backbone, build_text_encoder(exp.task.text_encoder),
                          build_process(exp.task.process), PipelineConfig(progress=False))  # fmt: skip
@@ -414,7 +414,7 @@ def mixer_stages(cfg: AblationConfig, demo: DemoConfig, shared: Mapping[str, Any
 
     def ceiling_run(work: Path, inputs: Mapping[str, Path]) -> dict:
         frames0, _, _ = train_clip(latents, demo.backbone.task.data.latent_frames,
-                                   VideoAutoencoder.from_pretrained(vae))  # fmt: skip
+                                   load_vae(vae))  # fmt: skip
         result = evaluate_ceiling(cfg, demo, frames0, scorer)
         write_json(work / "eval.json", result)
         return {"lengths": list(result)}

@@ -15,7 +15,7 @@ from cinemamba.eval.reconstruction import (
     to_markdown,
     write_report,
 )
-from cinemamba_vae import VideoAutoencoder
+from cinemamba_vae import load_vae
 
 NAME = "eval-vae"
 HELP = "reconstruction PSNR / SSIM / LPIPS of a saved VAE over a shard set, per frame position"
@@ -23,7 +23,7 @@ HELP = "reconstruction PSNR / SSIM / LPIPS of a saved VAE over a shard set, per 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """VAE directory, shard set, clip and metric options."""
-    parser.add_argument("vae", help="a saved VideoAutoencoder directory")
+    parser.add_argument("vae", help="a saved VideoAutoencoder or diffusers VAE directory")
     parser.add_argument("shards", help="raw shard set: a directory, a .tar, a glob or {a..b}")
     parser.add_argument("--out", default="runs/eval_vae", help="report directory")
     parser.add_argument("--max-videos", type=int, default=16, help="0 = all")
@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate and write the report."""
-    vae = VideoAutoencoder.from_pretrained(args.vae)
+    vae = load_vae(args.vae)
     report = evaluate_reconstruction(
         vae,
         args.shards,

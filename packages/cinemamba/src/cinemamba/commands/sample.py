@@ -36,7 +36,7 @@ from cinemamba_sampling import (
     save_png,
     to_uint8,
 )
-from cinemamba_vae import VideoAutoencoder, load_vae_config, vae_preset
+from cinemamba_vae import VideoAutoencoder, load_vae, vae_preset
 
 NAME = "sample"
 HELP = "generate videos from text with a trained VAE + backbone (oneshot, rolling or streaming)"
@@ -128,7 +128,7 @@ def build_pipeline(cfg: SampleConfig) -> VideoPipeline:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.init_seed)
         if cfg.vae:
-            vae = VideoAutoencoder.from_pretrained(cfg.vae)
+            vae = load_vae(cfg.vae)
         else:
             vae = VideoAutoencoder(vae_preset(cfg.vae_preset))
         if cfg.backbone:
@@ -172,7 +172,7 @@ def saved_defaults(directory: str | Path) -> SampleConfig:
     )
     clip = TrainingClip(**meta["training_clip"])
     if clip.latent_frames:
-        vae = load_vae_config(Path(directory) / meta["vae"]["path"] / "config.yaml")
+        vae = load_vae(Path(directory) / meta["vae"]["path"]).config
         cfg.frames = 1 + vae.temporal_compression * (clip.latent_frames - 1)
         cfg.height = clip.latent_height * vae.spatial_compression
         cfg.width = clip.latent_width * vae.spatial_compression

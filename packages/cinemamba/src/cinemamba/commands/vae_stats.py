@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from cinemamba.eval.reconstruction import iter_clips
 from cinemamba.latents.clips import ClipConfig, to_pixels
-from cinemamba_vae import VideoAutoencoder
+from cinemamba_vae import VideoAutoencoder, load_vae
 
 NAME = "vae-stats"
 HELP = "compute per-channel latent statistics over shards and store them in a saved VAE"
@@ -58,7 +58,9 @@ def latent_stats(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """VAE directory, shard set and clip options."""
-    parser.add_argument("vae", help="a saved VideoAutoencoder directory (updated in place)")
+    parser.add_argument(
+        "vae", help="a saved VideoAutoencoder or diffusers VAE directory (updated in place)"
+    )
     parser.add_argument("shards", help="raw shard set: a directory, a .tar, a glob or {a..b}")
     parser.add_argument("--max-videos", type=int, default=64, help="0 = all")
     parser.add_argument("--clip-frames", type=int, default=17)
@@ -69,7 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Compute the statistics and save the VAE with them."""
-    vae = VideoAutoencoder.from_pretrained(args.vae).eval()
+    vae = load_vae(args.vae).eval()
     s = vae.config.spatial_compression
     vae.latent_shape(args.clip_frames, s, s)  # fail early, naming the rule, on a bad length
     clip = ClipConfig(frames=args.clip_frames, height=args.size, width=args.size, start="first")

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from cinemamba.eval.run import markdown_table, shard_paths
 from cinemamba.latents.clips import ClipConfig, SampleError, decode_clip, to_pixels
 from cinemamba.latents.stream import read_tar
-from cinemamba_vae import VideoAutoencoder
+from cinemamba_vae import VideoAutoencoder, load_vae
 from cinemamba_vae.metrics import frames_psnr, frames_ssim
 from cinemamba_vae.perceptual import LPIPSConfig, build_lpips
 
@@ -167,7 +167,7 @@ def evaluate_shards(
     clip_frames: int = 17,
 ) -> dict[str, Any]:
     """The `cinemamba eval` hook: load a saved VAE and evaluate it on a shard set."""
-    vae = VideoAutoencoder.from_pretrained(vae_dir)
+    vae = load_vae(vae_dir)
     return evaluate_reconstruction(
         vae, shards, clip_frames=clip_frames, max_videos=max_videos,
         lpips_model=build_eval_lpips(lpips),

@@ -35,7 +35,7 @@ from cinemamba.latents.clips import ClipConfig, SampleError, decode_clip, to_pix
 from cinemamba.latents.lock import export_claim
 from cinemamba.latents.stream import read_tar
 from cinemamba_conditioning import TextEncoderConfig, build_text_encoder
-from cinemamba_vae import VideoAutoencoder
+from cinemamba_vae import load_vae
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class ExportConfig:
 
     input: directory of raw shards with the data layer's `PREFIX.plan.json`.
     output: directory for the latent shard set (created).
-    vae: directory of a saved VideoAutoencoder (`save_pretrained`).
+    vae: a saved VideoAutoencoder directory or a diffusers video VAE directory (`load_vae`).
     text_encoder: the frozen text encoder (`TextEncoderConfig`).
     clip: the clip taken from each video; `start` must be "first" (the eval-mode clip).
     device: "auto" (cuda when available), "cpu", "cuda", "cuda:1", ...
@@ -111,7 +111,7 @@ class _Encoders:
 
     def __init__(self, cfg: ExportConfig) -> None:
         self.device = _device(cfg.device)
-        self.vae = VideoAutoencoder.from_pretrained(cfg.vae).to(self.device).eval()
+        self.vae = load_vae(cfg.vae).to(self.device).eval()
         self.vae.requires_grad_(False)
         self.vae_identity = fmt.vae_identity(cfg.vae)
         self.text = build_text_encoder(cfg.text_encoder).to(self.device)

@@ -60,7 +60,7 @@ from cinemamba_sampling import (
     save_png,
     to_uint8,
 )
-from cinemamba_vae import VideoAutoencoder, load_vae_config
+from cinemamba_vae import VideoAutoencoder, load_vae
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ class BackboneTaskConfig:
     """
 
     backbone: BackboneConfig = field(default_factory=lambda: BackboneConfig.from_preset("tiny"))
-    vae: str = ""  # a VideoAutoencoder directory (save_pretrained); checked against latents
+    vae: str = ""  # our VAE or a diffusers VAE directory (load_vae); checked against latents
     text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     process: ProcessConfig = field(default_factory=ProcessConfig)
     data: BackboneDataConfig = field(default_factory=BackboneDataConfig)
@@ -226,7 +226,7 @@ class BackboneTask:
                 data.clip.validate()
             except ValueError as err:
                 raise ConfigError(f"task.data.clip: {err}") from None
-            channels = load_vae_config(Path(cfg.vae) / "config.yaml").latent_channels
+            channels = self.vae(torch.device("cpu")).config.latent_channels
             if cfg.backbone.in_channels != channels:
                 raise ConfigError(
                     f"task.backbone.in_channels={cfg.backbone.in_channels} but the VAE "
@@ -264,7 +264,7 @@ class BackboneTask:
     def vae(self, device: torch.device) -> VideoAutoencoder:
         """The frozen VAE (loaded on first use)."""
         if self._vae is None:
-            self._vae = VideoAutoencoder.from_pretrained(self.cfg.vae).eval().requires_grad_(False)
+            self._vae = load_vae(self.cfg.vae).eval().requires_grad_(False)
         return self._vae.to(device)
 
     def text_encoder(self, device: torch.device):

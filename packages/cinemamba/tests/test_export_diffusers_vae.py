@@ -1,0 +1,98 @@
+"""export-latents and vae-stats with a diffusers VAE directory (a tiny random-init Wan VAE):
+latents equal diffusers' own encode with the published normalisation, the manifest names the
+diffusers identity, vae-stats writes measured statistics that change the identity."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cinemamba.cli import main
+from cinemamba.data.synth import SceneConfig
+from cinemamba.data.synth_video import write_synth
+from cinemamba.data.video import decode_video
+from cinemamba.latents import (
+    ClipConfig,
+    ExportConfig,
+    LatentFormatError,
+    export_latents,
+    open_latent_set,
+    vae_identity,
+)
+from cinemamba.latents.stream import read_tar
+from cinemamba_conditioning import TextEncoderConfig
+from cinemamba_vae import VideoAutoencoder, vae_preset
+
+diffusers = pytest.importorskip("diffusers")
+
+TEXT = TextEncoderConfig(random_init_seed=0)
+MEAN, STD = [0.1, 0.2, -0.1, 0.0], [1.5, 2.0, 0.5, 1.0]
+
+
+def tiny_wan() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return diffusers.AutoencoderKLWan(
+        base_dim=8, z_dim=4, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
+        temperal_downsample=[False, True, True], latents_mean=MEAN, latents_std=STD,
+    ).eval()  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("dexport")
+    write_synth(root / "raw", "train", 4, SceneConfig(frames=12, height=32, width=32),
+                samples_per_shard=2)  # fmt: skip
+    model = tiny_wan()
+    model.save_pretrained(root / "wan")
+    report = export_latents(ExportConfig(
+        input=str(root / "raw"), output=str(root / "lat"), vae=str(root / "wan"),
+        text_encoder=TEXT, clip=ClipConfig(frames=9, start="first"), progress=False,
+    ))  # fmt: skip
+    assert report.manifest is not None and report.samples == 4 and not report.skipped
+    return {"root": root, "model": model}
+
+
+def test_export_with_a_diffusers_wan_vae(made: dict) -> None:
+    root = made["root"]
+    raw = next(read_tar(str(root / "raw" / "train-000001.tar")))
+    lat = next(read_tar(str(root / "lat" / "latents-000001.tar")))
+    assert lat["__key__"] == raw["__key__"]
+    frames = decode_video(raw["mp4"], 0, 9)
+    video = torch.from_numpy(frames).double().permute(3, 0, 1, 2)[None] / 127.5 - 1
+    with torch.no_grad():
+        mean = made["model"].encode(video.float()).latent_dist.mean[0]
+    expected = (mean - torch.tensor(MEAN).view(-1, 1, 1, 1)) / torch.tensor(STD).view(-1, 1, 1, 1)
+    got = torch.from_numpy(np.load(io.BytesIO(lat["latent.npy"])))
+    assert got.shape == (4, 3, 4, 4)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    manifest = json.loads((root / "lat" / "latents.json").read_text())
+    assert manifest["vae"]["identity"] == vae_identity(root / "wan")
+    assert manifest["vae"]["identity"].startswith("diffusers/AutoencoderKLWan/")
+    assert manifest["vae"]["config"]["temporal_compression"] == 4
+    assert manifest["vae"]["config"]["normalization"] == "published"
+    assert manifest["vae"]["latent_std"] == STD
+
+
+def test_latents_of_the_diffusers_vae_refuse_another_vae(made: dict, tmp_path: Path) -> None:
+    root = made["root"]
+    open_latent_set(root / "lat", vae=vae_identity(root / "wan"), text_encoder=TEXT)
+    VideoAutoencoder(vae_preset("tiny")).save_pretrained(tmp_path / "own")
+    with pytest.raises(LatentFormatError, match="another VAE|re-export"):
+        open_latent_set(root / "lat", vae=vae_identity(tmp_path / "own"))
+
+
+def test_vae_stats_cli_writes_measured_stats_into_a_diffusers_dir(made: dict, tmp_path) -> None:
+    root = made["root"]
+    before = vae_identity(root / "wan")
+    out = tmp_path / "wan_stats"
+    rc = main(["vae-stats", str(root / "wan"), str(root / "raw"), "--clip-frames", "9",
+               "--out", str(out)])  # fmt: skip
+    assert rc == 0
+    stats = json.loads((out / "cinemamba_latent_stats.json").read_text())
+    assert len(stats["mean"]) == 4 and all(s > 0 for s in stats["std"])
+    assert vae_identity(out) != before and vae_identity(root / "wan") == before
