@@ -1,5 +1,6 @@
-"""Diffusers video VAEs behind our seam: tiny random-init Wan and CogVideoX models, saved to a
-temp dir, loaded through `load_vae`, compared against diffusers' own calls."""
+"""Diffusers video VAEs behind our seam: tiny random-init Wan, CogVideoX, HunyuanVideo and
+LTX-Video models, saved to a temp dir, loaded through `load_vae`, compared against diffusers'
+own calls."""
 
 from __future__ import annotations
 
@@ -35,16 +36,44 @@ def tiny_cogvideox(seed: int = 0):
     ).eval()  # fmt: skip
 
 
-MODELS = {"wan": (tiny_wan, 9), "cogvideox": (tiny_cogvideox, 17)}  # builder, a valid length
+def tiny_hunyuan(seed: int = 0):
+    torch.manual_seed(seed)
+    return diffusers.AutoencoderKLHunyuanVideo(
+        block_out_channels=(8, 8, 16, 16), latent_channels=4, layers_per_block=1,
+        norm_num_groups=4, scaling_factor=0.5,
+    ).eval()  # fmt: skip
+
+
+def tiny_ltx(seed: int = 0):
+    torch.manual_seed(seed)
+    return diffusers.AutoencoderKLLTXVideo(
+        block_out_channels=(8, 8, 16, 16), decoder_block_out_channels=(8, 8, 16, 16),
+        latent_channels=4, layers_per_block=(1, 1, 1, 1, 1),
+        decoder_layers_per_block=(1, 1, 1, 1, 1),
+        spatio_temporal_scaling=(True, True, True, False),
+        decoder_spatio_temporal_scaling=(True, True, True, False),
+        decoder_inject_noise=(False,) * 5, upsample_residual=(False,) * 4,
+        upsample_factor=(1,) * 4, scaling_factor=2.0,
+    ).eval()  # fmt: skip
+
+
+# name: (builder, a valid frame count, frame size, (mean, std) its pipelines normalise with)
+MODELS = {
+    "wan": (tiny_wan, 9, 16, (WAN_MEAN, WAN_STD)),
+    "cogvideox": (tiny_cogvideox, 17, 16, ([0.0] * 4, [1 / 0.5] * 4)),
+    "hunyuan": (tiny_hunyuan, 9, 16, ([0.0] * 4, [1 / 0.5] * 4)),
+    "ltx": (tiny_ltx, 9, 32, ([0.0] * 4, [1 / 2.0] * 4)),
+}
+STREAMING = ("wan", "cogvideox")  # native streaming: chunk_frames cannot change the result
 
 
 @pytest.fixture(params=sorted(MODELS))
 def saved(request, tmp_path):
-    """(diffusers model, its save_pretrained dir, a valid frame count)."""
-    build, frames = MODELS[request.param]
+    """(name, diffusers model, its save_pretrained dir, a valid frame count, frame size)."""
+    build, frames, size, _ = MODELS[request.param]
     model = build()
     model.save_pretrained(tmp_path / request.param)
-    return model, tmp_path / request.param, frames
+    return request.param, model, tmp_path / request.param, frames, size
 
 
 def video(frames: int, size: int = 16, seed: int = 1) -> torch.Tensor:
@@ -54,22 +83,19 @@ def video(frames: int, size: int = 16, seed: int = 1) -> torch.Tensor:
 
 @torch.no_grad()
 def test_encode_decode_equal_diffusers(saved):
-    model, path, frames = saved
+    name, model, path, frames, size = saved
     vae = load_vae(path)
     assert isinstance(vae, DiffusersVideoVAE)
-    x = video(frames)
+    x = video(frames, size)
     dist = model.encode(x).latent_dist
-    # published normalisation, computed here independently of the wrapper
-    if vae.config.model_class == "AutoencoderKLWan":
-        mean, std = torch.tensor(WAN_MEAN), torch.tensor(WAN_STD)
-    else:
-        mean, std = torch.zeros(4), torch.full((4,), 1 / 0.5)
+    # published normalisation, written out here independently of the wrapper
+    mean, std = (torch.tensor(v) for v in MODELS[name][3])
     expect = (dist.mean - mean.view(-1, 1, 1, 1)) / std.view(-1, 1, 1, 1)
     z = vae.encode(x, sample=False)
     assert vae.config.normalization == "published"
     # same computation (same diffusers calls), then one affine map: float rounding only
     torch.testing.assert_close(z, expect, rtol=0, atol=8 * torch.finfo(z.dtype).eps)
-    assert tuple(z.shape[2:]) == vae.latent_shape(frames, 16, 16)
+    assert tuple(z.shape[2:]) == vae.latent_shape(frames, size, size)
     out = vae.decode(z)
     ref = model.decode(dist.mean).sample
     assert out.shape == x.shape
@@ -77,13 +103,26 @@ def test_encode_decode_equal_diffusers(saved):
 
 
 @torch.no_grad()
-def test_chunk_frames_does_not_change_results(saved):
-    _, path, frames = saved
+def test_chunk_frames(saved):
+    """Wan / CogVideoX: chunk_frames changes nothing (same computation, bit-equal).
+    HunyuanVideo / LTX: chunk_frames is the model's own temporal tiling: equal to diffusers'
+    call with framewise tiling on, and a different (approximate) result from the full call."""
+    name, model, path, frames, size = saved
     vae = load_vae(path)
-    x = video(2 * frames - 1)
+    x = video(2 * frames - 1 if name in STREAMING else 33, size)  # > 16: tiling engages
     full = vae.encode(x, sample=False)
-    assert torch.equal(vae.encode(x, sample=False, chunk_frames=4), full)
-    assert torch.equal(vae.decode(full, chunk_frames=1), vae.decode(full))
+    chunked = vae.encode(x, sample=False, chunk_frames=4)
+    assert chunked.shape == full.shape
+    if name in STREAMING:
+        assert torch.equal(chunked, full)
+        assert torch.equal(vae.decode(full, chunk_frames=1), vae.decode(full))
+    else:
+        model.use_framewise_encoding = model.use_framewise_decoding = True
+        tiled = vae.normalize(model.encode(x).latent_dist.mean)
+        assert torch.equal(chunked, tiled)
+        assert not torch.equal(chunked, full)
+        assert vae.decode(full, chunk_frames=1).shape == x.shape
+        assert torch.equal(vae.encode(x, sample=False), full)  # tiling off again
     with pytest.raises(ValueError, match="chunk_frames"):
         vae.encode(x, chunk_frames=0)
 
@@ -100,14 +139,17 @@ def test_wan_encode_is_causal(tmp_path):
 
 
 def test_latent_shape_rules(saved):
-    _, path, frames = saved
+    name, _, path, frames, size = saved
     vae = load_vae(path)
-    assert vae.config.spatial_compression == 8 and vae.config.temporal_compression == 4
+    # the tiny configs: 3 spatial downsamples, 2 temporal; LTX adds its 4x4 patch (32 = 4 * 8)
+    # and downsamples time 3 times (8)
+    want = {"ltx": (32, 8)}.get(name, (8, 4))
+    assert (vae.config.spatial_compression, vae.config.temporal_compression) == want
     assert vae.config.latent_channels == 4
     with pytest.raises(ValueError, match="needs 1 \\+"):
-        vae.latent_shape(frames + 1, 16, 16)
+        vae.latent_shape(frames + 1, size, size)
     with pytest.raises(ValueError, match="divisible"):
-        vae.latent_shape(frames, 20, 16)
+        vae.latent_shape(frames, size + 4, size)
     with pytest.raises(ValueError, match="latents must be"):
         vae.decode(torch.zeros(1, 3, 3, 2, 2))
 

@@ -32,15 +32,23 @@ LOGVAR_RANGE = (-30.0, 20.0)  # diffusers' DiagonalGaussianDistribution clamps t
 class _Family:
     """What differs between the supported diffusers classes."""
 
-    frame_step: int  # pixel frames per native streaming step: videos are 1 + frame_step * k
+    frame_step: int  # videos are 1 + frame_step * k frames
+    # True: `chunk_frames` switches on the model's own temporal tiling (blended overlapping
+    # frame windows: bounded memory, approximate); without it the encode is one full-sequence
+    # call. False: the model always streams exactly at its native step (`chunk_frames` is moot).
+    temporal_tiling: bool
 
 
 # Wan streams 1 + 4k pixel frames through a causal feature cache; CogVideoX encodes in batches
 # of 8 frames (plus the remainder first) and decodes 2 latent frames at a time, so it only
 # round-trips 1 + 8k frames (1 + 4k with odd k decodes to the wrong length, measured).
+# HunyuanVideo and LTX-Video encode the whole sequence at once unless their framewise tiling
+# is on (diffusers turns it on by default for HunyuanVideo; we decide per call instead).
 FAMILIES: dict[str, _Family] = {
-    "AutoencoderKLWan": _Family(frame_step=4),
-    "AutoencoderKLCogVideoX": _Family(frame_step=8),
+    "AutoencoderKLWan": _Family(frame_step=4, temporal_tiling=False),
+    "AutoencoderKLCogVideoX": _Family(frame_step=8, temporal_tiling=False),
+    "AutoencoderKLHunyuanVideo": _Family(frame_step=4, temporal_tiling=True),
+    "AutoencoderKLLTXVideo": _Family(frame_step=8, temporal_tiling=True),
 }
 
 
@@ -107,9 +115,13 @@ def diffusers_vae_identity(directory: str | os.PathLike) -> str:
     return f"diffusers/{config['_class_name']}/sha256-{digest}/cfg-{config_hash(cfg)}{tail}"
 
 
-def _compression(config: dict) -> tuple[int, int, int]:
+def _compression(model: nn.Module, config: dict) -> tuple[int, int, int]:
     """(latent channels, spatial, temporal compression) read from the model's config."""
     name = config["_class_name"]
+    if name in ("AutoencoderKLHunyuanVideo", "AutoencoderKLLTXVideo"):
+        # both derive their ratios from the config at construction (LTX: patch sizes x levels)
+        channels = int(config["latent_channels"])
+        return channels, int(model.spatial_compression_ratio), int(model.temporal_compression_ratio)
     if name == "AutoencoderKLWan":
         # scale_factor_spatial already counts Wan 2.2's 2x2 patchify (16 = 2 x 8).
         spatial = config.get("scale_factor_spatial") or 8
@@ -120,13 +132,18 @@ def _compression(config: dict) -> tuple[int, int, int]:
     return int(config["latent_channels"]), spatial, int(config["temporal_compression_ratio"])
 
 
-def _published_stats(config: dict, channels: int) -> tuple[Tensor, Tensor] | None:
+def _published_stats(model: nn.Module, config: dict, channels: int) -> tuple[Tensor, Tensor] | None:
     """(mean, std) of raw latents as the model publishes them, or None when it does not.
 
     Wan publishes per-channel `latents_mean` / `latents_std` (its pipelines compute
-    `(z - mean) / std`); CogVideoX publishes one `scaling_factor` (pipelines use
-    `z * scaling_factor`, i.e. mean 0 and std 1 / scaling_factor, `shift_factor` as the mean).
+    `(z - mean) / std`); CogVideoX and HunyuanVideo publish one `scaling_factor` (pipelines
+    use `z * scaling_factor`, i.e. mean 0 and std 1 / scaling_factor, `shift_factor` as the
+    mean); LTX-Video keeps `latents_mean` / `latents_std` as weights and its pipelines compute
+    `(z - mean) * scaling_factor / std`.
     """
+    if config["_class_name"] == "AutoencoderKLLTXVideo":
+        scale = float(config.get("scaling_factor") or 1.0)
+        return model.latents_mean.float().cpu(), model.latents_std.float().cpu() / scale
     if config.get("latents_mean") is not None and config.get("latents_std") is not None:
         mean = torch.tensor(config["latents_mean"], dtype=torch.float32)
         std = torch.tensor(config["latents_std"], dtype=torch.float32)
@@ -163,14 +180,14 @@ class DiffusersVideoVAE(nn.Module):
         model_cls = getattr(_diffusers(), config["_class_name"])
         model = model_cls.from_pretrained(str(directory), local_files_only=True)
         model = model.to(map_location).eval()
-        channels, spatial, temporal = _compression(config)
+        channels, spatial, temporal = _compression(model, config)
         stats, normalization = None, "none"
         stats_path = directory / STATS_NAME
         if stats_path.is_file():
             saved = json.loads(stats_path.read_text())
             stats = torch.tensor(saved["mean"]), torch.tensor(saved["std"])
             normalization = "measured"
-        elif (published := _published_stats(config, channels)) is not None:
+        elif (published := _published_stats(model, config, channels)) is not None:
             stats, normalization = published, "published"
         seam = DiffusersVAEConfig(
             model_class=config["_class_name"],
@@ -219,18 +236,28 @@ class DiffusersVideoVAE(nn.Module):
         if chunk_frames is not None and chunk_frames < 1:
             raise ValueError(f"chunk_frames must be a positive integer, got {chunk_frames}")
 
+    def _temporal_tiling(self, chunk_frames: int | None) -> None:
+        """HunyuanVideo / LTX: the model's framewise tiling on exactly when chunking is asked."""
+        if FAMILIES[self.config.model_class].temporal_tiling:
+            # LTX gates its tiled *encode* on use_framewise_decoding too, so set both flags.
+            self.model.use_framewise_encoding = chunk_frames is not None
+            self.model.use_framewise_decoding = chunk_frames is not None
+
     # ---------------------------------------------------------------- encode
     def encode_moments(
         self, video: Tensor, *, chunk_frames: int | None = None
     ) -> tuple[Tensor, Tensor]:
         """Posterior mean and log-variance in the raw latent space.
 
-        The diffusers model always streams at its native step (Wan: 1 then 4 frames through
+        Wan and CogVideoX always stream at their native step (Wan: 1 then 4 frames through
         its causal feature cache; CogVideoX: 8-frame batches with a conv cache), so memory is
         flat in length and `chunk_frames` cannot change the result: it is only validated.
+        HunyuanVideo / LTX-Video: `chunk_frames` (any value) turns on the model's own temporal
+        tiling (its window sizes; approximate), None encodes the full sequence at once.
         """
         self._check_chunk(chunk_frames)
         self._check_video(video)
+        self._temporal_tiling(chunk_frames)
         dist = self.model.encode(video.to(self.model.dtype)).latent_dist
         return dist.mean, dist.logvar.clamp(*LOGVAR_RANGE)
 
@@ -267,6 +294,7 @@ class DiffusersVideoVAE(nn.Module):
         """Raw latents (B, C, t, h, w) -> pixels (B, 3, T, H, W) (native streaming)."""
         self._check_chunk(chunk_frames)
         self._check_latents(z)
+        self._temporal_tiling(chunk_frames)
         return self.model.decode(z.to(self.model.dtype)).sample
 
     def decode(self, latents: Tensor, *, chunk_frames: int | None = None) -> Tensor:
