@@ -81,6 +81,33 @@ def test_vae_reference_is_checked_by_identity(tmp_path) -> None:
     assert not (tmp_path / "pipe2").exists() and not (tmp_path / "pipe2.partial").exists()
 
 
+def test_a_diffusers_vae_travels_with_the_pipeline(tmp_path) -> None:
+    """A pipeline over a diffusers Wan VAE (through `load_vae`) saves and reloads it: same
+    latents, same decoded pixels, the published normalisation kept (no statistics file)."""
+    diffusers = pytest.importorskip("diffusers")
+    from cinemamba_vae import DiffusersVideoVAE, load_vae
+
+    torch.manual_seed(0)
+    diffusers.AutoencoderKLWan(
+        base_dim=8, z_dim=8, dim_mult=[1, 2, 2], num_res_blocks=1,
+        temperal_downsample=[True, True], scale_factor_spatial=4,
+        latents_mean=[0.1] * 8, latents_std=[2.0] * 8,
+    ).save_pretrained(tmp_path / "wan")  # fmt: skip
+    pipe = _pipeline()
+    pipe.vae = load_vae(tmp_path / "wan")
+    want = pipe.sample_latents(["a red circle"], seed=3, mode="rolling", **SIZE)
+    pipe.save_pretrained(tmp_path / "pipe")
+    loaded = VideoPipeline.from_pretrained(tmp_path / "pipe")
+    loaded.config.progress = False
+    assert isinstance(loaded.vae, DiffusersVideoVAE)
+    assert loaded.vae.config.normalization == "published"
+    assert torch.equal(loaded.vae.latent_std, torch.full((8,), 2.0))
+    got = loaded.sample_latents(["a red circle"], seed=3, mode="rolling", **SIZE)
+    assert torch.equal(got, want)
+    with torch.no_grad():
+        assert torch.equal(loaded.vae.decode(got), pipe.vae.decode(want))
+
+
 def test_another_process_is_refused_naming_both(tmp_path) -> None:
     """A flow-matching backbone sampled as DDPM is an error; a different flow shift is not."""
     _pipeline().save_pretrained(tmp_path / "pipe")

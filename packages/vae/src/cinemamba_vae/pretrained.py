@@ -200,7 +200,7 @@ class DiffusersVideoVAE(nn.Module):
         )
         vae = cls(model, seam, directory)
         if stats is not None:
-            vae.set_latent_stats(*stats)
+            vae._store_stats(*stats)
         return vae.to(map_location)
 
     # ---------------------------------------------------------------- shapes
@@ -309,9 +309,13 @@ class DiffusersVideoVAE(nn.Module):
         )
 
     # ---------------------------------------------------------------- statistics
-    @torch.no_grad()
     def set_latent_stats(self, mean: Tensor, std: Tensor) -> None:
-        """Store per-channel raw-latent statistics used to normalise latents."""
+        """Store measured per-channel raw-latent statistics (`vae-stats`) to normalise with."""
+        self._store_stats(mean, std)
+        self.config.normalization = "measured"
+
+    @torch.no_grad()
+    def _store_stats(self, mean: Tensor, std: Tensor) -> None:
         c = self.config.latent_channels
         if mean.shape != (c,) or std.shape != (c,):
             raise ValueError(f"latent stats must have shape ({c},), got {mean.shape}, {std.shape}")
@@ -321,15 +325,19 @@ class DiffusersVideoVAE(nn.Module):
         self.latent_std.copy_(std)
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write the diffusers model and our measured statistics (atomically) into `directory`.
+        """Write the diffusers model, and measured statistics (atomically), into `directory`.
 
         Saving into the source directory only writes the statistics: the weights stay as they
-        are (and keep their hash).
+        are (and keep their hash). Published or no normalisation writes no statistics file:
+        the config it comes from travels with the model.
         """
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         if out.resolve() != self.source.resolve():
             self.model.save_pretrained(str(out))
+        if self.config.normalization != "measured":
+            (out / STATS_NAME).unlink(missing_ok=True)  # a stale file would override the config
+            return out
         stats = {"mean": self.latent_mean.tolist(), "std": self.latent_std.tolist()}
         fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{STATS_NAME}.")
         try:
