@@ -96,3 +96,20 @@ def test_vae_stats_cli_writes_measured_stats_into_a_diffusers_dir(made: dict, tm
     stats = json.loads((out / "cinemamba_latent_stats.json").read_text())
     assert len(stats["mean"]) == 4 and all(s > 0 for s in stats["std"])
     assert vae_identity(out) != before and vae_identity(root / "wan") == before
+
+
+def test_cogvideox_frame_rule_fails_up_front(made: dict, tmp_path: Path) -> None:
+    """CogVideoX takes 1 + 8k frames: a 13-frame clip is refused before any sample is read."""
+    torch.manual_seed(0)
+    diffusers.AutoencoderKLCogVideoX(
+        block_out_channels=(8, 8, 16, 16), latent_channels=4, layers_per_block=1,
+        norm_num_groups=4, down_block_types=("CogVideoXDownBlock3D",) * 4,
+        up_block_types=("CogVideoXUpBlock3D",) * 4,
+    ).save_pretrained(tmp_path / "cog")  # fmt: skip
+    cfg = ExportConfig(
+        input=str(made["root"] / "raw"), output=str(tmp_path / "lat"), vae=str(tmp_path / "cog"),
+        text_encoder=TEXT, clip=ClipConfig(frames=13, start="first"), progress=False,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="clip.frames=13: the VAE encodes 1 \\+ 8\\*k frames"):
+        export_latents(cfg)
+    assert not list((tmp_path / "lat").glob("*.tar"))

@@ -355,7 +355,8 @@ def _export_mine(
         log.info("rank %d: %d of %d shards already complete, skipped", rank, report.already_done,
                  len(mine))  # fmt: skip
     enc = _Encoders(cfg)
-    st = enc.vae.config.temporal_compression
+    # the VAE's own frame rule: 1 + 4k for ours and Wan, 1 + 8k for CogVideoX and LTX
+    st = getattr(enc.vae.config, "frame_step", enc.vae.config.temporal_compression)
     if (cfg.clip.frames - 1) % st:
         raise ValueError(
             f"clip.frames={cfg.clip.frames}: the VAE encodes 1 + {st}*k frames "
