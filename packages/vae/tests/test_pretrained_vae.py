@@ -211,3 +211,13 @@ def test_missing_diffusers_names_the_extra(tmp_path, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_diffusers)
     with pytest.raises(ImportError, match=r"cinemamba-vae\[diffusers\]"):
         load_vae(tmp_path)
+
+
+def test_bad_statistics_file_is_named(tmp_path):
+    tiny_wan().save_pretrained(tmp_path)
+    (tmp_path / STATS_NAME).write_text(json.dumps({"mean": [0.0] * 3, "std": [1.0] * 3}))
+    with pytest.raises(ValueError, match=f"{STATS_NAME}.*shape \\(4,\\)"):
+        load_vae(tmp_path)
+    (tmp_path / STATS_NAME).write_text("{not json")
+    with pytest.raises(ValueError, match=f"{STATS_NAME} is not a statistics file"):
+        load_vae(tmp_path)

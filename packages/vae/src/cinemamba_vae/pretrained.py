@@ -184,8 +184,14 @@ class DiffusersVideoVAE(nn.Module):
         stats, normalization = None, "none"
         stats_path = directory / STATS_NAME
         if stats_path.is_file():
-            saved = json.loads(stats_path.read_text())
-            stats = torch.tensor(saved["mean"]), torch.tensor(saved["std"])
+            try:
+                saved = json.loads(stats_path.read_text())
+                stats = torch.tensor(saved["mean"]), torch.tensor(saved["std"])
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+                raise ValueError(
+                    f"{stats_path} is not a statistics file ({{'mean': [...], 'std': [...]}}): "
+                    f"{err!r}; re-run `cinemamba vae-stats` or delete it"
+                ) from None
             normalization = "measured"
         elif (published := _published_stats(model, config, channels)) is not None:
             stats, normalization = published, "published"
@@ -200,7 +206,12 @@ class DiffusersVideoVAE(nn.Module):
         )
         vae = cls(model, seam, directory)
         if stats is not None:
-            vae._store_stats(*stats)
+            try:
+                vae._store_stats(*stats)
+            except ValueError as err:  # a file written for another VAE, or edited by hand
+                raise ValueError(
+                    f"{stats_path if normalization == 'measured' else directory}: {err}"
+                ) from None
         return vae.to(map_location)
 
     # ---------------------------------------------------------------- shapes
