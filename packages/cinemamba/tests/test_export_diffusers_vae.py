@@ -113,3 +113,32 @@ def test_cogvideox_frame_rule_fails_up_front(made: dict, tmp_path: Path) -> None
     with pytest.raises(ValueError, match="clip.frames=13: the VAE encodes 1 \\+ 8\\*k frames"):
         export_latents(cfg)
     assert not list((tmp_path / "lat").glob("*.tar"))
+
+
+def _backbone_task(root: Path, vae: Path, *extra: str):
+    from cinemamba.tasks.backbone import BackboneTask, load_backbone_experiment
+
+    config = Path(__file__).parents[3] / "configs" / "experiment" / "backbone_tiny.yaml"
+    exp = load_backbone_experiment(config, [
+        f"train.run_dir={root / 'run'}", f"task.vae={vae}", f"task.data.path={root / 'lat'}",
+        "task.samples.prompts=[]", *extra,
+    ])  # fmt: skip
+    return BackboneTask(exp.task)
+
+
+def test_backbone_task_takes_a_diffusers_vae(made: dict, tmp_path: Path) -> None:
+    """task.vae may name a diffusers directory: its latents are accepted, its channel count is
+    checked for raw-shard training, and another VAE's identity is refused."""
+    from cinemamba.config import ConfigError
+
+    root = made["root"]
+    task = _backbone_task(root, root / "wan", "task.backbone.in_channels=4")
+    task.validate()
+    assert task.latent_set.vae_identity == vae_identity(root / "wan")
+    raw = _backbone_task(root, root / "wan", "task.data.source=raw",
+                         f"task.data.path={root / 'raw'}", "task.data.clip.frames=9")  # fmt: skip
+    with pytest.raises(ConfigError, match="makes 4 latent channels"):
+        raw.validate()
+    VideoAutoencoder(vae_preset("tiny")).save_pretrained(tmp_path / "own")
+    with pytest.raises(ConfigError, match="made by VAE 'diffusers/AutoencoderKLWan/"):
+        _backbone_task(root, tmp_path / "own", "task.backbone.in_channels=4").validate()
