@@ -287,6 +287,14 @@ def test_fvd_wiring_matches_hand_computed_frechet(demo, tmp_path, monkeypatch,
     ref = np.repeat(cf.features([cf.params(s + 49) for s in range(4)]), 3, 0)
     for row in drift["rows"]:
         assert row["fvd"] == pytest.approx(cf.frechet(ref, cf.features(gen_params["3x"])), abs=tol)
+    # Videos too short for a 16-frame clip are counted on both sides (the real count is stored).
+    short = tmp_path / "short"
+    short.mkdir()
+    cfg.eval.lengths = [1]
+    ab.evaluate_ceiling(cfg, demo, 9, scorer, cf.MeanStd(), short)
+    out = ab._mixer_fvd(cfg, cf.MeanStd(), short / ab.REAL_FEATURES, "1x", True,
+                        [cf.video(70, 2, 9)] * 3)  # fmt: skip
+    assert (out["fvd"]["fvd"], out["fvd"]["too_short"]) == (None, 6 + 3)
     # No real features (FVD off or no weights): the length says FVD was skipped.
     off = ab._mixer_fvd(cfg, None, tmp_path / "missing.npz", "1x", False, videos)
     assert "skipped" in off["fvd"]

@@ -327,6 +327,7 @@ def real_features(cfg: AblationConfig, demo: DemoConfig, frames0: int, features,
         acc = clip_features(features, videos, real=True, seed=cfg.eval.seed,
                             desc=f"FVD real {tag}")  # fmt: skip
         arrays[f"fvd16_{tag}"] = acc.arrays()["fvd16"]
+        arrays[f"too_short_{tag}"] = np.array(acc.too_short["fvd16"])
         counts[tag] = acc.stats["fvd16"].count
         if cfg.eval.drift and tag == list(lengths)[-1]:
             n = cfg.eval.drift_real_per_prompt * len(eval_prompts(cfg, demo))
@@ -347,7 +348,7 @@ def _mixer_fvd(cfg: AblationConfig, features, reference: Path | None, tag: str, 
         return {"fvd": {"skipped": "no real features (eval.fvd=false or no I3D weights)"}}
     with np.load(reference) as z:
         out: dict[str, Any] = {"fvd": fvd_against(
-            accumulator_from(z[f"fvd16_{tag}"]),
+            accumulator_from(z[f"fvd16_{tag}"], int(z[f"too_short_{tag}"])),
             clip_features(features, videos, real=False, desc=f"FVD {tag}"))}  # fmt: skip
         if last and cfg.eval.drift and "drift_feats" in z:
             ref = SegmentReference(z["drift_feats"], z["drift_flicker"].tolist(),

@@ -70,8 +70,12 @@ def fvd_against(real: FVDAccumulator, fake: FVDAccumulator) -> dict[str, Any]:
     }
 
 
-def accumulator_from(feats: np.ndarray) -> FVDAccumulator:
-    """An FVD_16 accumulator restored from stored features `(N, D)` (one clip per video)."""
+def accumulator_from(feats: np.ndarray, too_short: int = 0) -> FVDAccumulator:
+    """An FVD_16 accumulator restored from stored features `(N, D)` (one clip per video) and
+    the number of videos that were too short for a clip."""
     return FVDAccumulator.from_arrays(
-        {PROTOCOL: parse_protocol(PROTOCOL)}, {PROTOCOL: feats}, {PROTOCOL: 0}, len(feats)
+        {PROTOCOL: parse_protocol(PROTOCOL)},
+        {PROTOCOL: feats},
+        {PROTOCOL: too_short},
+        len(feats) + too_short,
     )
