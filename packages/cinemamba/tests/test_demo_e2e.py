@@ -93,7 +93,8 @@ def test_demo_runs_reuses_and_redoes(tmp_path, capsys, tiny_i3d):
     assert len(list((out / "fvd" / "1x").glob("*.npy"))) == 2
     assert len(fvd["drift"]["rows"]) == 17 // 16 and fvd["drift"]["rows"][0]["videos"] == 2
     assert (out / "fvd" / "drift.png").stat().st_size > 0
-    assert "| 1.9x | 17 | final/rolling |" in report and "| 2 | 4 |" in report
+    assert "| 1.9x | 17 | final/rolling |" in report and "| 2 | 4 | 0 |" in report
+    assert "| 1x | 9 | final/oneshot | n/a | 0 | 0 | 6 |" in report
     assert "### Drift over time (`final/rolling`" in report
     lines = _stage_lines(capsys.readouterr().err)
     assert all(lines[s].startswith("running") for s in STAGES)

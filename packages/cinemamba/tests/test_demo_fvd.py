@@ -72,7 +72,11 @@ def test_compute_fvd_matches_hand_computed_frechet(monkeypatch, fvd_closed_forms
     assert same["rows"][1]["fvd"] == pytest.approx(0.0, abs=tol)
 
     md = "\n".join(fvd_section(out))
-    assert "| 1x | 17 | final/oneshot |" in md and "| 2.9x | 49 | final/rolling |" in md
+    assert (
+        "| 1x | 17 | final/oneshot |" in md
+        and "| 3 | 6 | 0 |" in md
+        and "| 2.9x | 49 | final/rolling |" in md
+    )
     assert "### Drift over time (`final/rolling`" in md and "![drift](fvd/drift.png)" in md
 
 

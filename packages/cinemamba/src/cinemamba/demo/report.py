@@ -159,9 +159,9 @@ def fvd_section(fvd: Mapping[str, Any] | None) -> list[str]:
     if "skipped" in fvd:
         return [*lines, f"FVD was skipped: {fvd['skipped']}", ""]
     rows = [[r["length"], r["frames"], r["group"], r["fvd"], r["generated_videos"],
-             r["real_videos"]] for r in fvd["rows"]]  # fmt: skip
+             r["real_videos"], r["too_short"]] for r in fvd["rows"]]  # fmt: skip
     lines += _table(["length", "frames", "model / mode", "FVD_16", "generated videos",
-                     "real videos"], rows)  # fmt: skip
+                     "real videos", "too short (< 16 f)"], rows)  # fmt: skip
     lines += [
         "",
         "FVD_16 (one 16-frame clip per video: generated from frame 0, real at a seeded random "
