@@ -121,6 +121,14 @@ def _fake_results() -> dict:
         for k, name in enumerate(["bimamba", "attention", "bimamba+attention"])
     }  # fmt: skip
     ceiling = {t: {"frames": f, "videos": 4, "scores": scores(1.0)} for t, f in tags.items()}
+    for k, m in enumerate(mixers.values()):
+        for i, length in enumerate(m["lengths"].values()):
+            length["fvd"] = {"fvd": 100.0 * (k + 1) + 10 * i, "generated_videos": 4,
+                             "real_videos": 8, "too_short": 0}  # fmt: skip
+        m["lengths"]["4x"]["drift"] = {
+            "seg_frames": 16, "real": {"videos": 4, "segments": 32, "flicker": 0.01},
+            "rows": [{"segment": j, "start": 16 * j, "end": 16 * (j + 1), "videos": 4,
+                      "fvd": 50.0 * (k + 1) + j, "flicker": 0.02 * (j + 1)} for j in range(8)]}  # fmt: skip
     return {"config": asdict(cfg), "mixers": mixers, "ceiling": ceiling}
 
 
@@ -136,6 +144,26 @@ def test_report_markdown_and_plot(tmp_path) -> None:
     assert "| attention | colour_accuracy | 0.5 | 0.4 | 0.3 | 0.2 |" in md
     with Image.open(png_path) as img:
         assert img.size[0] > 1000 and img.size[1] > 300
+    # FVD_16 per mixer and length with the videos behind it; drift: one row per segment.
+    assert "| FVD_16 1x (33 f) | FVD_16 4x (129 f) |" in md
+    assert "| attention | 200 | 210 |" in md and "1x: 4 / 8; 4x: 4 / 8" in md
+    drift = md.split("## Drift over time at 4x (129 frames)")[1].split("##")[0]
+    assert sum(line.startswith("| ") for line in drift.splitlines()) == 1 + 8  # header + rows
+    assert "| 112–128 | 57 | 0.16 | 107 | 0.16 | 157 | 0.16 |" in drift
+    assert "32 segments of 4 real videos" in drift and "(real videos: 0.01)" in drift
+    with Image.open(tmp_path / "ablation_drift.png") as img:
+        assert img.size[0] > 500
+
+
+def test_report_says_when_fvd_was_skipped(tmp_path) -> None:
+    results = _fake_results()
+    for m in results["mixers"].values():
+        for length in m["lengths"].values():
+            length["fvd"] = {"skipped": "no real features (eval.fvd=false or no I3D weights)"}
+            length.pop("drift", None)
+    _, md_path, _ = write_report(results, tmp_path)
+    assert "FVD_16 was skipped: no real features" in md_path.read_text()
+    assert not (tmp_path / "ablation_drift.png").exists()
 
 
 def test_ablation_config_errors(demo, tmp_path, capsys) -> None:
@@ -156,7 +184,7 @@ def test_ablation_config_errors(demo, tmp_path, capsys) -> None:
 
 
 @pytest.mark.slow
-def test_ablation_end_to_end(tmp_path) -> None:
+def test_ablation_end_to_end(tmp_path, tiny_i3d) -> None:
     """Two mixers, 2 training steps each, on a tiny random VAE's latents; with a stand-in scorer
     (mean red level), so only the wiring is under test here."""
     from cinemamba.data.synth import SceneConfig
@@ -199,6 +227,16 @@ def test_ablation_end_to_end(tmp_path) -> None:
         out / "eval-mamba" / "2x_0.txt"
     ).is_file()
     assert "## Cost" in (out / "ablation.md").read_text() and (out / "ablation.png").is_file()
+    # FVD_16 with the tiny random-init I3D: 9-frame 1x clips are too short (counted), 17-frame
+    # 2x clips give a figure against 2 prompts x 2 real videos; drift at 2x: 1 segment.
+    for m in results["mixers"].values():
+        one, two = m["lengths"]["1x"]["fvd"], m["lengths"]["2x"]["fvd"]
+        assert (one["fvd"], one["too_short"]) == (None, 2 + 4)
+        assert (two["generated_videos"], two["real_videos"]) == (2, 4) and two["fvd"] > 0
+        assert len(m["lengths"]["2x"]["drift"]["rows"]) == 1
+    md = (out / "ablation.md").read_text()
+    assert "| FVD_16 1x (9 f) | FVD_16 2x (17 f) |" in md and "2x: 2 / 4" in md
+    assert "## Drift over time at 2x" in md and (out / "ablation_drift.png").is_file()
     # A re-run reuses every stage: nothing is trained again.
     again = run_ablation(cfg, scorer=scorer)
     assert {s["status"] for s in again["stages"]} == {"reused"}
@@ -213,3 +251,50 @@ def test_shipped_config_loads_and_its_prompts_parse() -> None:
     check_mixers(cfg)
     assert len(prompt_specs(list(cfg.eval.prompts))) == 8
     assert set(cfg.eval.headline) == set(SCORES)
+
+
+def test_fvd_wiring_matches_hand_computed_frechet(demo, tmp_path, monkeypatch,
+                                                  fvd_closed_forms) -> None:  # fmt: skip
+    """Real features computed once in the ceiling stage, each mixer's FVD_16 per length and its
+    drift table against them, on videos whose clip features have closed forms."""
+    import cinemamba.ablate as ab
+
+    cf = fvd_closed_forms
+    monkeypatch.setattr(ab, "real_video",
+                        lambda demo, p, frames, seed: cf.video(*cf.params(seed + frames), frames))  # fmt: skip
+    cfg = AblationConfig(demo=DEMO, eval=AblationEval(
+        lengths=[1, 3], prompts=["a red circle moves up quickly", "a blue star moves down quickly"],
+        fvd_real_per_prompt=3, drift_real_per_prompt=2))  # fmt: skip
+    scorer = lambda video, prompt: dict.fromkeys(SCORES, 1.0)  # noqa: E731
+    ceiling = ab.evaluate_ceiling(cfg, demo, 17, scorer, cf.MeanStd(), tmp_path)
+    assert [ceiling[t]["fvd_real_videos"] for t in ("1x", "3x")] == [6, 6]
+    gen_params = {"1x": [(70, 2), (90, 3), (150, 1)], "3x": [(100, 4), (65, 2), (80, 6), (99, 3)]}
+    tol = 1e-9 * 6 * 4 * 200**2  # float64 round-off at the features' scale
+    for tag, frames in {"1x": 17, "3x": 49}.items():
+        videos = [cf.video(a, d, frames) for a, d in gen_params[tag]]
+        out = ab._mixer_fvd(cfg, cf.MeanStd(), tmp_path / ab.REAL_FEATURES, tag, tag == "3x",
+                            videos)  # fmt: skip
+        real = cf.features([cf.params(s + frames) for s in range(6)])
+        want = cf.frechet(real, cf.features(gen_params[tag]))
+        assert out["fvd"]["fvd"] == pytest.approx(want, abs=tol)
+        assert (out["fvd"]["generated_videos"], out["fvd"]["real_videos"]) == (len(videos), 6)
+        # The real set against itself (generated clips from frame 0, real at random offsets).
+        same = ab._mixer_fvd(cfg, cf.MeanStd(), tmp_path / ab.REAL_FEATURES, tag, False,
+                             [cf.video(*cf.params(s + frames), frames) for s in range(6)])  # fmt: skip
+        assert same["fvd"]["fvd"] == pytest.approx(0.0, abs=tol)
+    drift = out["drift"]  # the longest length: 49 frames -> 3 segments
+    assert len(drift["rows"]) == 3 and drift["real"]["segments"] == 4 * 3
+    ref = np.repeat(cf.features([cf.params(s + 49) for s in range(4)]), 3, 0)
+    for row in drift["rows"]:
+        assert row["fvd"] == pytest.approx(cf.frechet(ref, cf.features(gen_params["3x"])), abs=tol)
+    # Videos too short for a 16-frame clip are counted on both sides (the real count is stored).
+    short = tmp_path / "short"
+    short.mkdir()
+    cfg.eval.lengths = [1]
+    ab.evaluate_ceiling(cfg, demo, 9, scorer, cf.MeanStd(), short)
+    out = ab._mixer_fvd(cfg, cf.MeanStd(), short / ab.REAL_FEATURES, "1x", True,
+                        [cf.video(70, 2, 9)] * 3)  # fmt: skip
+    assert (out["fvd"]["fvd"], out["fvd"]["too_short"]) == (None, 6 + 3)
+    # No real features (FVD off or no weights): the length says FVD was skipped.
+    off = ab._mixer_fvd(cfg, None, tmp_path / "missing.npz", "1x", False, videos)
+    assert "skipped" in off["fvd"]

@@ -32,6 +32,8 @@ MICRO = [
     "generate.window=3",
     "generate.context=1",
     f"generate.prompts={PROMPTS}",
+    "fvd.real_per_prompt=2",
+    "fvd.generated_per_prompt=1",
 ]
 
 
@@ -44,7 +46,7 @@ def _stage_lines(text: str) -> dict[str, str]:
     return out
 
 
-def test_demo_runs_reuses_and_redoes(tmp_path, capsys):
+def test_demo_runs_reuses_and_redoes(tmp_path, capsys, tiny_i3d):
     out = tmp_path / "demo"
     cfg = load_demo_config(DEFAULT_CONFIG, [*MICRO, f"out={out}"])
     result = run_demo(cfg)
@@ -77,6 +79,23 @@ def test_demo_runs_reuses_and_redoes(tmp_path, capsys):
     assert "## Missed targets" in report and "What a larger budget reaches" in report
     for video in final:
         assert f"generate/{video['sheet']}" in report
+    # FVD (a tiny random-init I3D stands in): 1x clips of 9 frames are too short for FVD_16
+    # and counted; the long groups have 2 generated vs 4 real videos; drift: 1 full segment.
+    fvd = metrics["fvd"]
+    assert fvd["i3d"] == tiny_i3d.identity
+    one, *long = fvd["rows"]
+    assert (one["length"], one["fvd"], one["too_short"]) == ("1x", None, 2 + 4)
+    assert [r["group"] for r in long] == ["final/oneshot", "final/rolling", "half/oneshot",
+                                          "half/rolling"]  # fmt: skip
+    for row in long:
+        assert (row["generated_videos"], row["real_videos"], row["frames"]) == (2, 4, 17)
+        assert row["fvd"] > 0
+    assert len(list((out / "fvd" / "1x").glob("*.npy"))) == 2
+    assert len(fvd["drift"]["rows"]) == 17 // 16 and fvd["drift"]["rows"][0]["videos"] == 2
+    assert (out / "fvd" / "drift.png").stat().st_size > 0
+    assert "| 1.9x | 17 | final/rolling |" in report and "| 2 | 4 | 0 |" in report
+    assert "| 1x | 9 | final/oneshot | n/a | 0 | 0 | 6 |" in report
+    assert "### Drift over time (`final/rolling`" in report
     lines = _stage_lines(capsys.readouterr().err)
     assert all(lines[s].startswith("running") for s in STAGES)
 
@@ -87,11 +106,11 @@ def test_demo_runs_reuses_and_redoes(tmp_path, capsys):
     assert all(lines[s].startswith("reused") for s in STAGES)
     assert (out / "backbone" / "stamp.json").stat().st_mtime_ns == mtime
 
-    # A changed generation setting redoes generate + evaluate only; --fresh redoes everything.
+    # A changed generation setting redoes generate + evaluate + fvd only; --fresh redoes everything.
     assert main(["demo", "--config", str(DEFAULT_CONFIG), *MICRO, f"out={out}",
                  "generate.steps=1"]) == 0  # fmt: skip
     lines = _stage_lines(capsys.readouterr().err)
-    assert [s for s in STAGES if lines[s].startswith("running")] == ["generate", "evaluate"]
+    assert [s for s in STAGES if lines[s].startswith("running")] == ["generate", "evaluate", "fvd"]
     assert main(["demo", "--config", str(DEFAULT_CONFIG), "--fresh", *MICRO,
                  f"out={out}"]) == 0  # fmt: skip
     lines = _stage_lines(capsys.readouterr().err)

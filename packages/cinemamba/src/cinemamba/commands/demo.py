@@ -1,7 +1,7 @@
 """`cinemamba demo [--config YAML] [--out DIR] [--fresh | --redo STAGE] [key=value ...]`.
 
 The newcomer's first command (`scripts/demo.sh`): synthetic data -> VAE -> latent statistics
--> latent export -> backbone -> long videos (oneshot and rolling) -> scores -> report.md. A
+-> latent export -> backbone -> long videos (oneshot and rolling) -> scores -> FVD + drift -> report.md. A
 second run reuses every finished stage whose settings did not change; see docs/demo.md.
 """
 
@@ -15,7 +15,7 @@ from cinemamba.train.config import REPO_ROOT
 NAME = "demo"
 HELP = "train tiny models on the synthetic set and generate scored long videos (see docs/demo.md)"
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "experiment" / "demo.yaml"
-STAGES = ("synth", "vae", "vae-stats", "export", "backbone", "generate", "evaluate")
+STAGES = ("synth", "vae", "vae-stats", "export", "backbone", "generate", "evaluate", "fvd")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

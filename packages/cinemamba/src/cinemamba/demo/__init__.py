@@ -1,7 +1,8 @@
 """The end-to-end demo (`cinemamba demo`) and the resumable stage runner it is built on.
 
 `run_demo(cfg)` makes the synthetic set, trains the VAE, computes latent statistics, exports
-latents, trains the backbone, generates long videos, scores them and writes `report.md` and
+latents, trains the backbone, generates long videos, scores them, computes FVD and drift (`fvd`
+stage) and writes `report.md` and
 `metrics.json` into `cfg.out`; see docs/demo.md.
 """
 
@@ -33,6 +34,7 @@ class DemoResult:
 def demo_stages(cfg: DemoConfig, scorer=None) -> list[Stage]:
     """The demo's stages in order (`scorer` replaces the ground-truth detector, for tests)."""
     from cinemamba.demo.evaluate import evaluate_stage
+    from cinemamba.demo.fvd import fvd_stage
     from cinemamba.demo.stages import (
         backbone_stage,
         export_stage,
@@ -50,6 +52,7 @@ def demo_stages(cfg: DemoConfig, scorer=None) -> list[Stage]:
         backbone_stage(cfg),
         generate_stage(cfg),
         evaluate_stage(cfg, scorer),
+        fvd_stage(cfg),
     ]
 
 

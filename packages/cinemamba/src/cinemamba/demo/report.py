@@ -151,6 +151,34 @@ def budget_advice(metrics: Mapping[str, Any], cfg: DemoConfig) -> list[str]:
     return lines
 
 
+def fvd_section(fvd: Mapping[str, Any] | None) -> list[str]:
+    """The report's FVD table (length, group, FVD_16, videos per side) and drift table + plot."""
+    lines = ["## FVD and drift (I3D features vs real synthetic videos)", ""]
+    if fvd is None:
+        return [*lines, "FVD was not computed (no `fvd` stage output in this folder).", ""]
+    if "skipped" in fvd:
+        return [*lines, f"FVD was skipped: {fvd['skipped']}", ""]
+    rows = [[r["length"], r["frames"], r["group"], r["fvd"], r["generated_videos"],
+             r["real_videos"], r["too_short"]] for r in fvd["rows"]]  # fmt: skip
+    lines += _table(["length", "frames", "model / mode", "FVD_16", "generated videos",
+                     "real videos", "too short (< 16 f)"], rows)  # fmt: skip
+    lines += [
+        "",
+        "FVD_16 (one 16-frame clip per video: generated from frame 0, real at a seeded random "
+        "offset; I3D `" + str(fvd.get("i3d", "")) + "`) against real synthetic videos of the "
+        "same prompts and length. With so few videos the figure carries a large small-sample "
+        "bias (docs/evaluation.md): compare rows only at equal video counts.",
+        "",
+    ]
+    drift = fvd.get("drift")
+    if drift:
+        from cinemamba.eval.drift import drift_markdown
+
+        lines += [f"### Drift over time (`{drift['group']}`, {drift['seg_frames']}-frame "
+                  "segments)", "", drift_markdown(drift), "", "![drift](fvd/drift.png)", ""]  # fmt: skip
+    return lines
+
+
 def write_report(
     out: Path, cfg: DemoConfig, records: Sequence[StageRecord], total_seconds: float
 ) -> tuple[Path, Path]:
@@ -173,6 +201,8 @@ def write_report(
         "vae_steps": cfg.vae.train.steps,
         "backbone_steps": cfg.backbone.train.steps,
     }
+    fvd_path = out / "fvd" / "fvd.json"
+    metrics["fvd"] = json.loads(fvd_path.read_text()) if fvd_path.is_file() else None
     metrics_path = out / "metrics.json"
     write_json(metrics_path, metrics)
 
@@ -230,6 +260,7 @@ def write_report(
     if advice:
         lines += ["## Missed targets and the budget that would reach them", "", *advice, "",
                   MEASURED_BUDGETS, ""]  # fmt: skip
+    lines += fvd_section(metrics["fvd"])
     lines += ["## By mode and quarter of the video", ""]
     header = ["model / mode", "score", "all", *[f"Q{q + 1}" for q in range(4)]]
     rows = []

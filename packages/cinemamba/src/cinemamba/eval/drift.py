@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -47,24 +48,55 @@ def flicker(segment: np.ndarray) -> float:
     return float(np.abs(np.diff(x, axis=0)).mean() / 255.0)
 
 
+@dataclass
+class SegmentReference:
+    """The real set's segment distribution: raw features of every full segment, their flicker."""
+
+    feats: np.ndarray  # (N, D) one row per real segment
+    flicker: list[float]
+    videos: int
+    seg_frames: int = 16
+
+    @classmethod
+    def from_videos(
+        cls, features, real: Iterable[np.ndarray], seg_frames: int = 16
+    ) -> SegmentReference:
+        """Features and flicker of every full segment of every real video."""
+        feats, flick, videos = [], [], 0
+        for video in tqdm(real, desc="drift: real segments", unit="video"):
+            videos += 1
+            for seg in segments(video, seg_frames):
+                feats.append(features(seg[None]))
+                flick.append(flicker(seg))
+        arr = np.concatenate(feats) if feats else np.zeros((0, 0))
+        return cls(arr, flick, videos, seg_frames)
+
+    def stats(self) -> FeatureStats:
+        """Running statistics of the segment features (one row at a time, as when computed)."""
+        out = FeatureStats()
+        for row in self.feats:
+            out.add(row[None])
+        return out
+
+
 def drift_table(
     features,
-    real: Iterable[np.ndarray],
+    real: Iterable[np.ndarray] | SegmentReference,
     generated: Iterable[np.ndarray],
     seg_frames: int = 16,
 ) -> dict:
     """Per-segment FVD and flicker of generated videos against the real segment distribution.
 
-    `features` maps uint8 clips `(B, T, H, W, 3)` to `(B, D)` (an FVD extractor). Returns
+    `features` maps uint8 clips `(B, T, H, W, 3)` to `(B, D)` (an FVD extractor); `real` is the
+    real videos or their `SegmentReference` (computed once, reused for several models). Returns
     `{"seg_frames", "real": {"segments", "videos", "flicker"}, "rows": [{"segment", "start",
     "end", "videos", "fvd", "flicker"}, ...]}`; `fvd` is None where a side has < 2 clips.
     """
-    ref, real_flicker, real_videos = FeatureStats(), [], 0
-    for video in tqdm(real, desc="drift: real segments", unit="video"):
-        real_videos += 1
-        for seg in segments(video, seg_frames):
-            ref.add(features(seg[None]))
-            real_flicker.append(flicker(seg))
+    if not isinstance(real, SegmentReference):
+        real = SegmentReference.from_videos(features, real, seg_frames)
+    elif real.seg_frames != seg_frames:
+        raise ValueError(f"the reference has {real.seg_frames}-frame segments, not {seg_frames}")
+    ref = real.stats()
     per_seg: list[FeatureStats] = []
     per_flicker: list[list[float]] = []
     for video in tqdm(generated, desc="drift: generated segments", unit="video"):
@@ -95,9 +127,9 @@ def drift_table(
     return {
         "seg_frames": seg_frames,
         "real": {
-            "videos": real_videos,
+            "videos": real.videos,
             "segments": ref.count,
-            "flicker": float(np.mean(real_flicker)) if real_flicker else None,
+            "flicker": float(np.mean(real.flicker)) if real.flicker else None,
         },
         "rows": rows,
     }
