@@ -83,7 +83,11 @@ def test_demo_runs_reuses_and_redoes(tmp_path, capsys, tiny_i3d):
     # and counted; the long groups have 2 generated vs 4 real videos; drift: 1 full segment.
     fvd = metrics["fvd"]
     assert fvd["i3d"] == tiny_i3d.identity
-    one, *long = fvd["rows"]
+    from cinemamba.demo.fvd import FLOOR_GROUP
+
+    floors = [r for r in fvd["rows"] if r["group"] == FLOOR_GROUP]
+    assert [(r["length"], r["generated_videos"]) for r in floors] == [("1x", 0), ("1.9x", 2)]
+    one, *long = [r for r in fvd["rows"] if r["group"] != FLOOR_GROUP]
     assert (one["length"], one["fvd"], one["too_short"]) == ("1x", None, 2 + 4)
     assert [r["group"] for r in long] == ["final/oneshot", "final/rolling", "half/oneshot",
                                           "half/rolling"]  # fmt: skip

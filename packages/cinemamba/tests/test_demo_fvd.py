@@ -52,6 +52,16 @@ def test_compute_fvd_matches_hand_computed_frechet(monkeypatch, fvd_closed_forms
         row = rows[("2.9x", group)]
         assert (row["generated_videos"], row["real_videos"]) == (len(params), 6)
         assert row["fvd"] == pytest.approx(_frechet(real, _features(params)), abs=tol)
+    # Bias-floor rows: held-out real videos, as many as each generated row has, against the
+    # same real set (hand-computed from their closed-form features too).
+    floors = [r for r in out["rows"] if r["group"] == demo_fvd.FLOOR_GROUP]
+    expect = [("1x", 17, 3, real_short), ("2.9x", 49, 3, real), ("2.9x", 49, 4, real)]
+    assert [(r["length"], r["frames"], r["generated_videos"]) for r in floors] == [
+        e[:3] for e in expect
+    ]
+    for row, (_, frames, n, ref_feats) in zip(floors, expect, strict=True):
+        held = _features([_params(demo_fvd.FLOOR_SEED + k + frames) for k in range(n)])
+        assert row["fvd"] == pytest.approx(_frechet(ref_feats, held), abs=tol)
     drift = out["drift"]
     assert drift["group"] == "final/rolling" and len(drift["rows"]) == 49 // 16
     # Reference: the first 2 seeds of each of the 2 prompts, every full segment of each.
@@ -69,7 +79,8 @@ def test_compute_fvd_matches_hand_computed_frechet(monkeypatch, fvd_closed_forms
     same = demo_fvd.compute_fvd(
         cfg, MeanStd(), {"final/rolling": demo_fvd.real_set(cfg, 49, 3)}, short
     )
-    assert same["rows"][1]["fvd"] == pytest.approx(0.0, abs=tol)
+    same_rows = {(r["length"], r["group"]): r for r in same["rows"]}
+    assert same_rows[("2.9x", "final/rolling")]["fvd"] == pytest.approx(0.0, abs=tol)
 
     md = "\n".join(fvd_section(out))
     assert (
