@@ -268,6 +268,12 @@ def test_fvd_wiring_matches_hand_computed_frechet(demo, tmp_path, monkeypatch,
     scorer = lambda video, prompt: dict.fromkeys(SCORES, 1.0)  # noqa: E731
     ceiling = ab.evaluate_ceiling(cfg, demo, 17, scorer, cf.MeanStd(), tmp_path)
     assert [ceiling[t]["fvd_real_videos"] for t in ("1x", "3x")] == [6, 6]
+    for tag, frames in {"1x": 17, "3x": 49}.items():  # the bias floor: held-out real seeds
+        real = cf.features([cf.params(s + frames) for s in range(6)])
+        held = cf.features([cf.params(ab.FLOOR_SEED + i + frames) for i in range(2)])
+        floor = ceiling[tag]["fvd"]
+        assert (floor["generated_videos"], floor["real_videos"]) == (2, 6)
+        assert floor["fvd"] == pytest.approx(cf.frechet(real, held), abs=1e-9 * 6 * 4 * 200**2)
     gen_params = {"1x": [(70, 2), (90, 3), (150, 1)], "3x": [(100, 4), (65, 2), (80, 6), (99, 3)]}
     tol = 1e-9 * 6 * 4 * 200**2  # float64 round-off at the features' scale
     for tag, frames in {"1x": 17, "3x": 49}.items():

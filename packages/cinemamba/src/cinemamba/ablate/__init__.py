@@ -305,6 +305,7 @@ def _save_examples(work: Path, tag: str, videos: list[np.ndarray], prompts: list
 
 
 REAL_FEATURES = "real_features.npz"  # in the ceiling stage: FVD_16 per length + drift segments
+FLOOR_SEED = 5000  # held-out real videos of the FVD bias-floor row: seeds no real set uses
 
 
 def _real_fvd_set(cfg: AblationConfig, demo: DemoConfig, frames: int) -> list[np.ndarray]:
@@ -416,6 +417,11 @@ def evaluate_ceiling(cfg: AblationConfig, demo: DemoConfig, frames0: int, scorer
         ]
         out[tag] = {"frames": frames, "videos": len(rows), "scores": _mean_rows(rows),
                     "fvd_real_videos": counts.get(tag)}  # fmt: skip
+        if counts:
+            # The bias floor: as many real videos as a mixer generates, from seeds the real set
+            # does not use, against the same real features (what a perfect model would get).
+            held_out = [real_video(demo, p, frames, FLOOR_SEED + i) for i, p in enumerate(prompts)]
+            out[tag].update(_mixer_fvd(cfg, features, work / REAL_FEATURES, tag, False, held_out))
     return out
 
 

@@ -48,7 +48,8 @@ def fvd_markdown(results: Mapping[str, Any]) -> list[str]:
 
     lines.append(markdown_table(
         ["mixer", *[f"FVD_16 {t} ({ceiling[t]['frames']} f)" for t in tags]],
-        [[n, *[_fvd(m["lengths"][t]).get("fvd") for t in tags]] for n, m in mixers.items()],
+        [[n, *[_fvd(m["lengths"][t]).get("fvd") for t in tags]] for n, m in mixers.items()]
+        + [["real, other seeds (bias floor)", *[_fvd(ceiling[t]).get("fvd") for t in tags]]],
     ))  # fmt: skip
     lines += [
         "",
@@ -57,7 +58,8 @@ def fvd_markdown(results: Mapping[str, Any]) -> list[str]:
         + ". One 16-frame clip per video (generated from frame 0, real at a seeded random "
         "offset); the real videos are the same prompts rendered at that length, featurized once "
         "for all mixers. Small sets carry a large bias (docs/evaluation.md): compare mixers at "
-        "equal counts only.",
+        "equal counts only; the bias-floor row is as many real videos of other seeds as a mixer "
+        "generates, against the same real set: what a perfect model would score.",
         "",
     ]
     drifts = {n: m["lengths"][tags[-1]].get("drift") for n, m in mixers.items()}
