@@ -167,7 +167,9 @@ def fvd_section(fvd: Mapping[str, Any] | None) -> list[str]:
         "FVD_16 (one 16-frame clip per video: generated from frame 0, real at a seeded random "
         "offset; I3D `" + str(fvd.get("i3d", "")) + "`) against real synthetic videos of the "
         "same prompts and length. With so few videos the figure carries a large small-sample "
-        "bias (docs/evaluation.md): compare rows only at equal video counts.",
+        "bias (docs/evaluation.md): compare rows only at equal video counts. The `real, other "
+        "seeds` rows are that bias floor: as many real videos (seeds no real set uses) as the "
+        "generated rows have, against the same real set, i.e. what a perfect model would score.",
         "",
     ]
     drift = fvd.get("drift")
