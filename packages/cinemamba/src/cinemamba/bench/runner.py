@@ -80,7 +80,7 @@ SCALES: dict[str, Scale] = {
         GenerationScale(size=32, steps=2, sample_frames=(64, 256), growth_frames=(33, 65, 129)),
         ("Quick sizes: shorter lengths, a narrower VideoDiT, no 1,024-frame sampling.", CPU_ONLY),
         backbones=BackbonesScale(frames=(8, 16, 32, 64), tokens=(64,), repeats=1, cap_s=5.0,
-                                 ratio_frames=64, ratio_repeats=3, plot=None),
+                                 ratio_frames=64, plot=None),
     ),
     # Seconds, for the test of the runner itself; the numbers mean little.
     "micro": Scale(
@@ -94,7 +94,7 @@ SCALES: dict[str, Scale] = {
                         growth_frames=(5, 9, 13), window=2, context=1, chunk=1),
         fvd=FVDScale(clip_frames=(9,), source_size=16),  # 9: the shortest clip I3D takes
         backbones=BackbonesScale(frames=(2, 4, 8), tokens=(4,), repeats=1, ratio_frames=8,
-                                 ratio_repeats=1, plot=None),
+                                 plot=None),
     ),
 }  # fmt: skip
 
