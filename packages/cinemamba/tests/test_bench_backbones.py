@@ -7,12 +7,14 @@ import math
 import pytest
 
 from cinemamba.bench.backbones import (
+    BackbonesScale,
     Series,
     crossover,
     crossover_lines,
     match_width,
     registered,
     series_table,
+    stop_before,
 )
 from cinemamba.bench.measure import slope
 
@@ -64,3 +66,15 @@ def test_tables_name_stops_and_crossings():
     (line,) = crossover_lines([lin, quad], [("bimamba", "attention")])
     assert f"T ≈ {25:.0f}" in line and "bimamba is faster beyond" in line
     assert math.isclose(crossover(fr, lin.seconds, quad.seconds), 25.0)
+
+
+def test_stop_before_extrapolates_time_and_memory_in_log_log():
+    scale = BackbonesScale(cap_s=10.0, cap_mb=1000.0)
+    # time ∝ T² (1 s, 4 s at T = 8, 16): T = 32 -> 16 s < 30 s; T = 64 -> 64 s > 30 s.
+    s = Series("a", 64, 1, [8, 16], [1.0, 4.0], [100.0, 200.0])
+    assert stop_before(s, 32, scale) == ""
+    assert "extrapolated 64 s" in stop_before(s, 64, scale)
+    # memory ∝ T (100, 200 MB): T = 128 -> 1600 MB > 1000 MB cap, time ∝ T (1 s, 2 s).
+    s = Series("a", 64, 1, [8, 16], [1.0, 2.0], [100.0, 200.0])
+    assert "peak 1600 MB" in stop_before(s, 128, scale)
+    assert stop_before(Series("a", 64, 1, [8], [99.0], [1e9]), 16, scale) == ""

@@ -38,6 +38,9 @@ class BackbonesScale:
     repeats: int = 3  # per point; points over `one_repeat_s` are measured once
     one_repeat_s: float = 2.0
     cap_s: float = 20.0  # per-point time cap (CPU seconds of one forward+backward)
+    # Per-point peak-memory cap: a shared 2-core machine has ~16 GB free, and bimamba2 at
+    # 512 frames × 256 tokens would need ~10 GB.
+    cap_mb: float = 4096.0
     ratio_frames: int = 256  # block ratio before/after the fused bidirectional scan
     ratio_repeats: int = 5
     plot: Path | None = PLOT
@@ -150,6 +153,21 @@ def _step(model: VideoDiT, inputs: tuple[torch.Tensor, ...]) -> Callable[[], Non
     return run
 
 
+def stop_before(series: Series, frames: int, scale: BackbonesScale) -> str:
+    """Why the next point (``frames``) is not measured, or "": its time or peak extrapolated
+    in log-log from the last two points exceeds 3 time caps or the memory cap."""
+    if len(series.seconds) < 2:
+        return ""
+    span = math.log(frames / series.frames[-1]) / math.log(series.frames[-1] / series.frames[-2])
+    guess = series.seconds[-1] * (series.seconds[-1] / series.seconds[-2]) ** span
+    guess_mb = series.peak_mb[-1] * (series.peak_mb[-1] / series.peak_mb[-2]) ** span
+    if guess > 3 * scale.cap_s:
+        return f"stopped before T={frames}: extrapolated {guess:.0f} s"
+    if guess_mb > scale.cap_mb:
+        return f"stopped before T={frames}: extrapolated peak {guess_mb:.0f} MB > cap"
+    return ""
+
+
 def measure_series(
     mixer: str, hidden: int, params: int, tokens: int, scale: BackbonesScale, log=print
 ) -> Series:
@@ -159,12 +177,9 @@ def measure_series(
     model = VideoDiT(cfg)
     series = Series(mixer, tokens, params, [], [], [])
     for frames in scale.frames:
-        if len(series.seconds) >= 2:
-            grow = series.seconds[-1] / series.seconds[-2]
-            guess = series.seconds[-1] * grow ** math.log2(frames / series.frames[-1])
-            if guess > 3 * scale.cap_s:
-                series.stopped = f"stopped before T={frames}: extrapolated {guess:.0f} s"
-                break
+        series.stopped = stop_before(series, frames, scale)
+        if series.stopped:
+            break
         step = _step(model, _inputs(frames, tokens, cfg))
         first = cpu_timed(step)  # also the warm-up (first-use allocations, kernel build)
         times = [first] if first > scale.one_repeat_s else repeat_times(step, scale.repeats, 0)
@@ -314,7 +329,8 @@ def backbones(scale: BackbonesScale, log=print) -> Section:
         f"{scale.reference}'s parameters: "
         + ", ".join(f"{m} {w} ({p:,})" for m, (w, p) in widths.items())
         + f". Forward+backward CPU seconds (median of {scale.repeats}, one run above "
-        f"{scale.one_repeat_s:g} s) / peak tensor MB; cap {scale.cap_s:g} s per point.",
+        f"{scale.one_repeat_s:g} s) / peak tensor MB; caps per point: {scale.cap_s:g} s "
+        f"(measured, or 3× that extrapolated) and {scale.cap_mb:.0f} MB (extrapolated).",
         "",
         *series_table(all_series),
         "",
