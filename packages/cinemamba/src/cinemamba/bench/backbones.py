@@ -40,7 +40,7 @@ class BackbonesScale:
     cap_s: float = 20.0  # per-point time cap (CPU seconds of one forward+backward)
     # Per-point peak-memory cap: a shared 2-core machine has ~16 GB free, and bimamba2 at
     # 512 frames × 256 tokens would need ~10 GB.
-    cap_mb: float = 4096.0
+    cap_mb: float = 6144.0
     ratio_frames: int = 256  # block ratio before/after the fused bidirectional scan
     ratio_repeats: int = 5
     plot: Path | None = PLOT
