@@ -470,9 +470,10 @@ def _bimamba_by_flips(m, x):
     return m.out_proj(rearrange((y_fwd + y_bwd.flip(-1)) * F.silu(z), "b e l -> b l e"))
 
 
-def _bimamba_matches_flips(kernels):
+def _bimamba_matches_flips(kernels, fused=True):
     torch.manual_seed(0)
     m = BiMamba(8, d_state=4)
+    m.fused = fused
     with torch.no_grad():
         for p in m.parameters():
             p.add_(0.1 * torch.randn_like(p))
@@ -487,10 +488,12 @@ def _bimamba_matches_flips(kernels):
         _check(a, e.double(), torch.float32, "bimamba")
 
 
+@pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("kernels", ["auto", "torch"])
-def test_bimamba_reverse_matches_explicit_flips(kernels):
-    """The anti-causal core (reverse conv + reverse scan) is the flipped causal core."""
-    _bimamba_matches_flips(kernels)
+def test_bimamba_reverse_matches_explicit_flips(kernels, fused):
+    """The anti-causal core (reverse conv + reverse scan, or both cores in one batched scan
+    over the flipped input) is the flipped causal core: outputs and all gradients."""
+    _bimamba_matches_flips(kernels, fused)
 
 
 @interpreted_only

@@ -23,6 +23,7 @@ TITLES = {
     "vae": "## Video VAE (tiny preset)",
     "scan": "## Selective scan (CPU fast path)",
     "backbone": "## VideoDiT vs frame count",
+    "backbones": "## Backbone crossover (VideoDiTs of matched parameters)",
     "train": "## Training step breakdown (DeepSpeed engine, one process)",
     "sampling": "## Sampling: seconds per generated frame by long-video mode",
     "growth": "## Cost growth with frame count (whole pipeline)",

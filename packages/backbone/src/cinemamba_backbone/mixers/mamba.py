@@ -130,10 +130,21 @@ class SelectiveSSM(TemporalMixer):
         return y, (conv_state, ssm_state)
 
     def forward(
-        self, x: torch.Tensor, z: torch.Tensor | None = None, reverse: bool = False
-    ) -> torch.Tensor:
+        self,
+        x: torch.Tensor,
+        z: torch.Tensor | None = None,
+        reverse: bool = False,
+        inputs_only: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, ...]:
         """The core alone: x, z (b, d_inner, l) -> y (b, d_inner, l), backwards in time if
-        ``reverse`` (``Mamba`` overrides this with the whole mixer)."""
+        ``reverse`` (``Mamba`` overrides this with the whole mixer).
+
+        ``inputs_only`` returns the scan's inputs (u, Δ, B, C, Δ bias, A, D) instead, for a
+        parent that batches several cores into one scan (``BiMamba``); they are made here so
+        the parameters are read inside their owner's forward (see ``CausalConv1d``).
+        """
+        if inputs_only:
+            return (*self.scan_inputs(x, reverse=reverse), *self.scan_params())
         return self.ssm(x, z, reverse=reverse)[0]
 
     def init_state(
@@ -182,7 +193,15 @@ class BiMamba(TemporalMixer):
     """Bidirectional Mamba: shared projections, a forward and a time-flipped causal core.
 
     in_proj (2x expansion) -> [core(x) + flip(core_b(flip(x)))] ⊙ SiLU(z) -> out_proj.
+
+    Both cores run in one selective-scan call (issue 20): their inputs are stacked along the
+    channels, as two groups of B/C, with the backward core fed the time-flipped sequence, so
+    one flip in and one out replace the reverse scan's four input flips and output flip, and
+    the scan's per-call costs are paid once. ``fused = False`` (a runtime attribute, never
+    saved) keeps the two per-direction calls, so a benchmark measures both in one run.
     """
+
+    fused: bool = True
 
     def __init__(self, dim: int, d_state: int = 16, d_conv: int = 4, expand: int = 2) -> None:
         super().__init__()
@@ -209,7 +228,30 @@ class BiMamba(TemporalMixer):
         xz = rearrange(self.in_proj(x), "b l e -> b e l")
         xs, z = xz.chunk(2, dim=1)
         # The cores run through their forward (not `.ssm`): see CausalConv1d for why.
-        y_fwd = self.forward_ssm(xs)
-        y_bwd = self.backward_ssm(xs, reverse=True)  # the backward core runs back in time
-        y = (y_fwd + y_bwd) * F.silu(z)
+        if self.fused:
+            y = self._both_directions(xs)
+        else:
+            y_fwd = self.forward_ssm(xs)
+            y_bwd = self.backward_ssm(xs, reverse=True)  # the backward core runs back in time
+            y = y_fwd + y_bwd
+        y = y * F.silu(z)
         return self.out_proj(rearrange(y, "b e l -> b l e"))
+
+    def _both_directions(self, xs: torch.Tensor) -> torch.Tensor:
+        """xs (b, d, l) -> core(xs) + flip(core_b(flip(xs))) (b, d, l) in one scan call."""
+        d = xs.shape[1]
+        u_f, dt_f, B_f, C_f, bias_f, A_f, D_f = self.forward_ssm(xs, inputs_only=True)
+        u_b, dt_b, B_b, C_b, bias_b, A_b, D_b = self.backward_ssm(xs.flip(-1), inputs_only=True)
+        y = selective_scan(
+            torch.cat([u_f, u_b], dim=1),  # (b, 2d, l): channel group 0 forward, 1 backward
+            torch.cat([dt_f, dt_b], dim=1),
+            torch.cat([A_f, A_b]),
+            torch.stack([B_f, B_b], dim=1),  # (b, 2, n, l)
+            torch.stack([C_f, C_b], dim=1),
+            torch.cat([D_f, D_b]),
+            None,
+            torch.cat([bias_f, bias_b]),
+            True,
+            **self.kernel_kwargs,
+        )
+        return y[:, :d] + y[:, d:].flip(-1)

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from cinemamba.bench import fvd, generation, scripts, training
+from cinemamba.bench import backbones, fvd, generation, scripts, training
+from cinemamba.bench.backbones import BackbonesScale
 from cinemamba.bench.fvd import FVDScale
 from cinemamba.bench.generation import GenerationScale
 from cinemamba.bench.measure import MIN_REPEATS, Section, cpu_model, machine_description
@@ -22,7 +23,9 @@ from cinemamba.bench.training import TrainScale
 
 log = logging.getLogger(__name__)
 
-BENCHMARKS = ("data", "vae", "scan", "backbone", "train", "sampling", "growth", "fvd")
+BENCHMARKS = (
+    "data", "vae", "scan", "backbone", "backbones", "train", "sampling", "growth", "fvd",
+)  # fmt: skip
 QUICK_TARGET_S = 180.0  # the issue: quick mode < 3 min
 
 
@@ -36,6 +39,7 @@ class Scale:
     generation: GenerationScale = field(default_factory=GenerationScale)
     notes: tuple[str, ...] = ()  # what this mode leaves out, printed in the report
     fvd: FVDScale = field(default_factory=FVDScale)
+    backbones: BackbonesScale = field(default_factory=BackbonesScale)
 
 
 CPU_ONLY = (
@@ -76,6 +80,8 @@ SCALES: dict[str, Scale] = {
                    warmup_steps=1, zero_stages=(0, 2)),
         GenerationScale(size=32, steps=2, sample_frames=(64, 256), growth_frames=(33, 65, 129)),
         ("Quick sizes: shorter lengths, a narrower VideoDiT, no 1,024-frame sampling.", CPU_ONLY),
+        backbones=BackbonesScale(frames=(8, 16, 32, 64), tokens=(64,), repeats=1, cap_s=5.0,
+                                 ratio_frames=64, plot=None),
     ),
     # Seconds, for the test of the runner itself; the numbers mean little.
     "micro": Scale(
@@ -88,6 +94,8 @@ SCALES: dict[str, Scale] = {
         GenerationScale(size=16, steps=1, guidance=1.0, sample_frames=(9,),
                         growth_frames=(5, 9, 13), window=2, context=1, chunk=1),
         fvd=FVDScale(clip_frames=(9,), source_size=16),  # 9: the shortest clip I3D takes
+        backbones=BackbonesScale(frames=(2, 4, 8), tokens=(4,), repeats=1, ratio_frames=8,
+                                 plot=None),
     ),
 }  # fmt: skip
 
@@ -103,6 +111,7 @@ def run_benchmarks(scale: Scale, only: Sequence[str] = BENCHMARKS) -> list[Secti
         "vae": lambda: [scripts.vae(scale.kernels)],
         "scan": lambda: [scripts.scan(scale.kernels)],
         "backbone": lambda: [scripts.backbone(scale.kernels)],
+        "backbones": lambda: [backbones.backbones(scale.backbones, print)],
         "sampling": lambda: [generation.sampling(scale.generation)],
         "growth": lambda: [generation.growth(scale.generation)],
         "fvd": lambda: [fvd.i3d_throughput(scale.fvd)],
