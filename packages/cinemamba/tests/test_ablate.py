@@ -212,7 +212,7 @@ def test_ablation_end_to_end(tmp_path, tiny_i3d) -> None:
         progress=False))  # fmt: skip
     cfg = AblationConfig(
         out=str(tmp_path / "out"), demo=DEMO, mixers=["mamba", "bimamba+attention"], steps=2,
-        vae=str(tmp_path / "vae"), latents=str(tmp_path / "lat"), threads=1,
+        vae=str(tmp_path / "vae"), latents=str(tmp_path / "lat"), threads=1, match="flops",
         overrides=["train.batch_size=2", "train.log_every=1", "train.checkpoint_every=0",
                    "task.per_frame_t=false"],
         eval=AblationEval(lengths=[1, 2], steps=2, batch=2, save_videos=1,
@@ -236,6 +236,19 @@ def test_ablation_end_to_end(tmp_path, tiny_i3d) -> None:
         out / "eval-mamba" / "2x_0.txt"
     ).is_file()
     assert "## Cost" in (out / "ablation.md").read_text() and (out / "ablation.png").is_file()
+    # match=flops: the hybrid's counted FLOPs per step within 2 % of mamba's (the reference);
+    # tokens/s = micro-batch x latent t x h x w / step time.
+    ref, hybrid = results["mixers"]["mamba"], results["mixers"]["bimamba+attention"]
+    assert abs(hybrid["flops_per_step"] / ref["flops_per_step"] - 1) <= 0.02
+    for m in results["mixers"].values():
+        assert m["step_seconds"] > 0 and m["flops_per_step"] > 0
+        c, t, h, w = m["latent_shape"]
+        assert m["tokens_per_second"] == pytest.approx(2 * t * h * w / m["step_seconds"])
+    assert (
+        "| mixer | blocks | params | width | MLP hidden | GFLOPs/step | step ms | tokens/s |"
+        in (out / "ablation.md").read_text()
+    )
+    assert "`match: flops`" in (out / "ablation.md").read_text()
     # FVD_16 with the tiny random-init I3D: 9-frame 1x clips are too short (counted), 17-frame
     # 2x clips give a figure against 2 prompts x 2 real videos; drift at 2x: 1 segment.
     for m in results["mixers"].values():
