@@ -414,3 +414,27 @@ def test_match_typo_is_a_clear_error(tmp_path, capsys) -> None:
     yaml.write_text(f"demo: {DEMO}\nsteps: 3\n")
     assert main(["ablate", str(yaml), "match=parms"]) == 2
     assert "'parms'" in capsys.readouterr().err
+
+
+def test_match_skips_widths_that_fail_a_forward(monkeypatch) -> None:
+    """A width that builds but fails its forward (as a block checking head sizes only there
+    would) is passed over for the next one that still matches."""
+    from cinemamba.ablate import cost
+    from cinemamba_backbone import VideoDiT
+
+    ref = BackboneConfig.from_preset("tiny", in_channels=4, text_dim=16, sample_size=4,
+                                     d_state=4, expand=2)  # fmt: skip
+    cand = BackboneConfig(**{**asdict(ref), "mixer": "attention"})
+    shapes = ((4, 3, 4, 4), (5, 16), 1)
+    first = cost.match_cost(ref, cand, "params", shapes).arch.hidden_size
+    forward = VideoDiT.forward
+
+    def picky(self, *args, **kwargs):
+        if self.config.hidden_size == first:
+            raise ValueError("head split")
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(VideoDiT, "forward", picky)
+    other = cost.match_cost(ref, cand, "params", shapes).arch
+    assert other.hidden_size != first
+    assert abs(_params(other) / _params(ref) - 1) <= 0.02

@@ -176,7 +176,9 @@ def mixer_experiment(
     exp.task.backbone.validate()
     if cfg.match != "none" and name != cfg.mixers[0]:
         reference = mixer_experiment(cfg, demo, cfg.mixers[0], run_dir, vae, latents)
-        shapes = train_shapes(exp) if cfg.match == "flops" else None
+        # With stored latents (always for flops) the match is also checked on their clip.
+        known = (Path(latents) / "latents.json").is_file()
+        shapes = train_shapes(exp) if known or cfg.match == "flops" else None
         exp.task.backbone = _matched(reference.task.backbone, exp.task.backbone, cfg.match, shapes)
     return exp
 

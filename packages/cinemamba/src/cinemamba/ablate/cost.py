@@ -158,11 +158,24 @@ def _valid(arch: BackboneConfig) -> bool:
     return True
 
 
+def _runs(arch: BackboneConfig, shapes: Shapes) -> bool:
+    """Whether a batch-1 forward of the training clip works (some blocks check their sizes
+    only there, e.g. how a head splits between rotary axes)."""
+    x, t, tokens, mask, pooled = _inputs(arch, shapes, 1)
+    try:
+        with torch.no_grad():
+            VideoDiT(arch)(x, t, tokens, mask, pooled)
+    except (ValueError, RuntimeError):
+        return False
+    return True
+
+
 def match_cost(reference: BackboneConfig, candidate: BackboneConfig, mode: str,
                shapes: Shapes | None = None) -> Matched:  # fmt: skip
     """`candidate` with its width (coarse) and MLP hidden size (fine) set so that its
     parameters (`mode="params"`) or counted training FLOPs per step (`"flops"`, needs `shapes`)
-    are within 2 % of `reference`'s. Raises ValueError when no searched setting gets there."""
+    are within 2 % of `reference`'s; with `shapes`, the match must also run a forward of that
+    clip. Raises ValueError when no searched setting gets there."""
     check_match(mode)
     if mode == "flops" and shapes is None:
         raise ValueError("match='flops' needs the training clip shapes")
@@ -212,7 +225,7 @@ def match_cost(reference: BackboneConfig, candidate: BackboneConfig, mode: str,
         found = Matched(_with(candidate, w, m), cost(w, m), target)
         if best is None or abs(found.error) < abs(best.error):
             best = found
-        if abs(found.error) <= TOLERANCE:
+        if abs(found.error) <= TOLERANCE and (shapes is None or _runs(found.arch, shapes)):
             return found
     raise ValueError(
         f"match={mode}: no width in {widths[0]}..{widths[-1]} (step {step}) with MLP hidden "
