@@ -100,7 +100,7 @@ def test_train_step_memory_grows_with_batch() -> None:
 
 def _fake_results() -> dict:
     tags = {"1x": 33, "4x": 129}
-    cfg = AblationConfig(demo=DEMO, steps=10, eval=AblationEval(lengths=[1, 4]),
+    cfg = AblationConfig(demo=DEMO, steps=10, eval=AblationEval(lengths=[1, 4]), match="flops",
                          mixers=["bimamba", "attention", "bimamba+attention"])  # fmt: skip
 
     def scores(base: float) -> dict:
@@ -115,6 +115,8 @@ def _fake_results() -> dict:
         name: {"mixer": name, "pattern": name.split("+"), "params": 1000 + k, "steps": 10,
                "batch_size": 8, "train_seconds": 12.5 + k, "wall_seconds": 20.0,
                "peak_rss_mib": 900.0, "step_peak_mib": 3.0 + k, "final_loss": 0.5 - 0.1 * k,
+               "hidden_size": 96 - 8 * k, "mlp_hidden": 384 + k, "flops_per_step": 2e9 + 1e7 * k,
+               "step_seconds": 0.25, "tokens_per_second": 2304.0,
                "lengths": {t: {"frames": f, "videos": 4, "seconds_per_video": 0.1 * f,
                                "sample_peak_mib": f / 10, "scores": scores(0.9 - 0.2 * k - 0.1 * i)}
                            for i, (t, f) in enumerate(tags.items())}}
@@ -136,7 +138,14 @@ def test_report_markdown_and_plot(tmp_path) -> None:
     json_path, md_path, png_path = write_report(_fake_results(), tmp_path)
     assert json.loads(json_path.read_text())["mixers"]["attention"]["params"] == 1001
     md = md_path.read_text()
-    assert "| bimamba+attention | bimamba+attention | 1002 | 14.5 |" in md
+    # The cost columns: width, MLP hidden, GFLOPs/step, step ms, tokens/s (k=2: 80, 386, 2.02).
+    assert ("| mixer | blocks | params | width | MLP hidden | GFLOPs/step | step ms | tokens/s "
+            "| train s |") in md  # fmt: skip
+    assert (
+        "| bimamba+attention | bimamba+attention | 1002 | 80 | 386 | 2.02 | 250 | 2304 | 14.5 |"
+        in md
+    )
+    assert "`match: flops`" in md and "attention +0.50 %, bimamba+attention +1.00 %" in md
     # attention (k=1) at 4x: 0.9 - 0.2 - 0.1 for every headline score, then drift.
     assert "| attention | 4x (129 f) | 0.6 | 0.6 | 0.6 | 0.6 | 0.25 |" in md
     assert "| real videos (ceiling) | 1x (33 f) | 1 | 1 | 1 | 1 | 0.25 |" in md
@@ -203,7 +212,7 @@ def test_ablation_end_to_end(tmp_path, tiny_i3d) -> None:
         progress=False))  # fmt: skip
     cfg = AblationConfig(
         out=str(tmp_path / "out"), demo=DEMO, mixers=["mamba", "bimamba+attention"], steps=2,
-        vae=str(tmp_path / "vae"), latents=str(tmp_path / "lat"), threads=1,
+        vae=str(tmp_path / "vae"), latents=str(tmp_path / "lat"), threads=1, match="flops",
         overrides=["train.batch_size=2", "train.log_every=1", "train.checkpoint_every=0",
                    "task.per_frame_t=false"],
         eval=AblationEval(lengths=[1, 2], steps=2, batch=2, save_videos=1,
@@ -227,6 +236,19 @@ def test_ablation_end_to_end(tmp_path, tiny_i3d) -> None:
         out / "eval-mamba" / "2x_0.txt"
     ).is_file()
     assert "## Cost" in (out / "ablation.md").read_text() and (out / "ablation.png").is_file()
+    # match=flops: the hybrid's counted FLOPs per step within 2 % of mamba's (the reference);
+    # tokens/s = micro-batch x latent t x h x w / step time.
+    ref, hybrid = results["mixers"]["mamba"], results["mixers"]["bimamba+attention"]
+    assert abs(hybrid["flops_per_step"] / ref["flops_per_step"] - 1) <= 0.02
+    for m in results["mixers"].values():
+        assert m["step_seconds"] > 0 and m["flops_per_step"] > 0
+        c, t, h, w = m["latent_shape"]
+        assert m["tokens_per_second"] == pytest.approx(2 * t * h * w / m["step_seconds"])
+    assert (
+        "| mixer | blocks | params | width | MLP hidden | GFLOPs/step | step ms | tokens/s |"
+        in (out / "ablation.md").read_text()
+    )
+    assert "`match: flops`" in (out / "ablation.md").read_text()
     # FVD_16 with the tiny random-init I3D: 9-frame 1x clips are too short (counted), 17-frame
     # 2x clips give a figure against 2 prompts x 2 real videos; drift at 2x: 1 segment.
     for m in results["mixers"].values():
@@ -304,3 +326,115 @@ def test_fvd_wiring_matches_hand_computed_frechet(demo, tmp_path, monkeypatch,
     # No real features (FVD off or no weights): the length says FVD was skipped.
     off = ab._mixer_fvd(cfg, None, tmp_path / "missing.npz", "1x", False, videos)
     assert "skipped" in off["fvd"]
+
+
+# ------------------------------------------------------------------------------ matched cost
+
+
+def _params(arch: BackboneConfig) -> int:
+    """Parameters counted here, independently of `cinemamba.ablate.cost`."""
+    from cinemamba_backbone import VideoDiT
+
+    return sum(p.numel() for p in VideoDiT(arch).parameters())
+
+
+def test_match_params_within_two_percent(demo, tmp_path) -> None:
+    """Through the config path: attention and mamba2 matched to bimamba's parameter count."""
+    mixers = ["bimamba", "attention", "mamba2"]
+    # expand 2 (the demo's is 1) makes the scans' projections, and so the gap, larger.
+    wide = ["task.backbone.expand=2"]
+    cfg = AblationConfig(demo=DEMO, mixers=mixers, match="params", overrides=wide)
+    plain_cfg = AblationConfig(demo=DEMO, mixers=mixers, overrides=wide)
+    arch = {n: mixer_experiment(cfg, demo, n, tmp_path, tmp_path, tmp_path).task.backbone
+            for n in mixers}  # fmt: skip
+    unmatched = {n: mixer_experiment(plain_cfg, demo, n, tmp_path, tmp_path, tmp_path).task.backbone
+                 for n in mixers}  # fmt: skip
+    ref = _params(arch["bimamba"])
+    assert arch["bimamba"] == unmatched["bimamba"]  # the reference is left as it is
+    for name in mixers[1:]:
+        assert arch[name].block_mixers() == unmatched[name].block_mixers()
+        assert abs(_params(arch[name]) / ref - 1) <= 0.02, name
+        # Without matching these mixers are more than 2 % off: the match did the work.
+        assert abs(_params(unmatched[name]) / ref - 1) > 0.02, name
+        assert arch[name].hidden_size % (2 * arch[name].num_heads) == 0  # whole, even heads
+
+
+def test_flop_counter_closed_form() -> None:
+    """One nn.Linear forward + backward (input needs a gradient): 2·B·I·O forward, twice that
+    backward (grad of input and of weight); the selective scans add 27·b·d·l·n each."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from cinemamba.ablate.cost import count_flops, train_flops
+
+    batch, fan_in, fan_out = 5, 7, 3
+    layer = torch.nn.Linear(fan_in, fan_out)
+    x = torch.randn(batch, fan_in, requires_grad=True)
+    assert count_flops(lambda: layer(x).sum().backward()) == 6 * batch * fan_in * fan_out
+    # bimamba: per block two scans (both directions) over (b·h·w, d_inner, t) with d_state n.
+    arch = BackboneConfig.from_preset("tiny", in_channels=4, text_dim=16, sample_size=4,
+                                      mixer="bimamba", d_state=4, expand=1)  # fmt: skip
+    from cinemamba_backbone import VideoDiT
+
+    torch.manual_seed(0)
+    model = VideoDiT(arch)
+    x = torch.randn(1, 4, 3, 4, 4)
+    with FlopCounterMode(display=False) as mode:
+        model(x, torch.rand(1), torch.randn(1, 5, 16), torch.ones(1, 5, dtype=torch.bool),
+              torch.randn(1, 16)).pow(2).mean().backward()  # fmt: skip
+    tokens = (4 // arch.patch_size) ** 2  # b·h·w sequences of the temporal mixer
+    scans = arch.depth * 2 * 27 * tokens * arch.hidden_size * arch.expand * 3 * arch.d_state
+    assert train_flops(arch, ((4, 3, 4, 4), (5, 16), 1)) == mode.get_total_flops() + scans
+    assert train_flops(arch, ((4, 3, 4, 4), (5, 16), 3)) == 3 * (mode.get_total_flops() + scans)
+
+
+def test_match_flops_within_two_percent_and_errors() -> None:
+    from cinemamba.ablate.cost import match_cost, train_flops
+
+    ref = BackboneConfig.from_preset("tiny", in_channels=4, text_dim=16, sample_size=4,
+                                     d_state=4, expand=2)  # fmt: skip
+    shapes = ((4, 3, 4, 4), (5, 16), 2)
+    target = train_flops(ref, shapes)
+    for mixer in ("attention", "mamba"):
+        cand = BackboneConfig(**{**asdict(ref), "mixer": mixer})
+        assert abs(train_flops(cand, shapes) / target - 1) > 0.02  # unmatched: off by > 2 %
+        found = match_cost(ref, cand, "flops", shapes)
+        assert found.arch.mixer == mixer
+        assert abs(train_flops(found.arch, shapes) / target - 1) <= 0.02
+    # A candidate no searched width reaches (4 heads of even size: width >= 8 is already
+    # bigger than a width-4 reference) is an error that says how near it got.
+    small = BackboneConfig(**{**asdict(ref), "hidden_size": 4, "num_heads": 2})
+    with pytest.raises(ValueError, match="within 2%.*nearest"):
+        match_cost(small, BackboneConfig(**{**asdict(small), "num_heads": 4}), "params")
+
+
+def test_match_typo_is_a_clear_error(tmp_path, capsys) -> None:
+    with pytest.raises(ConfigError, match=r"'parms'.*\['none', 'params', 'flops'\]"):
+        check_mixers(AblationConfig(demo=DEMO, match="parms"))
+    yaml = tmp_path / "a.yaml"
+    yaml.write_text(f"demo: {DEMO}\nsteps: 3\n")
+    assert main(["ablate", str(yaml), "match=parms"]) == 2
+    assert "'parms'" in capsys.readouterr().err
+
+
+def test_match_skips_widths_that_fail_a_forward(monkeypatch) -> None:
+    """A width that builds but fails its forward (as a block checking head sizes only there
+    would) is passed over for the next one that still matches."""
+    from cinemamba.ablate import cost
+    from cinemamba_backbone import VideoDiT
+
+    ref = BackboneConfig.from_preset("tiny", in_channels=4, text_dim=16, sample_size=4,
+                                     d_state=4, expand=2)  # fmt: skip
+    cand = BackboneConfig(**{**asdict(ref), "mixer": "attention"})
+    shapes = ((4, 3, 4, 4), (5, 16), 1)
+    first = cost.match_cost(ref, cand, "params", shapes).arch.hidden_size
+    forward = VideoDiT.forward
+
+    def picky(self, *args, **kwargs):
+        if self.config.hidden_size == first:
+            raise ValueError("head split")
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(VideoDiT, "forward", picky)
+    other = cost.match_cost(ref, cand, "params", shapes).arch
+    assert other.hidden_size != first
+    assert abs(_params(other) / _params(ref) - 1) <= 0.02

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+from cinemamba.ablate.cost import check_match, match_cost, step_seconds, train_flops
 from cinemamba.ablate.report import write_report
 from cinemamba.config import ConfigError, _merge
 from cinemamba.data.video import write_video
@@ -108,6 +109,9 @@ class AblationConfig:
         a, b, ... (BackboneConfig.mixer_pattern).
     steps / overrides: the equal step budget, and `key=value` overrides of the demo's backbone
         experiment (`train.*`, `task.*`) applied to every mixer.
+    match: `none` (every mixer at the experiment's width), `params` or `flops`: every mixer after
+        the first (the reference) gets the width and MLP hidden size that bring its parameters or
+        counted training FLOPs per step within 2 % of the reference's (`cinemamba.ablate.cost`).
     """
 
     out: str = "runs/ablation"
@@ -122,6 +126,7 @@ class AblationConfig:
     steps: int = 800
     seed: int = 0
     overrides: list[str] = field(default_factory=list)
+    match: str = "none"  # none | params | flops
     threads: int = 0  # torch threads here and in each training child (0 = torch's default)
     eval: AblationEval = field(default_factory=AblationEval)
 
@@ -169,7 +174,34 @@ def mixer_experiment(
     exp.task.backbone.mixer = pattern[0]
     exp.task.backbone.mixer_pattern = pattern if len(pattern) > 1 else []
     exp.task.backbone.validate()
+    if cfg.match != "none" and name != cfg.mixers[0]:
+        reference = mixer_experiment(cfg, demo, cfg.mixers[0], run_dir, vae, latents)
+        # With stored latents (always for flops) the match is also checked on their clip.
+        known = (Path(latents) / "latents.json").is_file()
+        shapes = train_shapes(exp) if known or cfg.match == "flops" else None
+        exp.task.backbone = _matched(reference.task.backbone, exp.task.backbone, cfg.match, shapes)
     return exp
+
+
+_MATCHED: dict[str, BackboneConfig] = {}  # the search builds many models: once per process
+
+
+def _matched(reference: BackboneConfig, candidate: BackboneConfig, mode: str,
+             shapes: tuple | None) -> BackboneConfig:  # fmt: skip
+    key = repr((reference, candidate, mode, shapes))
+    if key not in _MATCHED:
+        found = match_cost(reference, candidate, mode, shapes)
+        log.info("match=%s: %s at width %d, MLP hidden %d (%+.2f %% vs the reference)", mode,
+                 "+".join(candidate.block_mixers()), found.arch.hidden_size,
+                 int(found.arch.hidden_size * found.arch.mlp_ratio), 100 * found.error)  # fmt: skip
+        _MATCHED[key] = found.arch
+    return copy.deepcopy(_MATCHED[key])
+
+
+def train_shapes(exp: BackboneExperiment) -> tuple[tuple[int, ...], tuple[int, int], int]:
+    """(latent clip shape, text shape, micro-batch) of one training step of `exp`."""
+    latent, text = latent_shapes(exp.task.data.path, exp.task.data.latent_frames)
+    return latent, text, exp.train.batch_size // max(1, exp.train.grad_accum)
 
 
 def experiment_yaml(exp: BackboneExperiment) -> str:
@@ -259,12 +291,18 @@ def train_mixer(exp: BackboneExperiment, work: Path, threads: int = 0) -> dict[s
     if code != 0:
         raise RuntimeError(f"training {name} failed (exit code {code}); see {work / 'train.log'}")
     loss, loop_seconds = _final_loss(Path(exp.train.run_dir) / "log.jsonl")
-    latent, text = latent_shapes(exp.task.data.path, exp.task.data.latent_frames)
-    micro = exp.train.batch_size // max(1, exp.train.grad_accum)
+    shapes = train_shapes(exp)
+    latent, text, micro = shapes
     arch = exp.task.backbone
+    step = step_seconds(arch, shapes)
     return {
         "pattern": arch.block_mixers(),
         "params": sum(p.numel() for p in VideoDiT(arch).parameters()),
+        "hidden_size": arch.hidden_size,
+        "mlp_hidden": int(arch.hidden_size * arch.mlp_ratio),  # as layers.Mlp sizes it
+        "flops_per_step": train_flops(arch, shapes),
+        "step_seconds": step,  # median in-process forward + backward of one micro-batch
+        "tokens_per_second": micro * int(np.prod(latent[1:])) / step,
         "steps": exp.train.steps,
         "batch_size": exp.train.batch_size,
         "train_seconds": loop_seconds if loop_seconds is not None else wall,
@@ -461,6 +499,7 @@ def shared_inputs(cfg: AblationConfig, demo: DemoConfig, fresh: bool = False) ->
 
 def check_mixers(cfg: AblationConfig) -> None:
     """Every mixer entry valid and distinct (raises before anything runs)."""
+    check_match(cfg.match)
     for entry in cfg.mixers:
         mixer_pattern(entry)
     if len({slug(m) for m in cfg.mixers}) != len(cfg.mixers):
@@ -493,7 +532,9 @@ def mixer_stages(cfg: AblationConfig, demo: DemoConfig, shared: Mapping[str, Any
                                  + (" and featurize them for FVD" if fvd_on["fvd_available"] else ""))]  # fmt: skip
     for name in cfg.mixers:
         tag = slug(name)
-        blank = mixer_experiment(cfg, demo, name, Path(""), Path(""), Path(""))
+        # The real latents: match=flops counts on their clip shape (the path is not hashed).
+        blank = mixer_experiment(cfg, demo, name, Path(""), Path(""), latents)
+        blank.task.data.path = ""
         hashed = {**plain(blank), "shared": identity}
         hashed["train"].pop("deepspeed_config", None)  # a resolved, machine-specific path
 

@@ -89,6 +89,29 @@ def fvd_markdown(results: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def cost_cells(m: Mapping[str, Any]) -> list[Any]:
+    """Width, MLP hidden, GFLOPs/step, step ms and tokens/s of a mixer (None in results
+    written before these were measured)."""
+    flops, step = m.get("flops_per_step"), m.get("step_seconds")
+    return [m.get("hidden_size"), m.get("mlp_hidden"), None if flops is None else flops / 1e9,
+            None if step is None else 1000 * step, m.get("tokens_per_second")]  # fmt: skip
+
+
+def match_note(cfg: Mapping[str, Any], mixers: Mapping[str, Any]) -> list[str]:
+    """The sentence saying how each mixer's size was set, with its difference to the
+    reference in the matched quantity."""
+    mode = cfg.get("match", "none")
+    if mode == "none":
+        return ["Every mixer at the experiment's width (`match: none`).", ""]
+    key = {"params": "params", "flops": "flops_per_step"}[mode]
+    ref_name, ref = next(iter(mixers.items()))
+    diffs = ", ".join(f"{n} {100 * (m[key] / ref[key] - 1):+.2f} %"
+                      for n, m in mixers.items() if n != ref_name and m.get(key))  # fmt: skip
+    return [f"`match: {mode}`: every mixer's width and MLP hidden size set so that its "
+            f"{'parameters' if mode == 'params' else 'counted training FLOPs per step'} are "
+            f"within 2 % of the reference {ref_name}'s: {diffs}.", ""]  # fmt: skip
+
+
 def to_markdown(results: Mapping[str, Any]) -> str:
     """`ablation.md`: setup, cost per mixer, scores per length, scores per quarter."""
     cfg, ceiling = results["config"], results["ceiling"]
@@ -114,11 +137,13 @@ def to_markdown(results: Mapping[str, Any]) -> str:
         "",
         "## Cost",
         "",
+        *match_note(cfg, mixers),
         markdown_table(
-            ["mixer", "blocks", "params", "train s", "peak RSS MiB", "train-step peak MiB",
-             "final loss", *[f"s/video {t}" for t in tags], *[f"sampling peak MiB {t}" for t in tags]],
-            [[n, "+".join(m["pattern"]), m["params"], m["train_seconds"], m["peak_rss_mib"],
-              m["step_peak_mib"], m["final_loss"],
+            ["mixer", "blocks", "params", "width", "MLP hidden", "GFLOPs/step", "step ms",
+             "tokens/s", "train s", "peak RSS MiB", "train-step peak MiB", "final loss",
+             *[f"s/video {t}" for t in tags], *[f"sampling peak MiB {t}" for t in tags]],
+            [[n, "+".join(m["pattern"]), m["params"], *cost_cells(m), m["train_seconds"],
+              m["peak_rss_mib"], m["step_peak_mib"], m["final_loss"],
               *[m["lengths"][t]["seconds_per_video"] for t in tags],
               *[m["lengths"][t]["sample_peak_mib"] for t in tags]] for n, m in mixers.items()],
         ),
