@@ -105,8 +105,7 @@ class AblationConfig:
         `out`; `runs/demo` reuses a finished demo run with the same config).
     vae / latents: take the VAE and latents from these directories instead (both or neither).
     mixers: mixer names (BLOCK_MIXERS: temporal mixers and full-3D blocks); `a+b` is a hybrid
-        whose blocks cycle through
-        a, b, ... (BackboneConfig.mixer_pattern).
+        whose blocks cycle through a, b, ... (BackboneConfig.mixer_pattern).
     steps / overrides: the equal step budget, and `key=value` overrides of the demo's backbone
         experiment (`train.*`, `task.*`) applied to every mixer.
     """
