@@ -9,8 +9,10 @@ from cinemamba_backbone import (
     BLOCK_MIXERS,
     PRESETS,
     BackboneConfig,
+    Full3DBlock,
     KernelUnavailableError,
     VideoDiT,
+    VideoDiTBlock,
 )
 from cinemamba_backbone.layers import sincos_2d
 from cinemamba_backbone.mixers import BiMamba, TemporalAttention
@@ -89,6 +91,10 @@ def test_hybrid_pattern_builds_the_requested_blocks():
     )
     kinds = [type(b.temporal) for b in VideoDiT(cfg).blocks]
     assert kinds == [BiMamba, BiMamba, BiMamba, TemporalAttention] * 2
+    cfg = BackboneConfig.from_preset("tiny", depth=3, mixer_pattern=["bimamba", "full3d_causal"])
+    blocks = VideoDiT(cfg).blocks
+    assert [type(b) for b in blocks] == [VideoDiTBlock, Full3DBlock, VideoDiTBlock]
+    assert blocks[1].causal and not VideoDiT(cfg).is_causal  # bimamba blocks see the future
 
 
 def test_config_errors_name_the_problem(tmp_path):

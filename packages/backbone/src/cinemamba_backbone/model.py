@@ -3,7 +3,8 @@
 Reads like DiT's ``models.py``: block -> model -> presets. Per-frame timesteps drive the
 adaLN-zero modulation, so every latent frame can carry its own noise level (rolling and
 streaming generation). SSM mixers get no temporal position embedding (the scan order is the
-position, as in arXiv 2403.07711); attention mixers use rotary temporal positions.
+position, as in arXiv 2403.07711); attention mixers use rotary temporal positions. A block
+may instead be a ``Full3DBlock`` (full3d.py: joint attention over all t·h·w tokens).
 """
 
 from __future__ import annotations
