@@ -40,7 +40,7 @@ def parts():
             mixer: VideoDiT(
                 BackboneConfig.from_preset("tiny", in_channels=8, text_dim=text.dim, mixer=mixer)
             ).eval()
-            for mixer in ("bimamba", "mamba")
+            for mixer in ("bimamba", "mamba", "full3d_causal")
         }
         # adaLN-zero makes a fresh DiT output exactly 0; perturb so outputs depend on inputs.
         for net in nets.values():
@@ -58,7 +58,13 @@ def _pipe(parts, mixer="bimamba", process=None, **cfg):
 
 
 @pytest.mark.parametrize(
-    "mode,mixer", [("oneshot", "bimamba"), ("rolling", "bimamba"), ("streaming", "mamba")]
+    "mode,mixer",
+    [
+        ("oneshot", "bimamba"),
+        ("rolling", "bimamba"),
+        ("streaming", "mamba"),
+        ("streaming", "full3d_causal"),  # KV cache of past frames in every block
+    ],
 )
 def test_modes_make_8x_the_training_clip(parts, mode, mixer):
     pipe = _pipe(parts, mixer)

@@ -6,11 +6,13 @@ import pytest
 import torch
 
 from cinemamba_backbone import (
+    BLOCK_MIXERS,
     PRESETS,
-    TEMPORAL_MIXERS,
     BackboneConfig,
+    Full3DBlock,
     KernelUnavailableError,
     VideoDiT,
+    VideoDiTBlock,
 )
 from cinemamba_backbone.layers import sincos_2d
 from cinemamba_backbone.mixers import BiMamba, TemporalAttention
@@ -39,7 +41,7 @@ def _inputs(b=2, t=5, h=8, w=8, length=6, seed=1):
     return x, time, text, mask
 
 
-@pytest.mark.parametrize("mixer", sorted(TEMPORAL_MIXERS))
+@pytest.mark.parametrize("mixer", BLOCK_MIXERS)
 def test_tiny_shapes_and_gradients_for_every_mixer(mixer):
     model = _model(mixer)
     x, t, text, mask = _inputs()
@@ -89,6 +91,10 @@ def test_hybrid_pattern_builds_the_requested_blocks():
     )
     kinds = [type(b.temporal) for b in VideoDiT(cfg).blocks]
     assert kinds == [BiMamba, BiMamba, BiMamba, TemporalAttention] * 2
+    cfg = BackboneConfig.from_preset("tiny", depth=3, mixer_pattern=["bimamba", "full3d_causal"])
+    blocks = VideoDiT(cfg).blocks
+    assert [type(b) for b in blocks] == [VideoDiTBlock, Full3DBlock, VideoDiTBlock]
+    assert blocks[1].causal and not VideoDiT(cfg).is_causal  # bimamba blocks see the future
 
 
 def test_config_errors_name_the_problem(tmp_path):
@@ -146,11 +152,12 @@ def test_text_mask_and_pooled_are_respected():
     assert (model(x, t, text, mask, pooled) - base).abs().max() > 1e-3
 
 
-def test_gradient_checkpointing_gives_the_same_gradients():
+@pytest.mark.parametrize("mixer", ["bimamba", "full3d"])
+def test_gradient_checkpointing_gives_the_same_gradients(mixer):
     x, t, text, mask = _inputs(b=1, t=3)
     grads = []
     for ckpt in (False, True):
-        model = _model(grad_checkpointing=ckpt)
+        model = _model(mixer, grad_checkpointing=ckpt)
         model(x, t, text, mask).square().mean().backward()
         grads.append({n: p.grad for n, p in model.named_parameters()})
     for name, g in grads[0].items():
@@ -194,7 +201,10 @@ def test_bf16_forward_backward():
     out.float().mean().backward()
 
 
-@pytest.mark.parametrize("pattern", [["mamba"], ["mamba2"], ["causal_attention", "mamba"]])
+@pytest.mark.parametrize(
+    "pattern",
+    [["mamba"], ["mamba2"], ["causal_attention", "mamba"], ["full3d_causal", "mamba"]],
+)
 def test_streaming_chunks_equal_full_forward(pattern):
     model = _model(mixer_pattern=pattern)
     assert model.is_causal
@@ -214,9 +224,10 @@ def test_streaming_chunks_equal_full_forward(pattern):
     torch.testing.assert_close(torch.cat(outs, dim=2), full, rtol=1e-5, atol=1e-5)
 
 
-def test_non_causal_model_refuses_to_stream():
-    with pytest.raises(TypeError, match="causal"):
-        _model("bimamba").init_state(1, 8, 8)
+@pytest.mark.parametrize("mixer", ["bimamba", "full3d"])
+def test_non_causal_model_refuses_to_stream(mixer):
+    with pytest.raises(TypeError, match=f"causal.*{mixer}"):
+        _model(mixer).init_state(1, 8, 8)
 
 
 def test_shipped_configs_load():

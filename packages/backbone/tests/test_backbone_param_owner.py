@@ -80,7 +80,7 @@ def test_mixer_reads_parameters_only_in_their_owners_forward(name: str) -> None:
     assert _foreign_reads(mixer, lambda: mixer(x).square().sum().backward()) == []
 
 
-@pytest.mark.parametrize("mixer", ["bimamba", "mamba2"])
+@pytest.mark.parametrize("mixer", ["bimamba", "mamba2", "full3d_causal"])
 def test_video_dit_reads_parameters_only_in_their_owners_forward(mixer: str) -> None:
     """The whole VideoDiT (embedders, blocks, final layer) under training."""
     torch.manual_seed(0)

@@ -45,6 +45,7 @@ def demo():
 def test_mixer_entries_and_experiments(demo, tmp_path) -> None:
     assert mixer_pattern("bimamba") == ["bimamba"]
     assert mixer_pattern("bimamba+attention") == ["bimamba", "attention"]
+    assert mixer_pattern("bimamba+full3d") == ["bimamba", "full3d"]  # a full-3D block kind
     with pytest.raises(ValueError, match="'mambo'.*valid"):
         mixer_pattern("mambo+attention")
     cfg = AblationConfig(demo=DEMO, steps=7, seed=5, overrides=[

@@ -9,7 +9,12 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from cinemamba_backbone.full3d import FULL3D_BLOCKS
 from cinemamba_backbone.mixers import TEMPORAL_MIXERS, MixerOptions
+
+# Every name `mixer` / `mixer_pattern` accepts: a temporal mixer inside the factorised block,
+# or a full-3D block kind (which replaces the whole block).
+BLOCK_MIXERS: tuple[str, ...] = tuple(sorted({*TEMPORAL_MIXERS, *FULL3D_BLOCKS}))
 
 
 @dataclass
@@ -42,10 +47,10 @@ class BackboneConfig:
     def validate(self) -> None:
         """Raise ValueError naming the first inconsistent field."""
         for name in self.block_mixers():
-            if name not in TEMPORAL_MIXERS:
+            if name not in BLOCK_MIXERS:
                 raise ValueError(
                     f"mixer {name!r} (config.mixer / mixer_pattern) is unknown; "
-                    f"valid: {sorted(TEMPORAL_MIXERS)}"
+                    f"valid: {list(BLOCK_MIXERS)}"
                 )
         if self.hidden_size % self.num_heads:
             raise ValueError(
@@ -58,7 +63,7 @@ class BackboneConfig:
                 raise ValueError(f"config.{name} must be positive, got {getattr(self, name)}")
 
     def block_mixers(self) -> list[str]:
-        """Temporal mixer name of each block (the pattern repeated over depth)."""
+        """Mixer (or full-3D block kind) name of each block (the pattern repeated over depth)."""
         pattern = list(self.mixer_pattern) or [self.mixer]
         return [pattern[i % len(pattern)] for i in range(self.depth)]
 

@@ -3,7 +3,8 @@
 Reads like DiT's ``models.py``: block -> model -> presets. Per-frame timesteps drive the
 adaLN-zero modulation, so every latent frame can carry its own noise level (rolling and
 streaming generation). SSM mixers get no temporal position embedding (the scan order is the
-position, as in arXiv 2403.07711); attention mixers use rotary temporal positions.
+position, as in arXiv 2403.07711); attention mixers use rotary temporal positions. A block
+may instead be a ``Full3DBlock`` (full3d.py: joint attention over all t·h·w tokens).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from torch.utils.checkpoint import checkpoint
 
 from cinemamba_backbone._kernels import check_kernels_arg
 from cinemamba_backbone.config import BackboneConfig
+from cinemamba_backbone.full3d import FULL3D_BLOCKS, Full3DBlock
 from cinemamba_backbone.layers import (
     CrossAttention,
     FinalLayer,
@@ -30,7 +32,7 @@ from cinemamba_backbone.layers import (
     sincos_2d,
     text_mask_or_default,
 )
-from cinemamba_backbone.mixers import MixerState, TemporalMixer, build_mixer
+from cinemamba_backbone.mixers import MixerOptions, MixerState, TemporalMixer, build_mixer
 from cinemamba_backbone.mixers.base import KernelChoice
 
 CONFIG_NAME = "config.yaml"
@@ -62,8 +64,13 @@ class VideoDiTBlock(nn.Module):
         text: torch.Tensor,
         text_mask: torch.Tensor,
         state: MixerState | None = None,
+        *,
+        size: tuple[int, int] | None = None,
     ) -> tuple[torch.Tensor, MixerState | None]:
-        """x (B, t, S, D), c (B, t, D) -> x, and the mixer's new state when streaming."""
+        """x (B, t, S, D), c (B, t, D) -> x, and the mixer's new state when streaming.
+
+        ``size`` (the token grid) is unused here; ``Full3DBlock`` takes the same call.
+        """
         b, t, s, _ = x.shape
         mods = self.adaLN_modulation(c)[:, :, None].chunk(9, dim=-1)  # each (B, t, 1, D)
         sh1, sc1, g1, sh2, sc2, g2, sh3, sc3, g3 = mods
@@ -79,6 +86,29 @@ class VideoDiTBlock(nn.Module):
         x = x + rearrange(self.cross_attn(h, text, text_mask), "b (t s) d -> b t s d", t=t)
         x = x + g3 * self.mlp(modulate(self.norm4(x), sh3, sc3))
         return x, new_state
+
+    @property
+    def causal(self) -> bool:
+        """True when the temporal mixer is causal."""
+        return self.temporal.causal
+
+    def init_state(
+        self,
+        batch: int,
+        tokens_per_frame: int,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> MixerState:
+        """The mixer's empty state: one temporal sequence per token of a frame."""
+        return self.temporal.init_state(batch * tokens_per_frame, device, dtype)
+
+
+def build_block(name: str, dim: int, heads: int, mlp_ratio: float, qk_norm: bool,
+                opts: MixerOptions) -> nn.Module:  # fmt: skip
+    """A full-3D block (``FULL3D_BLOCKS``) or a factorised block with temporal mixer ``name``."""
+    if name in FULL3D_BLOCKS:
+        return Full3DBlock(dim, heads, mlp_ratio, qk_norm, causal=FULL3D_BLOCKS[name])
+    return VideoDiTBlock(dim, heads, mlp_ratio, build_mixer(name, dim, opts), qk_norm)
 
 
 @dataclass(frozen=True)
@@ -113,13 +143,7 @@ class VideoDiT(nn.Module):
         )
         opts = config.mixer_options()
         self.blocks = nn.ModuleList(
-            VideoDiTBlock(
-                dim,
-                config.num_heads,
-                config.mlp_ratio,
-                build_mixer(name, dim, opts),
-                config.qk_norm,
-            )
+            build_block(name, dim, config.num_heads, config.mlp_ratio, config.qk_norm, opts)
             for name in config.block_mixers()
         )
         self.final_layer = FinalLayer(dim, p, config.in_channels)
@@ -130,7 +154,11 @@ class VideoDiT(nn.Module):
     def initialize_weights(self) -> None:
         """DiT init: xavier linears, zero adaLN modulation and final layer; Mamba's SSM init."""
         mixer_linears = {
-            id(m) for blk in self.blocks for m in blk.temporal.modules() if isinstance(m, nn.Linear)
+            id(m)
+            for blk in self.blocks
+            if isinstance(blk, VideoDiTBlock)
+            for m in blk.temporal.modules()
+            if isinstance(m, nn.Linear)
         }
         for m in self.modules():
             if isinstance(m, nn.Linear) and id(m) not in mixer_linears:
@@ -168,8 +196,8 @@ class VideoDiT(nn.Module):
 
     @property
     def is_causal(self) -> bool:
-        """True when every temporal mixer is causal, so the model can stream."""
-        return all(blk.temporal.causal for blk in self.blocks)
+        """True when every block is causal in time, so the model can stream."""
+        return all(blk.causal for blk in self.blocks)
 
     # ---- forward -----------------------------------------------------------------------
     def _embed(
@@ -206,6 +234,11 @@ class VideoDiT(nn.Module):
             c = c + self.pooled_proj(pooled.to(c.dtype))[:, None]
         return tokens, c, self.text_proj(text.to(tokens.dtype)), mask
 
+    def _grid(self, x: torch.Tensor) -> tuple[int, int]:
+        """Token grid (h, w) of latents x (B, C, t, h, w)."""
+        p = self.config.patch_size
+        return x.shape[3] // p, x.shape[4] // p
+
     def _unpatchify(self, out: torch.Tensor, h: int, w: int) -> torch.Tensor:
         p = self.config.patch_size
         return rearrange(
@@ -224,11 +257,12 @@ class VideoDiT(nn.Module):
         tokens (B, L, text_dim) with bool mask (B, L) and optional pooled (B, text_dim)."""
         tokens, c, text_h, mask = self._embed(x, t, text, text_mask, pooled)
         ckpt = self.config.grad_checkpointing and torch.is_grad_enabled()
+        size = self._grid(x)
         for blk in self.blocks:
             if ckpt:
-                tokens, _ = checkpoint(blk, tokens, c, text_h, mask, use_reentrant=False)
+                tokens, _ = checkpoint(blk, tokens, c, text_h, mask, use_reentrant=False, size=size)
             else:
-                tokens, _ = blk(tokens, c, text_h, mask)
+                tokens, _ = blk(tokens, c, text_h, mask, size=size)
         return self._unpatchify(self.final_layer(tokens, c), x.shape[3], x.shape[4])
 
     # ---- streaming ---------------------------------------------------------------------
@@ -242,14 +276,17 @@ class VideoDiT(nn.Module):
     ) -> StreamState:
         """Empty streaming state for latents of size (height, width); causal configs only."""
         if not self.is_causal:
-            names = [type(blk.temporal).__name__ for blk in self.blocks]
-            raise TypeError(f"streaming needs causal temporal mixers in every block, got {names}")
+            raise TypeError(
+                "streaming needs a causal mixer in every block, got "
+                f"{self.config.block_mixers()} (causal: mamba, mamba2, causal_attention, "
+                "full3d_causal)"
+            )
         p = self.config.patch_size
-        seqs = batch * (height // p) * (width // p)  # one temporal sequence per patch
+        tokens = (height // p) * (width // p)
         param = next(self.parameters())
         device, dtype = device or param.device, dtype or param.dtype
         return StreamState(
-            tuple(blk.temporal.init_state(seqs, device, dtype) for blk in self.blocks)
+            tuple(blk.init_state(batch, tokens, device, dtype) for blk in self.blocks)
         )
 
     def forward_chunk(
@@ -269,7 +306,7 @@ class VideoDiT(nn.Module):
         tokens, c, text_h, mask = self._embed(x, t, text, text_mask, pooled)
         new_states = []
         for blk, blk_state in zip(self.blocks, state.blocks, strict=True):
-            tokens, blk_state = blk(tokens, c, text_h, mask, blk_state)
+            tokens, blk_state = blk(tokens, c, text_h, mask, blk_state, size=self._grid(x))
             new_states.append(blk_state)
         out = self._unpatchify(self.final_layer(tokens, c), x.shape[3], x.shape[4])
         return out, StreamState(tuple(new_states), state.frames + x.shape[2])

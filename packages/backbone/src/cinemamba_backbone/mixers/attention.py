@@ -10,12 +10,22 @@ from cinemamba_backbone.mixers.base import MixerOptions, MixerState, TemporalMix
 from cinemamba_backbone.ops import attention
 
 
-def rotary(x: torch.Tensor, offset: int = 0, base: float = 10000.0) -> torch.Tensor:
-    """Rotate (..., T, K) features by their positions offset..offset+T-1 (rotate-half RoPE)."""
+def rotary(
+    x: torch.Tensor,
+    offset: int = 0,
+    base: float = 10000.0,
+    positions: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Rotate (..., T, K) features by their positions offset..offset+T-1 (rotate-half RoPE).
+
+    ``positions`` (T,) float replaces offset..offset+T-1 (the 3D rotary's per-axis indices).
+    """
     length, dim = x.shape[-2], x.shape[-1]
     half = dim // 2
     freqs = base ** (-torch.arange(half, device=x.device, dtype=torch.float32) / half)
-    pos = torch.arange(offset, offset + length, device=x.device, dtype=torch.float32)
+    pos = positions
+    if pos is None:
+        pos = torch.arange(offset, offset + length, device=x.device, dtype=torch.float32)
     angles = pos[:, None] * freqs[None]  # (T, K/2)
     cos, sin = angles.cos(), angles.sin()
     x1, x2 = x[..., :half].float(), x[..., half : 2 * half].float()

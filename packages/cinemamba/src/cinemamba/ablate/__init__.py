@@ -54,7 +54,7 @@ from cinemamba.eval.compare import (
 from cinemamba.eval.drift import SegmentReference, drift_table
 from cinemamba.eval.run import Scorer, default_scorer, mean_scores
 from cinemamba.tasks.backbone import BackboneExperiment
-from cinemamba_backbone import TEMPORAL_MIXERS, BackboneConfig, VideoDiT
+from cinemamba_backbone import BLOCK_MIXERS, BackboneConfig, VideoDiT
 from cinemamba_conditioning import build_text_encoder
 from cinemamba_sampling import (
     PipelineConfig,
@@ -105,8 +105,8 @@ class AblationConfig:
         shared by every mixer; its data / VAE / latent stages run under `shared_out` (default
         `out`; `runs/demo` reuses a finished demo run with the same config).
     vae / latents: take the VAE and latents from these directories instead (both or neither).
-    mixers: temporal mixer names (TEMPORAL_MIXERS); `a+b` is a hybrid whose blocks cycle through
-        a, b, ... (BackboneConfig.mixer_pattern).
+    mixers: mixer names (BLOCK_MIXERS: temporal mixers and full-3D blocks); `a+b` is a hybrid
+        whose blocks cycle through a, b, ... (BackboneConfig.mixer_pattern).
     steps / overrides: the equal step budget, and `key=value` overrides of the demo's backbone
         experiment (`train.*`, `task.*`) applied to every mixer.
     match: `none` (every mixer at the experiment's width), `params` or `flops`: every mixer after
@@ -134,11 +134,11 @@ class AblationConfig:
 def mixer_pattern(name: str) -> list[str]:
     """Block pattern of a mixer entry: `bimamba` -> [bimamba]; `bimamba+attention` -> both."""
     parts = [p.strip() for p in name.split("+")]
-    bad = [p for p in parts if p not in TEMPORAL_MIXERS]
+    bad = [p for p in parts if p not in BLOCK_MIXERS]
     if bad:
         raise ValueError(
-            f"mixer entry {name!r}: unknown temporal mixer(s) {bad}; valid: "
-            f"{sorted(TEMPORAL_MIXERS)} (join names with '+' for a hybrid)"
+            f"mixer entry {name!r}: unknown mixer(s) {bad}; valid: "
+            f"{list(BLOCK_MIXERS)} (join names with '+' for a hybrid)"
         )
     return parts
 
