@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from cinemamba_vae.latent_norm import LatentNormalization
 from cinemamba_vae.layers import (
     CausalConv3d,
     Downsample,
@@ -228,7 +229,7 @@ def _stream(
     return out
 
 
-class VideoAutoencoder(nn.Module):
+class VideoAutoencoder(LatentNormalization, nn.Module):
     """Causal 3D VAE with a diagonal Gaussian posterior and owned latent normalisation."""
 
     def __init__(self, config: VAEConfig) -> None:
@@ -296,16 +297,6 @@ class VideoAutoencoder(nn.Module):
         mean, logvar = moments.chunk(2, dim=1)
         return mean, logvar.clamp(*LOGVAR_RANGE)
 
-    def normalize(self, z: Tensor) -> Tensor:
-        """Raw latents -> normalised latents (zero mean, unit std per channel)."""
-        mean, std = (b.to(z.dtype).view(-1, 1, 1, 1) for b in (self.latent_mean, self.latent_std))
-        return (z - mean) / std
-
-    def denormalize(self, z: Tensor) -> Tensor:
-        """Normalised latents -> raw latents."""
-        mean, std = (b.to(z.dtype).view(-1, 1, 1, 1) for b in (self.latent_mean, self.latent_std))
-        return z * std + mean
-
     def encode(
         self,
         video: Tensor,
@@ -329,13 +320,7 @@ class VideoAutoencoder(nn.Module):
             )
         else:
             mean, logvar = self.encode_moments(video, chunk_frames=chunk_frames)
-        z = mean
-        if sample:
-            noise = torch.randn(
-                mean.shape, generator=generator, device=mean.device, dtype=mean.dtype
-            )
-            z = mean + torch.exp(0.5 * logvar) * noise
-        return self.normalize(z)
+        return self.normalized_sample(mean, logvar, sample=sample, generator=generator)
 
     # ---------------------------------------------------------------- decode
     def decode_raw(self, z: Tensor, *, chunk_frames: int | None = None) -> Tensor:

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from cinemamba_vae.identity import config_hash, file_sha256
+from cinemamba_vae.latent_norm import LatentNormalization
 
 DIFFUSERS_CONFIG = "config.json"
 # Written by `cinemamba vae-stats` next to the diffusers files: measured statistics override the
@@ -156,7 +157,7 @@ def _published_stats(model: nn.Module, config: dict, channels: int) -> tuple[Ten
     return None
 
 
-class DiffusersVideoVAE(nn.Module):
+class DiffusersVideoVAE(LatentNormalization, nn.Module):
     """A diffusers video VAE with our `VideoAutoencoder` interface and owned normalisation."""
 
     def __init__(self, model: nn.Module, config: DiffusersVAEConfig, source: Path) -> None:
@@ -272,16 +273,6 @@ class DiffusersVideoVAE(nn.Module):
         dist = self.model.encode(video.to(self.model.dtype)).latent_dist
         return dist.mean, dist.logvar.clamp(*LOGVAR_RANGE)
 
-    def normalize(self, z: Tensor) -> Tensor:
-        """Raw latents -> normalised latents (zero mean, unit std per channel)."""
-        mean, std = (b.to(z.dtype).view(-1, 1, 1, 1) for b in (self.latent_mean, self.latent_std))
-        return (z - mean) / std
-
-    def denormalize(self, z: Tensor) -> Tensor:
-        """Normalised latents -> raw latents."""
-        mean, std = (b.to(z.dtype).view(-1, 1, 1, 1) for b in (self.latent_mean, self.latent_std))
-        return z * std + mean
-
     def encode(
         self,
         video: Tensor,
@@ -292,13 +283,7 @@ class DiffusersVideoVAE(nn.Module):
     ) -> Tensor:
         """Pixels (B, 3, T, H, W) in [-1, 1] -> normalised latents (B, C, t, h, w)."""
         mean, logvar = self.encode_moments(video, chunk_frames=chunk_frames)
-        z = mean
-        if sample:
-            noise = torch.randn(
-                mean.shape, generator=generator, device=mean.device, dtype=mean.dtype
-            )
-            z = mean + torch.exp(0.5 * logvar) * noise
-        return self.normalize(z)
+        return self.normalized_sample(mean, logvar, sample=sample, generator=generator)
 
     # ---------------------------------------------------------------- decode
     def decode_raw(self, z: Tensor, *, chunk_frames: int | None = None) -> Tensor:
