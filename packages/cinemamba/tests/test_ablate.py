@@ -340,8 +340,8 @@ def _params(arch: BackboneConfig) -> int:
 
 
 def test_match_params_within_two_percent(demo, tmp_path) -> None:
-    """Through the config path: attention and mamba2 matched to bimamba's parameter count."""
-    mixers = ["bimamba", "attention", "mamba2"]
+    """Through the config path: attention, mamba2 and full3d matched to bimamba's parameter count."""
+    mixers = ["bimamba", "attention", "mamba2", "full3d"]
     # expand 2 (the demo's is 1) makes the scans' projections, and so the gap, larger.
     wide = ["task.backbone.expand=2"]
     cfg = AblationConfig(demo=DEMO, mixers=mixers, match="params", overrides=wide)
@@ -395,7 +395,7 @@ def test_match_flops_within_two_percent_and_errors() -> None:
                                      d_state=4, expand=2)  # fmt: skip
     shapes = ((4, 3, 4, 4), (5, 16), 2)
     target = train_flops(ref, shapes)
-    for mixer in ("attention", "mamba"):
+    for mixer in ("attention", "mamba", "full3d"):
         cand = BackboneConfig(**{**asdict(ref), "mixer": mixer})
         assert abs(train_flops(cand, shapes) / target - 1) > 0.02  # unmatched: off by > 2 %
         found = match_cost(ref, cand, "flops", shapes)
