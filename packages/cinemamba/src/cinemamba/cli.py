@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import pkgutil
 import sys
 from collections.abc import Sequence
@@ -33,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Text-to-long-video latent diffusion with Mamba along time.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    # `deepspeed --module cinemamba.cli ...` puts --local_rank=N before the subcommand.
+    parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for mod in _command_modules():
         p = sub.add_parser(mod.NAME, help=mod.HELP, description=mod.HELP)
@@ -53,6 +56,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
+    if args.local_rank is not None:
+        # The launcher also sets LOCAL_RANK; without it (a hand-made launch) the flag stands in.
+        os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
