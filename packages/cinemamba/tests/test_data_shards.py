@@ -109,3 +109,71 @@ def test_csv_captions_and_errors(tmp_path):
     with pytest.raises(FileNotFoundError):
         read_captions(tmp_path / "missing.jsonl")
     assert key_for("a/b.c/d.mp4") == "a_b_c_d"
+
+
+def _plan_keys(out, prefix="shard"):
+    plan = json.loads((out / f"{prefix}.plan.json").read_text())
+    return [s["keys"] for s in plan["shards"]], plan["info"]
+
+
+@pytest.fixture
+def classes(tmp_path):
+    """The one-folder-per-class layout: 3 classes x 4 videos, captions from .txt sidecars."""
+    videos = tmp_path / "videos"
+    for c in ("cat", "dog", "eel"):
+        (videos / c).mkdir(parents=True)
+        for i in range(4):
+            (videos / c / f"{i}.mp4").write_bytes(encode_video(_frames(i, 2), 8.0))
+            (videos / c / f"{i}.txt").write_text(f"a {c} number {i}\n")
+    return videos
+
+
+def test_shuffled_plan_mixes_classes_and_is_seeded(classes, tmp_path):
+    report = shards_from_folder(classes, "SIDECAR", tmp_path / "a", max_samples=4)
+    keys, info = _plan_keys(tmp_path / "a")
+    assert info["shuffle_seed"] == 0 and report.samples == 12
+    # Read back from the tars: no shard holds a single class (sorted order would: 3 shards
+    # of one class each); captions come from the sidecars.
+    for path in report.shards:
+        entries = _read(path)
+        caps = [v.decode() for k, v in entries.items() if k.endswith(".txt")]
+        assert len({c.split()[1] for c in caps}) > 1, caps
+        for k, v in entries.items():
+            if k.endswith(".txt"):
+                cls, num = k.split(".")[0].split("_")
+                assert v.decode() == f"a {cls} number {num}"
+    # The same seed gives the same plan (and a re-run resumes it); another seed another one.
+    shards_from_folder(classes, "SIDECAR", tmp_path / "b", max_samples=4)
+    assert _plan_keys(tmp_path / "b")[0] == keys
+    shards_from_folder(classes, "SIDECAR", tmp_path / "c", max_samples=4, shuffle_seed=1)
+    assert _plan_keys(tmp_path / "c")[0] != keys
+    with pytest.raises(ValueError, match="different shard plan"):  # the seed is in the plan
+        shards_from_folder(classes, "SIDECAR", tmp_path / "a", max_samples=4, shuffle_seed=1)
+    # No shuffle: sorted path order, as before.
+    shards_from_folder(classes, "SIDECAR", tmp_path / "d", max_samples=4, shuffle_seed=None)
+    flat = [k for shard in _plan_keys(tmp_path / "d")[0] for k in shard]
+    assert flat == [f"{c}_{i}" for c in ("cat", "dog", "eel") for i in range(4)]
+
+
+def test_caption_file_wins_over_sidecars_which_fill_gaps(classes, tmp_path, caplog):
+    caps = tmp_path / "caps.csv"
+    caps.write_text("video,caption\ncat/0.mp4,from the file\ndog/1.mp4,a dog number 1\n")
+    (classes / "eel" / "3.txt").unlink()  # neither file nor sidecar: skipped
+    report = shards_from_folder(classes, caps, tmp_path / "s", max_samples=100)
+    entries = _read(report.shards[0])
+    assert entries["cat_0.txt"] == b"from the file"  # the file wins ...
+    assert entries["dog_1.txt"] == b"a dog number 1"  # ... equal to its sidecar: no conflict
+    assert entries["cat_1.txt"] == b"a cat number 1"  # the sidecar fills the gap
+    assert report.caption_conflicts == 1 and "differ" in caplog.text
+    assert report.samples == 11 and dict(report.skipped) == {"no_caption": 1}
+
+
+def test_cli_shuffle_flags(classes, tmp_path, capsys):
+    from cinemamba.cli import main
+
+    assert main(["shards", str(classes), "SIDECAR", str(tmp_path / "o"), "--no-shuffle"]) == 0
+    assert _plan_keys(tmp_path / "o")[1]["shuffle_seed"] is None
+    assert main(["shards", str(classes), "SIDECAR", str(tmp_path / "p"), "--shuffle-seed",
+                 "7"]) == 0  # fmt: skip
+    assert _plan_keys(tmp_path / "p")[1]["shuffle_seed"] == 7
+    assert "12 samples in 1 shards" in capsys.readouterr().out

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import webdataset as wds
 from tqdm import tqdm
 
@@ -196,6 +197,21 @@ class FolderReport:
     shards: list[Path] = field(default_factory=list)
     samples: int = 0
     skipped: Counter = field(default_factory=Counter)
+    caption_conflicts: int = 0  # videos whose sidecar .txt differs from the caption file
+
+
+SIDECAR = "SIDECAR"  # `captions` value: read only the .txt sidecars next to the videos
+
+
+def _sidecar_caption(video: Path) -> str | None:
+    """The caption in `video`'s `.txt` sidecar (same stem), or None without one."""
+    txt = video.with_suffix(".txt")
+    if not txt.is_file():
+        return None
+    try:
+        return txt.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"caption sidecar {str(txt)!r} is not UTF-8 text: {err}") from None
 
 
 def _folder_sample(item: tuple[str, Path, str, dict, int | None]) -> dict:
@@ -218,24 +234,38 @@ def shards_from_folder(
     transcode: bool = False,
     crf: int = 18,
     workers: int = 1,
+    shuffle_seed: int | None = 0,
 ) -> FolderReport:
-    """Turn a folder of videos plus a caption file into WebDataset shards.
+    """Turn a folder of videos plus captions into WebDataset shards.
 
-    mp4 files are stored as they are unless `transcode`; other containers are always
-    transcoded to H.264 mp4 (`crf`). Videos without a caption or that cannot be decoded are
-    skipped with a warning each and counted in the report. `max_bytes` plans with source file
-    sizes, so it is approximate for transcoded videos.
+    Captions come from `captions` (a .jsonl / .csv file) and from `.txt` sidecars next to the
+    videos (`clip.mp4` + `clip.txt`, the musubi-tuner / diffusion-pipe layout); `captions` =
+    `SIDECAR` reads sidecars only. The file wins where both name a video (a differing sidecar
+    is logged and counted as `caption_conflicts`). mp4 files are stored as they are unless
+    `transcode`; other containers are always transcoded to H.264 mp4 (`crf`). Videos without a
+    caption or that cannot be decoded are skipped with a warning each and counted in the
+    report. The videos are shuffled (seeded by `shuffle_seed`, recorded in the plan; None keeps
+    sorted path order) so one-folder-per-class layouts do not put one class in each shard.
+    `max_bytes` plans with source file sizes, so it is approximate for transcoded videos.
     """
     video_dir = Path(video_dir)
     if not video_dir.is_dir():
         raise FileNotFoundError(f"video folder {str(video_dir)!r} does not exist")
-    table = read_captions(captions)
+    table = {} if str(captions) == SIDECAR else read_captions(captions)
     files = sorted(p for p in video_dir.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS)
     report = FolderReport()
-    items, sizes, seen = [], [], {}
+    items, sizes, seen, from_table = [], [], {}, 0
     for path in tqdm(files, desc="probe", unit="video"):
         rel = path.relative_to(video_dir).as_posix()
         caption = next((table[n] for n in (rel, path.name, path.stem) if n in table), None)
+        from_table += caption is not None
+        sidecar = _sidecar_caption(path)
+        if caption is None:
+            caption = sidecar
+        elif sidecar is not None and sidecar.strip() != caption.strip():
+            log.warning("%s: the caption file and %s differ; using the file's", rel,
+                        path.with_suffix(".txt").name)  # fmt: skip
+            report.caption_conflicts += 1
         if caption is None or not caption.strip():
             log.warning("skipping %s: no caption", rel)
             report.skipped["no_caption"] += 1
@@ -261,7 +291,11 @@ def shards_from_folder(
         must_transcode = transcode or path.suffix.lower() != ".mp4"
         items.append((key, path, caption.strip(), meta, crf if must_transcode else None))
         sizes.append(path.stat().st_size)
-    unused = len(table) - len(items) - report.skipped["undecodable"]
+    if shuffle_seed is not None:
+        # Seeded and recorded in the plan: a re-run with the same seed resumes the same plan.
+        order = np.random.default_rng(shuffle_seed).permutation(len(items))
+        items, sizes = [items[i] for i in order], [sizes[i] for i in order]
+    unused = len(table) - from_table
     if unused > 0:
         log.warning("%d captions name no video found in %s", unused, video_dir)
     if not items:
@@ -275,7 +309,12 @@ def shards_from_folder(
         groups,
         _folder_sample,
         keys=[[it[0] for it in g] for g in groups],
-        info={"source": "folder", "transcode": transcode, "crf": crf},
+        info={
+            "source": "folder",
+            "transcode": transcode,
+            "crf": crf,
+            "shuffle_seed": shuffle_seed,
+        },  # fmt: skip
         workers=workers,
     )
     report.samples = len(items)
