@@ -140,7 +140,7 @@ class DemoConfig:
     vae: VAEExperiment = field(default_factory=VAEExperiment)
     vae_stats_videos: int = 64  # videos the latent statistics are computed over
     backbone: BackboneExperiment = field(default_factory=BackboneExperiment)
-    # P(a training clip starts with 1..generate.context clean latent frames), see demo/context.py
+    # P(a training clip starts with 1..generate.context clean latent frames), see tasks/context.py (task.context_prob)
     context_prob: float = 0.5
     generate: DemoGenerateConfig = field(default_factory=DemoGenerateConfig)
     targets: DemoTargets = field(default_factory=DemoTargets)

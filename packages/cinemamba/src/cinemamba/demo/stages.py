@@ -27,7 +27,6 @@ from cinemamba.data.synth import SceneObject, trajectory
 from cinemamba.data.synth_video import render_scene, write_synth
 from cinemamba.data.video import write_video
 from cinemamba.demo.config import DemoConfig, is_heldout, plain, prompt_specs
-from cinemamba.demo.context import CleanContext
 from cinemamba.demo.runner import Stage, StageInterrupted, write_json
 from cinemamba.latents.clips import ClipConfig
 from cinemamba.latents.export import ExportConfig, export_latents
@@ -225,6 +224,8 @@ def backbone_experiment(cfg: DemoConfig):
     if cfg.context_prob > 0 and not exp.task.per_frame_t:
         raise ConfigError("context_prob > 0 needs backbone.task.per_frame_t=true")
     exp.task.text_encoder = copy.deepcopy(cfg.text_encoder)
+    exp.task.context_prob = cfg.context_prob
+    exp.task.context_frames = cfg.generate.context
     exp.task.data.source = "latents"
     exp.task.samples.prompts = []  # the demo generates its own videos afterwards
     if cfg.generate.half_budget:
@@ -252,9 +253,7 @@ def backbone_stage(cfg: DemoConfig) -> Stage:
     hashed.train.run_dir = ""
     hashed.task.vae = ""
     hashed.task.data.path = ""
-    hashed = {**_hashable(hashed), "context_prob": cfg.context_prob}
-    if cfg.context_prob > 0:
-        hashed["context_frames"] = cfg.generate.context
+    hashed = _hashable(hashed)  # the task's context_prob / context_frames included
 
     def run(work: Path, inputs: Mapping[str, Path]) -> dict[str, Any]:
         job = copy.deepcopy(exp)
@@ -262,8 +261,6 @@ def backbone_stage(cfg: DemoConfig) -> Stage:
         job.task.vae = str(inputs["vae-stats"] / VAE_DIR)
         job.task.data.path = str(inputs["export"] / LATENTS_DIR)
         task = BackboneTask(job.task)
-        if cfg.context_prob > 0:
-            task.process = CleanContext(task.process, cfg.context_prob, cfg.generate.context)
         result = finished(train(job.train, task, full_config=OmegaConf.structured(job)), "backbone")
         return {"steps": result.step, **{k: round(v, 5) for k, v in result.losses.items()}}
 

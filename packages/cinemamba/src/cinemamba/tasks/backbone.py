@@ -34,6 +34,7 @@ from cinemamba.latents import format as fmt
 from cinemamba.latents.clips import ClipConfig, decode_clip, to_pixels
 from cinemamba.latents.dataset import CROPS, LatentSet, latent_batches, noise_seed, open_latent_set
 from cinemamba.latents.stream import SampleStream, batch_loader, micro_batches
+from cinemamba.tasks.context import CleanContext
 from cinemamba.train import (
     DataSpec,
     LossOutput,
@@ -142,6 +143,11 @@ class BackboneTaskConfig:
     data: BackboneDataConfig = field(default_factory=BackboneDataConfig)
     caption_dropout: float = 0.1  # P(text -> empty-prompt embedding), for classifier-free guidance
     per_frame_t: bool = False  # one diffusion time per latent frame (rolling / streaming)
+    # Clean-context training (needs per_frame_t): with this probability a clip starts with
+    # 1..context_frames clean latent frames (t = 0, no loss), as rolling generation's windows
+    # start with the previous window's last frames (tasks/context.py, docs/training.md).
+    context_prob: float = 0.0
+    context_frames: int = 3  # at most this many: sampling's rolling `context`
     vae_sample: bool = False  # raw only: sample the posterior instead of its mean
     kernels: str = "auto"  # backbone kernels: "auto" | "torch"
     samples: PeriodicSamples = field(default_factory=PeriodicSamples)
@@ -180,6 +186,15 @@ class BackboneTask:
     def __init__(self, cfg: BackboneTaskConfig) -> None:
         self.cfg = cfg
         self.process = build_process(cfg.process)
+        if cfg.context_prob > 0:
+            if not cfg.per_frame_t:
+                raise ValueError(
+                    f"task.context_prob={cfg.context_prob} needs task.per_frame_t=true "
+                    "(clean context frames beside noisy ones need one time per frame)"
+                )
+            self.process = CleanContext(self.process, cfg.context_prob, cfg.context_frames)
+        elif not cfg.context_prob >= 0:
+            raise ValueError(f"task.context_prob must be in [0, 1], got {cfg.context_prob}")
         self.counts: Counter = Counter()
         self.latent_set: LatentSet | None = None
         self._vae: VideoAutoencoder | None = None

@@ -1,9 +1,9 @@
-"""Clean-context training times for rolling generation (cinemamba.demo.context)."""
+"""Clean-context training times for rolling generation (cinemamba.tasks.context, task.context_prob)."""
 
 import pytest
 import torch
 
-from cinemamba.demo.context import CleanContext
+from cinemamba.tasks.context import CleanContext
 from cinemamba_sampling import FlowMatching
 
 
@@ -39,3 +39,25 @@ def test_delegates_and_validates():
         proc.sample_t(2)
     with pytest.raises(ValueError, match="prob"):
         CleanContext(base, prob=1.5, max_frames=1)
+
+
+def test_cinemamba_train_option_wraps_the_task_process():
+    """`cinemamba train CONFIG task.per_frame_t=true task.context_prob=P task.context_frames=K`."""
+    from cinemamba.tasks.backbone import BackboneTask, load_backbone_experiment
+
+    cfg = "configs/experiment/backbone_tiny.yaml"
+    on = load_backbone_experiment(cfg, ["task.per_frame_t=true", "task.context_prob=1.0",
+                                        "task.context_frames=2"])  # fmt: skip
+    task = BackboneTask(on.task)
+    assert isinstance(task.process, CleanContext)
+    t = task.process.sample_t(500, 6, generator=torch.Generator().manual_seed(0))
+    count = (t == 0).sum(1)
+    # p = 1: every clip starts with 1..2 clean frames, both counts occur, the rest is noisy.
+    assert set(count.tolist()) == {1, 2}
+    assert torch.equal(t == 0, torch.arange(6)[None] < count[:, None])
+    off = BackboneTask(load_backbone_experiment(cfg, ["task.per_frame_t=true"]).task)
+    assert not isinstance(off.process, CleanContext)  # default 0: the process as configured
+    with pytest.raises(ValueError, match="per_frame_t=true"):
+        BackboneTask(load_backbone_experiment(cfg, ["task.context_prob=0.5"]).task)
+    with pytest.raises(ValueError, match="context_prob"):
+        BackboneTask(load_backbone_experiment(cfg, ["task.context_prob=-0.1"]).task)
