@@ -97,9 +97,11 @@ def latent_batches(
     latent_frames: int = 0,
     crop: str = "random",
     workers: int = 0,
+    shuffle: int = 0,
 ) -> Iterator[tuple[dict[str, torch.Tensor], dict[str, int]]]:
     """(micro-batch, skipped counts) from `start_batch` on; micro-batch `b` depends only on
-    (seed, rank, b). A batch holds latents `(B, C, t, h, w)`, text `(B, L, D)`, text_mask,
+    (seed, rank, b). `shuffle > 1` permutes the stream in seeded blocks of that many samples
+    (`SampleStream`'s window; resume stays exact). A batch holds latents `(B, C, t, h, w)`, text `(B, L, D)`, text_mask,
     pooled and `noise_seed` (an int64 scalar for the loss's noise generator)."""
     if crop not in CROPS:
         raise ValueError(f"latent crop must be one of {CROPS}, got {crop!r}")
@@ -122,7 +124,7 @@ def latent_batches(
         return batch
 
     def make(every: int, phase: int):
-        stream = SampleStream(lset.shards, seed, rank)
+        stream = SampleStream(lset.shards, seed, rank, window=shuffle)
         return micro_batches(
             stream, decode, collate, batch_size=batch_size, start_batch=start_batch,
             every=every, phase=phase,

@@ -126,10 +126,19 @@ def read_tar(url: str) -> Iterator[dict[str, Any]]:
 
 
 class SampleStream:
-    """Positions `start, start+1, ...` of a rank's resampled stream as (position, raw sample)."""
+    """Positions `start, start+1, ...` of a rank's resampled stream as (position, raw sample).
 
-    def __init__(self, shards: ShardList, seed: int, rank: int) -> None:
-        self.shards, self.seed, self.rank = shards, seed, rank
+    `window > 1` shuffles the stream in consecutive blocks of `window` positions: block k's
+    samples (read in order, across shard boundaries) are yielded in a permutation seeded by
+    (seed, rank, k). Shards written in class order then still mix within a batch, memory holds
+    one block, and a position stays a pure function of (seed, rank, position): resuming reads
+    the one block that holds `start`.
+    """
+
+    def __init__(self, shards: ShardList, seed: int, rank: int, window: int = 0) -> None:
+        if window < 0:
+            raise ValueError(f"shuffle window must be >= 0, got {window}")
+        self.shards, self.seed, self.rank, self.window = shards, seed, rank, window
         self.skipped: Counter = Counter()
 
     def reserve(self, batch: int) -> Iterator[tuple[int, dict[str, Any] | None]]:
@@ -142,6 +151,23 @@ class SampleStream:
 
     def __call__(self, start: int) -> Iterator[tuple[int, dict[str, Any] | None]]:
         """Yield (position, sample) from `start` on; sample is None where a shard is short."""
+        if self.window <= 1:
+            yield from self._ordered(start)
+            return
+        block = start // self.window
+        ordered = self._ordered(block * self.window)
+        while True:
+            base = block * self.window
+            samples = [next(ordered)[1] for _ in range(self.window)]
+            order = np.random.default_rng([self.seed, self.rank, block, 0x5F]).permutation(
+                self.window
+            )
+            for j in range(max(start - base, 0), self.window):
+                yield base + j, samples[order[j]]
+            block += 1
+
+    def _ordered(self, start: int) -> Iterator[tuple[int, dict[str, Any] | None]]:
+        """The stream in read order (no shuffle window) from `start` on."""
         draw, offset = locate(self.shards, self.seed, self.rank, start)
         position = start
         while True:

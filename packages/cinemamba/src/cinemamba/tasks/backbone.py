@@ -79,6 +79,10 @@ class BackboneDataConfig:
     latent_frames / crop: latents only, crop stored latents to this many frames (0: all),
         from a seeded random start or the first frame.
     workers: DataLoader worker processes (0: decode in the training process).
+    shuffle: samples per seeded shuffle block of the stream (0/1: read order). Shards hold
+        videos in the order they were written; a block of N samples spanning several shards
+        is permuted, so one batch mixes them. Memory holds one block (raw: N encoded videos);
+        resume stays exact.
     """
 
     source: str = "latents"
@@ -88,6 +92,7 @@ class BackboneDataConfig:
     latent_frames: int = 0
     crop: str = "random"
     workers: int = 0
+    shuffle: int = 0
 
 
 @dataclass
@@ -409,6 +414,7 @@ class BackboneTask:
                 self.latent_set, seed=spec.seed, rank=spec.rank,
                 batch_size=spec.micro_batch_size, start_batch=spec.start_batch,
                 latent_frames=data.latent_frames, crop=data.crop, workers=data.workers,
+                shuffle=data.shuffle,
             )  # fmt: skip
         else:
             batches = self._raw_batches(spec)
@@ -432,7 +438,7 @@ class BackboneTask:
 
         def make(every: int, phase: int):
             return micro_batches(
-                SampleStream(shards, seed, rank), decode,
+                SampleStream(shards, seed, rank, window=data.shuffle), decode,
                 lambda items, b: _collate_raw(items, seed, rank, b),
                 batch_size=spec.micro_batch_size, start_batch=spec.start_batch,
                 every=every, phase=phase,
