@@ -260,6 +260,36 @@ def test_native_scan_matches_float64_reference(b, d, n, length, groups, block, n
 
 
 @needs_cc
+@pytest.mark.parametrize("softplus", [False, True])
+def test_native_fused_delta_bias_softplus_and_d_skip(softplus, native_calls):
+    # The kernel fuses Δ = softplus(delta + bias) and y += D·u: checked against the float64
+    # reference with and without softplus, and with some Δ past softplus's linear threshold
+    # (20), where the kernel must pass the value and a slope of 1 through as torch does.
+    inputs = _scan_inputs(2, 6, 16, 29, 2, seed=11)
+    inputs["delta"][0, :2, ::3] += 24.0
+    if not softplus:  # positive Δ without the softplus (a small bias keeps it positive)
+        inputs["delta"] = inputs["delta"].abs() * 0.2
+        inputs["delta_bias"] = inputs["delta_bias"].abs() * 0.1
+    args = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+
+    def run(fn, x):
+        leaves = {k: x[k].clone().requires_grad_() for k in args}
+        y = fn(*leaves.values(), softplus)
+        grads = torch.autograd.grad((y * y.detach().sin()).sum(), list(leaves.values()))
+        return y, dict(zip(args, grads, strict=True))
+
+    y_ref, g_ref = run(selective_scan_ref, inputs)
+    y, g = run(selective_scan_torch, {k: v.float() for k, v in inputs.items()})
+    assert native_calls == {"scan_forward": 1, "scan_backward": 1}
+    # exp(Δ·A) in fp32 has a relative error of about eps·|Δ·A|, so the tolerance grows with
+    # the largest Δ (about 25 here under softplus; the torch path's error is the same).
+    big = max(1.0, (inputs["delta"] + inputs["delta_bias"][:, None]).max().item())
+    _assert_scaled_close(y, y_ref, 1e-5 * big, "y")
+    for name in args:
+        _assert_scaled_close(g[name], g_ref[name], 2e-5 * big, name)
+
+
+@needs_cc
 def test_native_scan_without_initial_state_matches_torch_path(native_calls):
     x = {k: v.float() for k, v in _scan_inputs(3, 8, 16, 45, 2, seed=1).items()}
     outs = []
