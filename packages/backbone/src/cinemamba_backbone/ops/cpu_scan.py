@@ -30,6 +30,10 @@ TILE_BYTES = 1024 * 1024  # forward state tile (measured: 1 MB beats 128-512 KB,
 # Checkpoint interval of the C kernel: 4/32 bytes of checkpoints per state element, and a
 # block's decays and states (4 KB at n = 16) stay in L1 while its adjoint runs.
 NATIVE_BLOCK = 32
+# Fuse the Δ bias + softplus and the D skip into the C kernel. False keeps them as autograd
+# ops around it (the implementation before the fusion), for before/after benchmarks in one
+# run (scripts/profile_block.py --ratio) and parity tests; the result is the same math.
+FUSE_ELEMENTWISE = True
 
 
 def default_block(length: int) -> int:
@@ -298,7 +302,7 @@ def selective_scan_torch(
     or backward); elsewhere they, and always the SiLU(z) gate, run as ordinary autograd ops.
     ``block`` is the checkpoint interval (default: 32 on the C kernel, √(l/4) in PyTorch).
     """
-    if native and u.shape[2] > 0 and cpu_native.usable(u, A.shape[1]):
+    if FUSE_ELEMENTWISE and native and u.shape[2] > 0 and cpu_native.usable(u, A.shape[1]):
         y, last = _SelectiveScanFn.apply(
             u, delta, A, B, C, initial_state, block, True, D, delta_bias, delta_softplus
         )
