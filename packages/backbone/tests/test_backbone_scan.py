@@ -290,6 +290,27 @@ def test_native_fused_delta_bias_softplus_and_d_skip(softplus, native_calls):
 
 
 @needs_cc
+def test_native_softplus_slope_elementwise(native_calls):
+    # With T = 1, A = 0, u = B = C = 1 and no initial state, y = softplus(x) + D, so the
+    # gradient of the raw Δ is exactly the slope sigmoid(x), which the kernel forms from Δ
+    # alone (series below Δ = 1/4, 1 - e^-Δ above): elementwise against float64 sigmoid,
+    # across both branches and past the threshold 20.
+    x = torch.linspace(-30.0, 30.0, 1201)
+    d = x.numel()
+    raw = x.view(1, d, 1).clone().requires_grad_()
+    ones = torch.ones(1, 4, 1)
+    y = selective_scan_torch(
+        torch.ones(1, d, 1), raw, torch.zeros(d, 4), ones, ones / 4, torch.ones(d),
+        delta_softplus=True,
+    )  # fmt: skip
+    (g,) = torch.autograd.grad(y.sum(), raw)
+    assert native_calls == {"scan_forward": 1, "scan_backward": 1}
+    want = torch.sigmoid(x.double())
+    rel = ((g.flatten().double() - want) / want).abs()
+    assert rel.max() < 8 * torch.finfo(torch.float32).eps, (rel.max(), x[rel.argmax()])
+
+
+@needs_cc
 def test_native_scan_without_initial_state_matches_torch_path(native_calls):
     x = {k: v.float() for k, v in _scan_inputs(3, 8, 16, 45, 2, seed=1).items()}
     outs = []

@@ -38,12 +38,11 @@ GRAIN = 1 << 16
 
 _i64, _ptr = ctypes.c_int64, ctypes.c_void_p
 _SIGNATURES = {
-    # u, delta, A, B, C, h0, dbias, D; softplus; y, last, ckpt; batch, dim, groups, l, n,
-    # block; threads
-    "cm_scan_forward": [_ptr] * 8 + [ctypes.c_int] + [_ptr] * 3 + [_i64] * 6 + [ctypes.c_int],
-    # u, delta, A, B, C, ckpt, gy, glast, gu, gdelta, gA_rows, gB, gC, gh0, dbias, D;
-    # softplus; gD_rows, work; the same six sizes; threads
-    "cm_scan_backward": [_ptr] * 16 + [ctypes.c_int] + [_ptr] * 2 + [_i64] * 6 + [ctypes.c_int],
+    # u, delta, A, B, C, h0, D, y, last, ckpt; batch, dim, groups, l, n, block; threads
+    "cm_scan_forward": [_ptr] * 10 + [_i64] * 6 + [ctypes.c_int],
+    # u, delta, A, B, C, ckpt, gy, glast, gu, gdelta, gA_rows, gB, gC, gh0, D; softplus;
+    # gD_rows, work; the same six sizes; threads
+    "cm_scan_backward": [_ptr] * 15 + [ctypes.c_int] + [_ptr] * 2 + [_i64] * 6 + [ctypes.c_int],
 }
 
 
@@ -201,10 +200,12 @@ def scan_forward(
     per group); h0 (b, d, n) or None. Returns fp32 y (b, d, l), last state (b, d, n) and, when
     `keep_checkpoints`, the state before every `block`-th step (b, d, ceil(l / block), n).
 
-    Fused in the kernel: Δ = softplus(delta + delta_bias) (``softplus``; bias (d,) or None)
-    and the skip y += D·u (D (d,) or None)."""
-    u, delta, A, B, C = (_f32(x) for x in (u, delta, A, B, C))
+    ``delta`` is the raw Δ: Δ = softplus(delta + delta_bias) (``softplus``; bias (d,) or
+    None) is made here in one vectorised pass, and the skip y += D·u (D (d,) or None) is
+    fused into the kernel. Returns, last, the Δ the scan used (the backward takes it)."""
+    u, A, B, C = (_f32(x) for x in (u, A, B, C))
     h0, delta_bias, D = (None if x is None else _f32(x) for x in (h0, delta_bias, D))
+    delta = effective_delta(delta, delta_bias, softplus)
     b, d, length = u.shape
     g, n = B.shape[1], B.shape[3]
     if delta.shape != u.shape or A.shape != (d, n) or B.shape != (b, g, length, n):
@@ -218,11 +219,22 @@ def scan_forward(
     _call(
         "cm_scan_forward",
         u.data_ptr(), delta.data_ptr(), A.data_ptr(), B.data_ptr(), C.data_ptr(),
-        _ptr_of(h0), _ptr_of(delta_bias), _ptr_of(D), int(softplus),
-        y.data_ptr(), last.data_ptr(), _ptr_of(ckpt),
+        _ptr_of(h0), _ptr_of(D), y.data_ptr(), last.data_ptr(), _ptr_of(ckpt),
         b, d, g, length, n, block, _threads(b * d, b * d * length * n),
     )  # fmt: skip
-    return y, last, ckpt
+    return y, last, ckpt, delta
+
+
+def effective_delta(
+    delta: torch.Tensor, delta_bias: torch.Tensor | None, softplus: bool
+) -> torch.Tensor:
+    """Contiguous fp32 Δ = softplus(delta + bias) (or without either), as the scan uses it."""
+    delta = delta.to(torch.float32)
+    if delta_bias is not None:
+        delta = delta + delta_bias.to(torch.float32)[:, None]
+    if softplus:
+        delta = torch.nn.functional.softplus(delta)
+    return delta.contiguous()
 
 
 def scan_backward(
@@ -240,9 +252,10 @@ def scan_backward(
     D: torch.Tensor | None = None,
     softplus: bool = False,
 ) -> tuple[torch.Tensor, ...]:
-    """Gradients of :func:`scan_forward` (same fused options) from its checkpoints: fp32
-    (gu, gdelta of the raw delta, gA (d, n), gB, gC (b, g, l, n), g_h0 (b, d, n) or None,
-    gD (d,) or None, g_delta_bias (d,) or None)."""
+    """Gradients of :func:`scan_forward` (same fused options) from its checkpoints; ``delta``
+    is the Δ it returned (after bias and softplus): fp32 (gu, gdelta of the raw delta,
+    gA (d, n), gB, gC (b, g, l, n), g_h0 (b, d, n) or None, gD (d,) or None, g_delta_bias
+    (d,) or None)."""
     u, delta, A, B, C, ckpt, grad_y = (_f32(x) for x in (u, delta, A, B, C, ckpt, grad_y))
     grad_last, delta_bias, D = (None if x is None else _f32(x) for x in (grad_last, delta_bias, D))
     b, d, length = u.shape
@@ -262,7 +275,7 @@ def scan_backward(
         u.data_ptr(), delta.data_ptr(), A.data_ptr(), B.data_ptr(), C.data_ptr(),
         ckpt.data_ptr(), grad_y.data_ptr(), _ptr_of(grad_last),
         gu.data_ptr(), gdelta.data_ptr(), gA_rows.data_ptr(), gB.data_ptr(), gC.data_ptr(),
-        _ptr_of(g_h0), _ptr_of(delta_bias), _ptr_of(D), int(softplus), _ptr_of(gD_rows),
+        _ptr_of(g_h0), _ptr_of(D), int(softplus), _ptr_of(gD_rows),
         work.data_ptr(), b, d, g, length, n, block, threads,
     )  # fmt: skip
     gD = None if gD_rows is None else gD_rows.sum(0)

@@ -229,12 +229,13 @@ class _SelectiveScanFn(torch.autograd.Function):
         if not native and (D is not None or delta_bias is not None or softplus):
             raise ValueError("D, delta_bias and softplus are fused on the native kernel only")
         block = block or (min(NATIVE_BLOCK, length) if native else default_block(length))
+        ctx.delta_dtype = delta.dtype  # the native path saves Δ after softplus, in fp32
         keep = any(ctx.needs_input_grad)  # checkpoints only when a backward will need them
         if native:
             Bn, Cn = _bc_row_major(B), _bc_row_major(C)
-            y, last, ckpts = cpu_native.scan_forward(
+            y, last, ckpts, delta = cpu_native.scan_forward(
                 u, delta, A, Bn, Cn, h0, block, keep, delta_bias, D, softplus
-            )
+            )  # the backward takes Δ after bias and softplus
             ckpts = torch.empty(0) if ckpts is None else ckpts
         else:
             y, last, ckpts = _torch_forward(u, delta, A, B, C, h0, block, keep)
@@ -265,7 +266,7 @@ class _SelectiveScanFn(torch.autograd.Function):
             )
         return (
             g_u.to(u.dtype),
-            g_dt.to(delta.dtype),
+            g_dt.to(ctx.delta_dtype),
             gA.to(A.dtype),
             gB.to(B.dtype),
             gC.to(C.dtype),
