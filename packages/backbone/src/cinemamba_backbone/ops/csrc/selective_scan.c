@@ -15,16 +15,15 @@
  *   h0, last, glast, gh0, gA_rows    (b, d, n)
  *   ckpt                             (b, d, ceil(l / block), n): the state before step i·block
  *
- *   dbias, D                         (d)   Δ bias and D skip, fused (see below)
+ *   D                                (d)   the D skip, fused (see below)
  *   gD_rows                          (b, d)
  *
- * Optional pointers (h0, ckpt, glast, gh0, dbias, D, gD_rows) may be NULL.
+ * Optional pointers (h0, ckpt, glast, gh0, D, gD_rows) may be NULL.
  *
- * Fused O(b·d·l) parts, so they cost no separate passes over memory: the Δ read from
- * `delta` is softplus(delta + dbias) when `softplus` (else delta + dbias), and y gets the D
- * skip D·u. The backward recomputes that Δ from the raw input and returns dL/d(raw delta).
+ * Fused O(b·d·l) parts, so they cost no separate passes over memory: y gets the D skip D·u
+ * (and gu its gradient, gD_rows its per-row sum); with `softplus` in the backward, Δ is
+ * softplus(x) of the caller's x = raw Δ + bias, and gdelta is dL/dx, its slope made from Δ.
  */
-#include <math.h>
 #include <stdint.h>
 #include <string.h>
 #ifdef _OPENMP
@@ -92,16 +91,15 @@ INLINE float sum_n(const float *restrict p, int n) {
     return s;
 }
 
-/* Δ from the raw input: softplus(x + bias) as torch computes it (x above 20 passes). */
-INLINE float delta_of(float x, const float bias, const int softplus) {
-    x += bias;
-    return softplus && x <= 20.0f ? log1pf(expf(x)) : x;
-}
-
-/* dΔ/d(raw): sigmoid(x + bias) under softplus (1 above the threshold, as torch), else 1. */
-INLINE float delta_slope(float x, const float bias, const int softplus) {
-    x += bias;
-    return softplus && x <= 20.0f ? 1.0f / (1.0f + expf(-x)) : 1.0f;
+/* dΔ/dx for Δ = softplus(x), from Δ alone: sigmoid(x) = 1 - e^{-Δ} = -expm1(-Δ). Below
+ * Δ = 1/4 the subtraction would cancel (relative error eps/Δ), so there a degree-6 Taylor
+ * series of -expm1(-Δ) (truncation below 1.2e-8 relative); above it, 1 - e^{-Δ} loses at
+ * most a factor 4.5 of eps. Above x = 20 torch's softplus passes x through (Δ = x, slope
+ * 1); 1 - e^{-Δ} is 1 in float there too. */
+INLINE float softplus_slope(const float D, const float lo, const float hi) {
+    if (D < 0.25f)
+        return D * (1.0f - D * (0.5f - D * (1.0f / 6 - D * (1.0f / 24 - D * (1.0f / 120 - D * (1.0f / 720))))));
+    return 1.0f - exp_f(-D, lo, hi);
 }
 
 #define CHUNK 32 /* forward steps whose products h ⊙ C are kept, then summed over n */
@@ -113,7 +111,7 @@ INLINE void forward_row(const float *restrict u, const float *restrict dt,
                         const float *restrict C, const float *restrict h0, float *restrict y,
                         float *restrict last, float *restrict ckpt, int64_t l,
                         int64_t block, const int n, const float lo, const float hi,
-                        const float bias, const int softplus, const float Dd) {
+                        const float Dd) {
     float h[MAX_STATE], p[CHUNK * MAX_STATE];
     for (int k = 0; k < n; k++) h[k] = h0 ? h0[k] : 0.0f;
     int64_t next_ckpt = 0;
@@ -126,7 +124,7 @@ INLINE void forward_row(const float *restrict u, const float *restrict dt,
                 ckpt += n;
                 next_ckpt += block;
             }
-            const float d_t = delta_of(dt[t], bias, softplus), du = d_t * u[t];
+            const float d_t = dt[t], du = d_t * u[t];
             const float *restrict Bt = B + t * n, *restrict Ct = C + t * n;
             float *restrict pj = p + j * n;
             for (int k = 0; k < n; k++) {
@@ -153,7 +151,7 @@ INLINE void backward_row(const float *restrict u, const float *restrict dt,
                          float *restrict gu, float *restrict gdt, float *restrict gA,
                          float *restrict gB, float *restrict gC, float *restrict gh0,
                          float *restrict work, int64_t l, int64_t block, const int n,
-                         const float lo, const float hi, const float bias, const int softplus,
+                         const float lo, const float hi, const int softplus,
                          const float Dd, float *restrict gD) {
     float adj[MAX_STATE], gA_sum[MAX_STATE], gD_sum = 0.0f;
     float *restrict decays = work, *restrict states = work + block * n;
@@ -166,7 +164,7 @@ INLINE void backward_row(const float *restrict u, const float *restrict dt,
         const float *restrict start = ckpt + i * n;
         const float *prev = start;
         for (int64_t j = 0; j < len; j++) {
-            const float d_t = delta_of(dt[s + j], bias, softplus), du = d_t * u[s + j];
+            const float d_t = dt[s + j], du = d_t * u[s + j];
             const float *restrict Bt = B + (s + j) * n;
             float *restrict a = decays + j * n, *restrict h = states + j * n;
             for (int k = 0; k < n; k++) {
@@ -177,7 +175,7 @@ INLINE void backward_row(const float *restrict u, const float *restrict dt,
         }
         for (int64_t j = len - 1; j >= 0; j--) {
             const int64_t t = s + j;
-            const float d_t = delta_of(dt[t], bias, softplus), du = d_t * u[t], g_t = gy[t];
+            const float d_t = dt[t], du = d_t * u[t], g_t = gy[t];
             float *restrict a = decays + j * n, *restrict h = states + j * n;
             const float *restrict h_prev = j > 0 ? states + (j - 1) * n : start;
             const float *restrict Bt = B + t * n, *restrict Ct = C + t * n;
@@ -197,8 +195,8 @@ INLINE void backward_row(const float *restrict u, const float *restrict dt,
         for (int64_t j = 0; j < len; j++) {
             const int64_t t = s + j;
             const float g_du = sum_n(states + j * n, n);
-            gdt[t] = (sum_n(decays + j * n, n) + g_du * u[t]) * delta_slope(dt[t], bias, softplus);
-            gu[t] = g_du * delta_of(dt[t], bias, softplus) + gy[t] * Dd;
+            gdt[t] = (sum_n(decays + j * n, n) + g_du * u[t]) * (softplus ? softplus_slope(dt[t], lo, hi) : 1.0f);
+            gu[t] = g_du * dt[t] + gy[t] * Dd;
             gD_sum += gy[t] * u[t];
         }
     }
@@ -220,8 +218,8 @@ INLINE void backward_row(const float *restrict u, const float *restrict dt,
 /* Forward over all rows; ckpt NULL for inference (block is then unused). Returns 0, or -1
  * for an unsupported shape. */
 int cm_scan_forward(const float *u, const float *delta, const float *A, const float *B,
-                    const float *C, const float *h0, const float *dbias, const float *D,
-                    int softplus, float *y, float *last, float *ckpt, int64_t batch,
+                    const float *C, const float *h0, const float *D, float *y, float *last,
+                    float *ckpt, int64_t batch,
                     int64_t dim, int64_t groups, int64_t l, int64_t n,
                     int64_t block, int threads) {
     if (n < 1 || n > MAX_STATE || groups < 1 || dim % groups || l < 1 || block < 1) return -1;
@@ -234,8 +232,7 @@ int cm_scan_forward(const float *u, const float *delta, const float *A, const fl
 #define FORWARD(N)                                                                         \
     forward_row(u + row * l, delta + row * l, A + di * n, B + grp * l * n, C + grp * l * n, \
                 h0 ? h0 + row * n : NULL, y + row * l, last + row * n,                     \
-                ckpt ? ckpt + row * blocks * n : NULL, l, block, N, lo, hi,                 \
-                dbias ? dbias[di] : 0.0f, softplus, D ? D[di] : 0.0f)
+                ckpt ? ckpt + row * blocks * n : NULL, l, block, N, lo, hi, D ? D[di] : 0.0f)
             DISPATCH_N(FORWARD, (int)n)
 #undef FORWARD
         }
@@ -249,7 +246,7 @@ int cm_scan_forward(const float *u, const float *delta, const float *A, const fl
 int cm_scan_backward(const float *u, const float *delta, const float *A, const float *B,
                      const float *C, const float *ckpt, const float *gy, const float *glast,
                      float *gu, float *gdelta, float *gA_rows, float *gB, float *gC,
-                     float *gh0, const float *dbias, const float *D, int softplus,
+                     float *gh0, const float *D, int softplus,
                      float *gD_rows, float *work, int64_t batch, int64_t dim, int64_t groups,
                      int64_t l, int64_t n, int64_t block, int threads) {
     if (n < 1 || n > MAX_STATE || groups < 1 || dim % groups || l < 1 || block < 1) return -1;
@@ -271,7 +268,7 @@ int cm_scan_backward(const float *u, const float *delta, const float *A, const f
                  ckpt + row * blocks * n, gy + row * l, glast ? glast + row * n : NULL,      \
                  gu + row * l, gdelta + row * l, gA_rows + row * n, gB + grp * l * n,        \
                  gC + grp * l * n, gh0 ? gh0 + row * n : NULL, w, l, block, N, lo, hi,      \
-                 dbias ? dbias[di] : 0.0f, softplus, D ? D[di] : 0.0f,                     \
+                 softplus, D ? D[di] : 0.0f,                                               \
                  gD_rows ? gD_rows + row : NULL)
             DISPATCH_N(BACKWARD, (int)n)
 #undef BACKWARD
