@@ -239,7 +239,6 @@ class BiMamba(TemporalMixer):
 
     def _both_directions(self, xs: torch.Tensor) -> torch.Tensor:
         """xs (b, d, l) -> core(xs) + flip(core_b(flip(xs))) (b, d, l) in one scan call."""
-        d = xs.shape[1]
         u_f, dt_f, B_f, C_f, bias_f, A_f, D_f = self.forward_ssm(xs, inputs_only=True)
         u_b, dt_b, B_b, C_b, bias_b, A_b, D_b = self.backward_ssm(xs.flip(-1), inputs_only=True)
         y = selective_scan(
@@ -254,4 +253,6 @@ class BiMamba(TemporalMixer):
             True,
             **self.kernel_kwargs,
         )
-        return y[:, :d] + y[:, d:].flip(-1)
+        # chunk, not two slices: its backward is one cat, a slice's a zero fill and a copy.
+        y_f, y_b = y.chunk(2, dim=1)
+        return y_f + y_b.flip(-1)
