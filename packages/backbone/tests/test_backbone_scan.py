@@ -197,6 +197,35 @@ def test_shift_add_causal_conv_matches_conv1d_reference():
     torch.testing.assert_close(tail_out, results[0][0][..., 5:])
 
 
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize(("k", "length", "activation", "with_bias"),
+                         [(4, 9, True, True), (2, 5, False, False), (4, 4, True, False)])  # fmt: skip
+def test_depthwise_conv_function_gradients_match_conv1d_reference(
+    k, length, activation, with_bias, reverse
+):
+    # The hand-written backward of the conv (both directions, with and without bias and
+    # SiLU, length = k) against F.conv1d's autograd in float64; the anti-causal reference
+    # is the flipped causal one.
+    g = torch.Generator().manual_seed(k + length)
+    x = torch.randn(3, 5, length, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(5, k, generator=g, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(5, generator=g, dtype=torch.float64, requires_grad=True)
+    b = bias if with_bias else None
+    leaves = (x, w, bias) if with_bias else (x, w)
+    if reverse:
+        want = causal_conv1d_ref(x.flip(-1), w, b, activation).flip(-1)
+    else:
+        want = causal_conv1d_ref(x, w, b, activation)
+    got = causal_conv1d_torch(x, w, b, activation, reverse=reverse)
+    assert got.grad_fn is not None and "DepthwiseConv" in type(got.grad_fn).__name__
+    weights = torch.randn(got.shape, generator=g, dtype=torch.float64)
+    g_want = torch.autograd.grad((want * weights).sum(), leaves)
+    g_got = torch.autograd.grad((got * weights).sum(), leaves)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    for name, a, e in zip(("x", "weight", "bias"), g_got, g_want, strict=False):
+        torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12, msg=name)
+
+
 # ---- the C kernel (ops/cpu_native.py) ------------------------------------------------------
 HAVE_CC = shutil.which(os.environ.get("CC") or "cc") is not None
 needs_cc = pytest.mark.skipif(not HAVE_CC, reason="no C compiler ($CC or cc) to build the kernel")
