@@ -5,11 +5,20 @@ self time) and the parameters of the block. ``bimamba-unfused`` is the two-call 
 (``BiMamba.fused = False``) for a before/after comparison in one run.
 
     python scripts/profile_block.py --frames 64 256 --tokens 64 --dim 128
+
+``--ratio N`` instead times N interleaved fwd+bwd repeats (process CPU time, so all variants
+see the same load) of the bimamba block before the C-scan fusion of the Δ bias + softplus
+and D skip (``cpu_scan.FUSE_ELEMENTWISE = False``), after it, and an equal-parameter
+temporal-attention block, and prints the medians and the ratios to attention:
+
+    python scripts/profile_block.py --ratio 7 --frames 256 --tokens 64 --dim 128
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
+import time
 from collections import defaultdict
 
 import torch
@@ -17,6 +26,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from cinemamba_backbone.mixers import MixerOptions, build_mixer
 from cinemamba_backbone.model import VideoDiTBlock
+from cinemamba_backbone.ops import cpu_scan
 
 # Op name fragments -> group (first match wins); what is left is "other".
 GROUPS = (
@@ -69,6 +79,42 @@ def profile_block(mixer: str, frames: int, tokens: int, dim: int) -> tuple[float
     return sum(groups.values()), dict(groups)
 
 
+def ratio(frames: int, tokens: int, dim: int, repeats: int) -> None:
+    """Print interleaved fwd+bwd medians of bimamba (before/after fusion) and attention."""
+
+    def params(blk: VideoDiTBlock) -> int:
+        return sum(p.numel() for p in blk.parameters())
+
+    bim = make_block("bimamba", dim)
+    target = params(bim)
+    # Attention width (a multiple of 4 with whole 64-wide heads) closest in parameters.
+    width = min(range(dim // 2, 2 * dim + 1, 4),
+                key=lambda w: abs(params(make_block("attention", w)) - target))  # fmt: skip
+    att = make_block("attention", width)
+
+    def step_of(blk: VideoDiTBlock, w: int):
+        x = torch.randn(1, frames, tokens, w, requires_grad=True)
+        c, text, mask = torch.randn(1, frames, w), torch.randn(1, 8, w), torch.ones(1, 8).bool()
+        return lambda: blk(x, c, text, mask)[0].square().mean().backward()
+
+    steps = {"bimamba before": step_of(bim, dim), "bimamba after": step_of(bim, dim),
+             "attention": step_of(att, width)}  # fmt: skip
+    times: dict[str, list[float]] = {k: [] for k in steps}
+    for r in range(repeats + 1):  # the first round is a warm-up
+        for name, step in steps.items():
+            cpu_scan.FUSE_ELEMENTWISE = name != "bimamba before"
+            start = time.process_time()
+            step()
+            if r:
+                times[name].append(time.process_time() - start)
+    cpu_scan.FUSE_ELEMENTWISE = True
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"T={frames} tokens={tokens}: bimamba width {dim} ({target} params), attention "
+          f"width {width} ({params(att)} params), {repeats} interleaved repeats")  # fmt: skip
+    for name, m in med.items():
+        print(f"  {name:16s} {1e3 * m:9.1f} ms  ratio to attention {m / med['attention']:.2f}")
+
+
 def main() -> None:
     """Print the table."""
     ap = argparse.ArgumentParser(description=__doc__)
@@ -76,7 +122,12 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--mixers", nargs="+", default=["bimamba-unfused", "bimamba", "attention"])
+    ap.add_argument("--ratio", type=int, default=0, help="interleaved repeats (see above)")
     args = ap.parse_args()
+    if args.ratio:
+        for frames in args.frames:
+            ratio(frames, args.tokens, args.dim, args.ratio)
+        return
     for frames in args.frames:
         for mixer in args.mixers:
             params = sum(p.numel() for p in make_block(mixer, args.dim).parameters())

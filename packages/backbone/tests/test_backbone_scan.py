@@ -197,6 +197,35 @@ def test_shift_add_causal_conv_matches_conv1d_reference():
     torch.testing.assert_close(tail_out, results[0][0][..., 5:])
 
 
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize(("k", "length", "activation", "with_bias"),
+                         [(4, 9, True, True), (2, 5, False, False), (4, 4, True, False)])  # fmt: skip
+def test_depthwise_conv_function_gradients_match_conv1d_reference(
+    k, length, activation, with_bias, reverse
+):
+    # The hand-written backward of the conv (both directions, with and without bias and
+    # SiLU, length = k) against F.conv1d's autograd in float64; the anti-causal reference
+    # is the flipped causal one.
+    g = torch.Generator().manual_seed(k + length)
+    x = torch.randn(3, 5, length, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(5, k, generator=g, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(5, generator=g, dtype=torch.float64, requires_grad=True)
+    b = bias if with_bias else None
+    leaves = (x, w, bias) if with_bias else (x, w)
+    if reverse:
+        want = causal_conv1d_ref(x.flip(-1), w, b, activation).flip(-1)
+    else:
+        want = causal_conv1d_ref(x, w, b, activation)
+    got = causal_conv1d_torch(x, w, b, activation, reverse=reverse)
+    assert got.grad_fn is not None and "DepthwiseConv" in type(got.grad_fn).__name__
+    weights = torch.randn(got.shape, generator=g, dtype=torch.float64)
+    g_want = torch.autograd.grad((want * weights).sum(), leaves)
+    g_got = torch.autograd.grad((got * weights).sum(), leaves)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    for name, a, e in zip(("x", "weight", "bias"), g_got, g_want, strict=False):
+        torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12, msg=name)
+
+
 # ---- the C kernel (ops/cpu_native.py) ------------------------------------------------------
 HAVE_CC = shutil.which(os.environ.get("CC") or "cc") is not None
 needs_cc = pytest.mark.skipif(not HAVE_CC, reason="no C compiler ($CC or cc) to build the kernel")
@@ -257,6 +286,57 @@ def test_native_scan_matches_float64_reference(b, d, n, length, groups, block, n
     _assert_scaled_close(h, h_ref, 1e-5, "last state")
     for name in g_ref:
         _assert_scaled_close(g[name], g_ref[name], 2e-5, name)
+
+
+@needs_cc
+@pytest.mark.parametrize("softplus", [False, True])
+def test_native_fused_delta_bias_softplus_and_d_skip(softplus, native_calls):
+    # The kernel fuses Δ = softplus(delta + bias) and y += D·u: checked against the float64
+    # reference with and without softplus, and with some Δ past softplus's linear threshold
+    # (20), where the kernel must pass the value and a slope of 1 through as torch does.
+    inputs = _scan_inputs(2, 6, 16, 29, 2, seed=11)
+    inputs["delta"][0, :2, ::3] += 24.0
+    if not softplus:  # positive Δ without the softplus (a small bias keeps it positive)
+        inputs["delta"] = inputs["delta"].abs() * 0.2
+        inputs["delta_bias"] = inputs["delta_bias"].abs() * 0.1
+    args = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+
+    def run(fn, x):
+        leaves = {k: x[k].clone().requires_grad_() for k in args}
+        y = fn(*leaves.values(), softplus)
+        grads = torch.autograd.grad((y * y.detach().sin()).sum(), list(leaves.values()))
+        return y, dict(zip(args, grads, strict=True))
+
+    y_ref, g_ref = run(selective_scan_ref, inputs)
+    y, g = run(selective_scan_torch, {k: v.float() for k, v in inputs.items()})
+    assert native_calls == {"scan_forward": 1, "scan_backward": 1}
+    # exp(Δ·A) in fp32 has a relative error of about eps·|Δ·A|, so the tolerance grows with
+    # the largest Δ (about 25 here under softplus; the torch path's error is the same).
+    big = max(1.0, (inputs["delta"] + inputs["delta_bias"][:, None]).max().item())
+    _assert_scaled_close(y, y_ref, 1e-5 * big, "y")
+    for name in args:
+        _assert_scaled_close(g[name], g_ref[name], 2e-5 * big, name)
+
+
+@needs_cc
+def test_native_softplus_slope_elementwise(native_calls):
+    # With T = 1, A = 0, u = B = C = 1 and no initial state, y = softplus(x) + D, so the
+    # gradient of the raw Δ is exactly the slope sigmoid(x), which the kernel forms from Δ
+    # alone (series below Δ = 1/4, 1 - e^-Δ above): elementwise against float64 sigmoid,
+    # across both branches and past the threshold 20.
+    x = torch.linspace(-30.0, 30.0, 1201)
+    d = x.numel()
+    raw = x.view(1, d, 1).clone().requires_grad_()
+    ones = torch.ones(1, 4, 1)
+    y = selective_scan_torch(
+        torch.ones(1, d, 1), raw, torch.zeros(d, 4), ones, ones / 4, torch.ones(d),
+        delta_softplus=True,
+    )  # fmt: skip
+    (g,) = torch.autograd.grad(y.sum(), raw)
+    assert native_calls == {"scan_forward": 1, "scan_backward": 1}
+    want = torch.sigmoid(x.double())
+    rel = ((g.flatten().double() - want) / want).abs()
+    assert rel.max() < 8 * torch.finfo(torch.float32).eps, (rel.max(), x[rel.argmax()])
 
 
 @needs_cc

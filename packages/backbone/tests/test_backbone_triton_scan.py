@@ -496,6 +496,47 @@ def test_bimamba_reverse_matches_explicit_flips(kernels, fused):
     _bimamba_matches_flips(kernels, fused)
 
 
+@pytest.mark.parametrize("fused", [True, False])
+def test_bimamba_cpu_variants_match_float64(fused, monkeypatch: pytest.MonkeyPatch):
+    """BiMamba (one stacked scan call or two) on the C kernel with its fused D skip and
+    softplus slope, with them unfused (``FUSE_ELEMENTWISE = False``, the implementation
+    before) and without the kernel (``CINEMAMBA_NATIVE_SCAN=0``): output and every
+    parameter's gradient against a float64 copy of the module."""
+    import copy
+
+    from cinemamba_backbone.ops import cpu_native, cpu_scan
+
+    torch.manual_seed(1)
+    m = BiMamba(16, d_state=8)
+    m.fused = fused
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    x = torch.randn(2, 13, 16)
+    m64 = copy.deepcopy(m).double()
+    ref = m64(x.double())
+    want = torch.autograd.grad((ref * ref.detach().cos()).sum(), list(m64.parameters()))
+
+    def check(label):
+        out = m(x)
+        got = torch.autograd.grad((out * out.detach().cos()).sum(), list(m.parameters()))
+        for (name, _), a, e in zip(m.named_parameters(), got, want, strict=True):
+            _check(a, e, torch.float32, f"{label} {name}")
+        _check(out, ref, torch.float32, f"{label} output")
+
+    check("fused kernel")
+    monkeypatch.setattr(cpu_scan, "FUSE_ELEMENTWISE", False)
+    check("unfused ops")
+    monkeypatch.setenv("CINEMAMBA_NATIVE_SCAN", "0")
+    cpu_native.load.cache_clear()
+    try:
+        assert cpu_native.load() is None
+        check("no native kernel")
+    finally:
+        monkeypatch.delenv("CINEMAMBA_NATIVE_SCAN")
+        cpu_native.load.cache_clear()
+
+
 @interpreted_only
 def test_interpreted_bimamba_on_triton_matches_explicit_flips():
     _bimamba_matches_flips("triton")

@@ -29,8 +29,21 @@ class DeltaProjection(nn.Linear):
     """
 
     def forward(self, dt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
-        """dt (M, r) -> (W·dtᵀ (d, M), bias (d,) in fp32)."""
-        return self.weight @ dt.t(), self.bias.to(torch.float32, copy=True)
+        """dt (b, r, l) channels first -> (W·dt (b, d, l), bias (d,) in fp32)."""
+        return self.weight @ dt, self.bias.to(torch.float32, copy=True)
+
+
+class ChannelProjection(nn.Linear):
+    """Mamba's ``x_proj`` applied channels first: (b, d, l) -> W·x (b, out, l).
+
+    The conv output is channels first; a token-major Linear would need a permuted copy of
+    it (and of its gradient), and its result permuted back for Δ, B and C.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        """x (b, d, l) -> W·x (+ bias) (b, out, l)."""
+        y = self.weight @ x
+        return y if self.bias is None else y + self.bias[:, None]
 
 
 class SelectiveSSM(TemporalMixer):
@@ -49,7 +62,7 @@ class SelectiveSSM(TemporalMixer):
         super().__init__()
         self.d_inner, self.d_state, self.d_conv, self.dt_rank = d_inner, d_state, d_conv, dt_rank
         self.conv1d = CausalConv1d(d_inner, d_conv)
-        self.x_proj = nn.Linear(d_inner, dt_rank + 2 * d_state, bias=False)
+        self.x_proj = ChannelProjection(d_inner, dt_rank + 2 * d_state, bias=False)
         self.dt_proj = DeltaProjection(dt_rank, d_inner, bias=True)
         # S4D-real init A = -(1..N) and Δ log-uniform in [dt_min, dt_max], as in Mamba.
         self.A_log = nn.Parameter(torch.empty(d_inner, d_state))
@@ -81,15 +94,11 @@ class SelectiveSSM(TemporalMixer):
         makes the conv anti-causal (the core run backwards in time). Every child runs through
         its own forward (see ``CausalConv1d`` for why).
         """
-        length = x.shape[-1]
         x = self.conv1d(x, conv_tail, reverse=reverse, **self.kernel_kwargs)
-        x_dbl = self.x_proj(rearrange(x, "b d l -> (b l) d"))
-        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        x_dbl = self.x_proj(x)  # (b, r + 2n, l), channels first as the scan takes them
+        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=1)
         dt, dt_bias = self.dt_proj(dt)
-        dt = rearrange(dt, "d (b l) -> b d l", l=length)
-        B = rearrange(B, "(b l) n -> b n l", l=length).contiguous()
-        C = rearrange(C, "(b l) n -> b n l", l=length).contiguous()
-        return x, dt, B, C, dt_bias
+        return x, dt, B.contiguous(), C.contiguous(), dt_bias
 
     def scan_params(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(A, D) in fp32, as the scan takes them."""
@@ -239,7 +248,6 @@ class BiMamba(TemporalMixer):
 
     def _both_directions(self, xs: torch.Tensor) -> torch.Tensor:
         """xs (b, d, l) -> core(xs) + flip(core_b(flip(xs))) (b, d, l) in one scan call."""
-        d = xs.shape[1]
         u_f, dt_f, B_f, C_f, bias_f, A_f, D_f = self.forward_ssm(xs, inputs_only=True)
         u_b, dt_b, B_b, C_b, bias_b, A_b, D_b = self.backward_ssm(xs.flip(-1), inputs_only=True)
         y = selective_scan(
@@ -254,4 +262,6 @@ class BiMamba(TemporalMixer):
             True,
             **self.kernel_kwargs,
         )
-        return y[:, :d] + y[:, d:].flip(-1)
+        # chunk, not two slices: its backward is one cat, a slice's a zero fill and a copy.
+        y_f, y_b = y.chunk(2, dim=1)
+        return y_f + y_b.flip(-1)

@@ -21,8 +21,17 @@ def causal_conv1d_torch(
     """x (b, d, l), weight (d, k), initial (b, d, k-1) tail of the previous chunk or None.
 
     ``reverse=True`` is the anti-causal conv, flip(conv(flip(x))), without the flips.
+    Without a carried tail and with one dtype throughout it runs as ``_DepthwiseConvFn``
+    (a hand-written backward); otherwise as autograd ops.
     """
     k, length = weight.shape[1], x.shape[-1]
+    if (
+        initial is None
+        and k <= length
+        and weight.dtype == x.dtype
+        and (bias is None or bias.dtype == x.dtype)
+    ):
+        return _DepthwiseConvFn.apply(x, weight, bias, activation, reverse)
     if reverse:
         if initial is not None:
             raise ValueError("initial (a carried tail) is only defined for the causal conv")
@@ -42,3 +51,57 @@ def causal_conv1d_torch(
     if bias is not None:
         y = y + bias[:, None]
     return F.silu(y) if activation else y
+
+
+def _taps(length: int, k: int, reverse: bool) -> list[tuple[int, slice, slice]]:
+    """(tap j, output slice, input slice) of the k - 1 shifted taps: y[out] += w_j x[in]."""
+    taps = []
+    for j in range(k - 1):
+        s = k - 1 - j  # how far tap j looks back (causal) or ahead (reverse)
+        out, inp = (slice(0, length - s), slice(s, length)) if reverse else (
+            slice(s, length), slice(0, length - s))  # fmt: skip
+        taps.append((j, out, inp))
+    return taps
+
+
+class _DepthwiseConvFn(torch.autograd.Function):
+    """Depthwise (anti-)causal conv + bias + optional SiLU with a hand-written backward.
+
+    Autograd of the shifted multiply-adds would keep one product per tap and, in the
+    backward, zero-fill and copy a padded gradient per tap (a slice's backward); here the
+    taps accumulate in place into one buffer, forward and backward, and the weight gradient
+    is one multiply-and-sum per tap.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, activation, reverse):  # noqa: ANN001, ANN205
+        k, length = weight.shape[1], x.shape[-1]
+        pre = x * weight[:, k - 1, None]
+        for j, out, inp in _taps(length, k, reverse):
+            pre[..., out].addcmul_(x[..., inp], weight[:, j, None])
+        if bias is not None:
+            pre += bias[:, None]
+        ctx.save_for_backward(x, weight, pre)
+        ctx.activation, ctx.reverse, ctx.has_bias = activation, reverse, bias is not None
+        return F.silu(pre) if activation else pre
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        x, weight, pre = ctx.saved_tensors
+        k, length = weight.shape[1], x.shape[-1]
+        g = torch.ops.aten.silu_backward(grad, pre) if ctx.activation else grad
+        taps = _taps(length, k, ctx.reverse)
+        gx = gw = None
+        if ctx.needs_input_grad[0]:
+            # The adjoint of y[out] += w_j x[in] is gx[in] += w_j g[out].
+            gx = g * weight[:, k - 1, None]
+            for j, out, inp in taps:
+                gx[..., inp].addcmul_(g[..., out], weight[:, j, None])
+        if ctx.needs_input_grad[1]:
+            gw = torch.empty_like(weight)
+            gw[:, k - 1] = (g * x).sum((0, 2))
+            for j, out, inp in taps:
+                gw[:, j] = (g[..., out] * x[..., inp]).sum((0, 2))
+        gb = g.sum((0, 2)) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return gx, gw, gb, None, None

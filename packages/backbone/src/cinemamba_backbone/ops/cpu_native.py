@@ -38,11 +38,11 @@ GRAIN = 1 << 16
 
 _i64, _ptr = ctypes.c_int64, ctypes.c_void_p
 _SIGNATURES = {
-    # u, delta, A, B, C, h0, y, last, ckpt; batch, dim, groups, l, n, block; threads
-    "cm_scan_forward": [_ptr] * 9 + [_i64] * 6 + [ctypes.c_int],
-    # u, delta, A, B, C, ckpt, gy, glast, gu, gdelta, gA_rows, gB, gC, gh0, work; the same
-    # six sizes; threads
-    "cm_scan_backward": [_ptr] * 15 + [_i64] * 6 + [ctypes.c_int],
+    # u, delta, A, B, C, h0, D, y, last, ckpt; batch, dim, groups, l, n, block; threads
+    "cm_scan_forward": [_ptr] * 10 + [_i64] * 6 + [ctypes.c_int],
+    # u, delta, A, B, C, ckpt, gy, glast, gu, gdelta, gA_rows, gB, gC, gh0, D; softplus;
+    # gD_rows, work; the same six sizes; threads
+    "cm_scan_backward": [_ptr] * 15 + [ctypes.c_int] + [_ptr] * 2 + [_i64] * 6 + [ctypes.c_int],
 }
 
 
@@ -163,6 +163,12 @@ def _ptr_of(x: torch.Tensor | None) -> int | None:
     return None if x is None else x.data_ptr()
 
 
+def _check_per_channel(d: int, delta_bias: torch.Tensor | None, D: torch.Tensor | None) -> None:
+    for name, x in (("delta_bias", delta_bias), ("D", D)):
+        if x is not None and x.shape != (d,):
+            raise ValueError(f"{name} has shape {tuple(x.shape)}, expected ({d},)")
+
+
 def _threads(tasks: int, updates: int) -> int:
     """OpenMP threads for a call: torch's setting, at most one per task and per GRAIN."""
     return max(1, min(torch.get_num_threads(), tasks, updates // GRAIN))
@@ -186,28 +192,49 @@ def scan_forward(
     h0: torch.Tensor | None,
     block: int,
     keep_checkpoints: bool,
+    delta_bias: torch.Tensor | None = None,
+    D: torch.Tensor | None = None,
+    softplus: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Scan on the native kernel: u, delta (b, d, l); A (d, n); B, C (b, g, l, n) (time-major
     per group); h0 (b, d, n) or None. Returns fp32 y (b, d, l), last state (b, d, n) and, when
-    `keep_checkpoints`, the state before every `block`-th step (b, d, ceil(l / block), n)."""
-    u, delta, A, B, C = (_f32(x) for x in (u, delta, A, B, C))
-    h0 = None if h0 is None else _f32(h0)
+    `keep_checkpoints`, the state before every `block`-th step (b, d, ceil(l / block), n).
+
+    ``delta`` is the raw Δ: Δ = softplus(delta + delta_bias) (``softplus``; bias (d,) or
+    None) is made here in one vectorised pass, and the skip y += D·u (D (d,) or None) is
+    fused into the kernel. Returns, last, the Δ the scan used (the backward takes it)."""
+    u, A, B, C = (_f32(x) for x in (u, A, B, C))
+    h0, delta_bias, D = (None if x is None else _f32(x) for x in (h0, delta_bias, D))
+    delta = effective_delta(delta, delta_bias, softplus)
     b, d, length = u.shape
     g, n = B.shape[1], B.shape[3]
     if delta.shape != u.shape or A.shape != (d, n) or B.shape != (b, g, length, n):
         raise ValueError(f"shapes u {u.shape} delta {delta.shape} A {A.shape} B {B.shape}")
     if C.shape != B.shape or (h0 is not None and h0.shape != (b, d, n)):
         raise ValueError(f"shapes C {C.shape} (B {B.shape}), h0 {None if h0 is None else h0.shape}")
+    _check_per_channel(d, delta_bias, D)
     y = torch.empty(b, d, length)
     last = torch.empty(b, d, n)
     ckpt = torch.empty(b, d, -(-length // block), n) if keep_checkpoints else None
     _call(
         "cm_scan_forward",
         u.data_ptr(), delta.data_ptr(), A.data_ptr(), B.data_ptr(), C.data_ptr(),
-        _ptr_of(h0), y.data_ptr(), last.data_ptr(), _ptr_of(ckpt),
+        _ptr_of(h0), _ptr_of(D), y.data_ptr(), last.data_ptr(), _ptr_of(ckpt),
         b, d, g, length, n, block, _threads(b * d, b * d * length * n),
     )  # fmt: skip
-    return y, last, ckpt
+    return y, last, ckpt, delta
+
+
+def effective_delta(
+    delta: torch.Tensor, delta_bias: torch.Tensor | None, softplus: bool
+) -> torch.Tensor:
+    """Contiguous fp32 Δ = softplus(delta + bias) (or without either), as the scan uses it."""
+    delta = delta.to(torch.float32)
+    if delta_bias is not None:
+        delta = delta + delta_bias.to(torch.float32)[:, None]
+    if softplus:
+        delta = torch.nn.functional.softplus(delta)
+    return delta.contiguous()
 
 
 def scan_backward(
@@ -221,26 +248,37 @@ def scan_backward(
     grad_last: torch.Tensor | None,
     block: int,
     want_h0: bool,
+    delta_bias: torch.Tensor | None = None,
+    D: torch.Tensor | None = None,
+    softplus: bool = False,
 ) -> tuple[torch.Tensor, ...]:
-    """Gradients of :func:`scan_forward` from its checkpoints: fp32 (gu, gdelta, gA (d, n),
-    gB, gC (b, g, l, n), g_h0 (b, d, n) or None)."""
+    """Gradients of :func:`scan_forward` (same fused options) from its checkpoints; ``delta``
+    is the Δ it returned (after bias and softplus): fp32 (gu, gdelta of the raw delta,
+    gA (d, n), gB, gC (b, g, l, n), g_h0 (b, d, n) or None, gD (d,) or None, g_delta_bias
+    (d,) or None)."""
     u, delta, A, B, C, ckpt, grad_y = (_f32(x) for x in (u, delta, A, B, C, ckpt, grad_y))
-    grad_last = None if grad_last is None else _f32(grad_last)
+    grad_last, delta_bias, D = (None if x is None else _f32(x) for x in (grad_last, delta_bias, D))
     b, d, length = u.shape
     g, n = B.shape[1], B.shape[3]
     if ckpt.shape != (b, d, -(-length // block), n) or grad_y.shape != u.shape:
         raise ValueError(f"shapes ckpt {ckpt.shape} grad_y {grad_y.shape} for u {u.shape}")
+    _check_per_channel(d, delta_bias, D)
     threads = _threads(b, b * d * length * n)  # backward threads split the batch
     gu, gdelta = torch.empty_like(u), torch.empty_like(u)
     gA_rows = torch.empty(b, d, n)
     gB, gC = torch.empty_like(B), torch.empty_like(C)
     g_h0 = torch.empty(b, d, n) if want_h0 else None
+    gD_rows = torch.empty(b, d) if D is not None else None
     work = torch.empty(threads, 2, block, n)
     _call(
         "cm_scan_backward",
         u.data_ptr(), delta.data_ptr(), A.data_ptr(), B.data_ptr(), C.data_ptr(),
         ckpt.data_ptr(), grad_y.data_ptr(), _ptr_of(grad_last),
         gu.data_ptr(), gdelta.data_ptr(), gA_rows.data_ptr(), gB.data_ptr(), gC.data_ptr(),
-        _ptr_of(g_h0), work.data_ptr(), b, d, g, length, n, block, threads,
+        _ptr_of(g_h0), _ptr_of(D), int(softplus), _ptr_of(gD_rows),
+        work.data_ptr(), b, d, g, length, n, block, threads,
     )  # fmt: skip
-    return gu, gdelta, gA_rows.sum(0), gB, gC, g_h0
+    gD = None if gD_rows is None else gD_rows.sum(0)
+    # The bias adds to every step of its channel: its gradient is that of delta, summed.
+    g_bias = None if delta_bias is None else gdelta.sum((0, 2))
+    return gu, gdelta, gA_rows.sum(0), gB, gC, g_h0, gD, g_bias

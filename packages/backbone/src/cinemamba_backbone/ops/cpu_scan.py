@@ -30,6 +30,10 @@ TILE_BYTES = 1024 * 1024  # forward state tile (measured: 1 MB beats 128-512 KB,
 # Checkpoint interval of the C kernel: 4/32 bytes of checkpoints per state element, and a
 # block's decays and states (4 KB at n = 16) stay in L1 while its adjoint runs.
 NATIVE_BLOCK = 32
+# Fuse the Δ bias + softplus and the D skip into the C kernel. False keeps them as autograd
+# ops around it (the implementation before the fusion), for before/after benchmarks in one
+# run (scripts/profile_block.py --ratio) and parity tests; the result is the same math.
+FUSE_ELEMENTWISE = True
 
 
 def default_block(length: int) -> int:
@@ -216,19 +220,27 @@ class _SelectiveScanFn(torch.autograd.Function):
         h0: torch.Tensor | None,
         block: int | None,
         native: bool,
+        D: torch.Tensor | None = None,
+        delta_bias: torch.Tensor | None = None,
+        softplus: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         length, n = u.shape[2], A.shape[1]
         native = native and length > 0 and cpu_native.usable(u, n)
+        if not native and (D is not None or delta_bias is not None or softplus):
+            raise ValueError("D, delta_bias and softplus are fused on the native kernel only")
         block = block or (min(NATIVE_BLOCK, length) if native else default_block(length))
+        ctx.delta_dtype = delta.dtype  # the native path saves Δ after softplus, in fp32
         keep = any(ctx.needs_input_grad)  # checkpoints only when a backward will need them
         if native:
             Bn, Cn = _bc_row_major(B), _bc_row_major(C)
-            y, last, ckpts = cpu_native.scan_forward(u, delta, A, Bn, Cn, h0, block, keep)
+            y, last, ckpts, delta = cpu_native.scan_forward(
+                u, delta, A, Bn, Cn, h0, block, keep, delta_bias, D, softplus
+            )  # the backward takes Δ after bias and softplus
             ckpts = torch.empty(0) if ckpts is None else ckpts
         else:
             y, last, ckpts = _torch_forward(u, delta, A, B, C, h0, block, keep)
-        ctx.save_for_backward(u, delta, A, B, C, ckpts)
-        ctx.block, ctx.native = block, native
+        ctx.save_for_backward(u, delta, A, B, C, ckpts, D, delta_bias)
+        ctx.block, ctx.native, ctx.softplus = block, native, softplus
         ctx.h0_dtype = None if h0 is None else h0.dtype
         # The carried state stays in the compute dtype (fp32 for half inputs), as in mamba.
         return y.to(u.dtype), last
@@ -238,13 +250,15 @@ class _SelectiveScanFn(torch.autograd.Function):
     def backward(
         ctx: FunctionCtx, grad_y: torch.Tensor, grad_last: torch.Tensor | None
     ) -> tuple[torch.Tensor | None, ...]:
-        u, delta, A, B, C, ckpts = ctx.saved_tensors
+        u, delta, A, B, C, ckpts, D, delta_bias = ctx.saved_tensors
         want_h0 = ctx.h0_dtype is not None
+        gD = g_bias = None
         if ctx.native:
             Bn, Cn = _bc_row_major(B), _bc_row_major(C)
-            g_u, g_dt, gA, gB, gC, g_h0 = cpu_native.scan_backward(
-                u, delta, A, Bn, Cn, ckpts, grad_y, grad_last, ctx.block, want_h0
-            )
+            g_u, g_dt, gA, gB, gC, g_h0, gD, g_bias = cpu_native.scan_backward(
+                u, delta, A, Bn, Cn, ckpts, grad_y, grad_last, ctx.block, want_h0,
+                delta_bias, D, ctx.softplus,
+            )  # fmt: skip
             gB, gC = _bc_grad(gB, B), _bc_grad(gC, C)
         else:
             g_u, g_dt, gA, gB, gC, g_h0 = _torch_backward(
@@ -252,12 +266,15 @@ class _SelectiveScanFn(torch.autograd.Function):
             )
         return (
             g_u.to(u.dtype),
-            g_dt.to(delta.dtype),
+            g_dt.to(ctx.delta_dtype),
             gA.to(A.dtype),
             gB.to(B.dtype),
             gC.to(C.dtype),
             g_h0.to(ctx.h0_dtype) if want_h0 else None,
             None,
+            None,
+            None if gD is None else gD.to(D.dtype),
+            None if g_bias is None else g_bias.to(delta_bias.dtype),
             None,
         )
 
@@ -280,11 +297,19 @@ def selective_scan_torch(
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Selective scan with the same signature and layout as ``selective_scan_ref``.
 
-    The O(b·d·l) parts (Δ bias + softplus, the D skip, the SiLU(z) gate) run as ordinary
-    autograd ops; the O(b·d·l·n) recurrence is the checkpointed custom function, on the C
-    kernel when ``native`` and it can serve the call, else in PyTorch. ``block`` is the
-    checkpoint interval (default: 32 on the C kernel, √(l/4) in PyTorch).
+    The O(b·d·l·n) recurrence is the checkpointed custom function, on the C kernel when
+    ``native`` and it can serve the call, else in PyTorch. On the C kernel the Δ bias +
+    softplus and the D skip are fused into the scan (no separate passes over b·d·l, forward
+    or backward); elsewhere they, and always the SiLU(z) gate, run as ordinary autograd ops.
+    ``block`` is the checkpoint interval (default: 32 on the C kernel, √(l/4) in PyTorch).
     """
+    if FUSE_ELEMENTWISE and native and u.shape[2] > 0 and cpu_native.usable(u, A.shape[1]):
+        y, last = _SelectiveScanFn.apply(
+            u, delta, A, B, C, initial_state, block, True, D, delta_bias, delta_softplus
+        )
+        if z is not None:
+            y = y * torch.nn.functional.silu(z)
+        return (y, last) if return_last_state else y
     if delta_bias is not None:
         delta = delta + delta_bias[:, None].to(delta.dtype)
     if delta_softplus:

@@ -15,7 +15,14 @@
  *   h0, last, glast, gh0, gA_rows    (b, d, n)
  *   ckpt                             (b, d, ceil(l / block), n): the state before step i·block
  *
- * Optional pointers (h0, ckpt, glast, gh0) may be NULL.
+ *   D                                (d)   the D skip, fused (see below)
+ *   gD_rows                          (b, d)
+ *
+ * Optional pointers (h0, ckpt, glast, gh0, D, gD_rows) may be NULL.
+ *
+ * Fused O(b·d·l) parts, so they cost no separate passes over memory: y gets the D skip D·u
+ * (and gu its gradient, gD_rows its per-row sum); with `softplus` in the backward, Δ is
+ * softplus(x) of the caller's x = raw Δ + bias, and gdelta is dL/dx, its slope made from Δ.
  */
 #include <stdint.h>
 #include <string.h>
@@ -84,6 +91,17 @@ INLINE float sum_n(const float *restrict p, int n) {
     return s;
 }
 
+/* dΔ/dx for Δ = softplus(x), from Δ alone: sigmoid(x) = 1 - e^{-Δ} = -expm1(-Δ). Below
+ * Δ = 1/4 the subtraction would cancel (relative error eps/Δ), so there a degree-6 Taylor
+ * series of -expm1(-Δ) (truncation below 1.2e-8 relative); above it, 1 - e^{-Δ} loses at
+ * most a factor 4.5 of eps. Above x = 20 torch's softplus passes x through (Δ = x, slope
+ * 1); 1 - e^{-Δ} is 1 in float there too. */
+INLINE float softplus_slope(const float D, const float lo, const float hi) {
+    if (D < 0.25f)
+        return D * (1.0f - D * (0.5f - D * (1.0f / 6 - D * (1.0f / 24 - D * (1.0f / 120 - D * (1.0f / 720))))));
+    return 1.0f - exp_f(-D, lo, hi);
+}
+
 #define CHUNK 32 /* forward steps whose products h ⊙ C are kept, then summed over n */
 
 /* One row: u, dt, y (l); A (n); B, C (l, n) of the row's group; h0, last (n). With ckpt,
@@ -92,7 +110,8 @@ INLINE void forward_row(const float *restrict u, const float *restrict dt,
                         const float *restrict A, const float *restrict B,
                         const float *restrict C, const float *restrict h0, float *restrict y,
                         float *restrict last, float *restrict ckpt, int64_t l,
-                        int64_t block, const int n, const float lo, const float hi) {
+                        int64_t block, const int n, const float lo, const float hi,
+                        const float Dd) {
     float h[MAX_STATE], p[CHUNK * MAX_STATE];
     for (int k = 0; k < n; k++) h[k] = h0 ? h0[k] : 0.0f;
     int64_t next_ckpt = 0;
@@ -113,7 +132,7 @@ INLINE void forward_row(const float *restrict u, const float *restrict dt,
                 pj[k] = h[k] * Ct[k];
             }
         }
-        for (int j = 0; j < len; j++) y[t0 + j] = sum_n(p + j * n, n);
+        for (int j = 0; j < len; j++) y[t0 + j] = sum_n(p + j * n, n) + Dd * u[t0 + j];
     }
     memcpy(last, h, n * sizeof(float));
 }
@@ -132,8 +151,9 @@ INLINE void backward_row(const float *restrict u, const float *restrict dt,
                          float *restrict gu, float *restrict gdt, float *restrict gA,
                          float *restrict gB, float *restrict gC, float *restrict gh0,
                          float *restrict work, int64_t l, int64_t block, const int n,
-                         const float lo, const float hi) {
-    float adj[MAX_STATE], gA_sum[MAX_STATE];
+                         const float lo, const float hi, const int softplus,
+                         const float Dd, float *restrict gD) {
+    float adj[MAX_STATE], gA_sum[MAX_STATE], gD_sum = 0.0f;
     float *restrict decays = work, *restrict states = work + block * n;
     for (int k = 0; k < n; k++) {
         adj[k] = glast ? glast[k] : 0.0f;
@@ -175,10 +195,12 @@ INLINE void backward_row(const float *restrict u, const float *restrict dt,
         for (int64_t j = 0; j < len; j++) {
             const int64_t t = s + j;
             const float g_du = sum_n(states + j * n, n);
-            gdt[t] = sum_n(decays + j * n, n) + g_du * u[t];
-            gu[t] = g_du * dt[t];
+            gdt[t] = (sum_n(decays + j * n, n) + g_du * u[t]) * (softplus ? softplus_slope(dt[t], lo, hi) : 1.0f);
+            gu[t] = g_du * dt[t] + gy[t] * Dd;
+            gD_sum += gy[t] * u[t];
         }
     }
+    if (gD) *gD = gD_sum;
     memcpy(gA, gA_sum, n * sizeof(float));
     if (gh0) memcpy(gh0, adj, n * sizeof(float));
 }
@@ -196,8 +218,9 @@ INLINE void backward_row(const float *restrict u, const float *restrict dt,
 /* Forward over all rows; ckpt NULL for inference (block is then unused). Returns 0, or -1
  * for an unsupported shape. */
 int cm_scan_forward(const float *u, const float *delta, const float *A, const float *B,
-                    const float *C, const float *h0, float *y, float *last, float *ckpt,
-                    int64_t batch, int64_t dim, int64_t groups, int64_t l, int64_t n,
+                    const float *C, const float *h0, const float *D, float *y, float *last,
+                    float *ckpt, int64_t batch,
+                    int64_t dim, int64_t groups, int64_t l, int64_t n,
                     int64_t block, int threads) {
     if (n < 1 || n > MAX_STATE || groups < 1 || dim % groups || l < 1 || block < 1) return -1;
     const int64_t per_group = dim / groups, blocks = (l + block - 1) / block;
@@ -209,7 +232,7 @@ int cm_scan_forward(const float *u, const float *delta, const float *A, const fl
 #define FORWARD(N)                                                                         \
     forward_row(u + row * l, delta + row * l, A + di * n, B + grp * l * n, C + grp * l * n, \
                 h0 ? h0 + row * n : NULL, y + row * l, last + row * n,                     \
-                ckpt ? ckpt + row * blocks * n : NULL, l, block, N, lo, hi)
+                ckpt ? ckpt + row * blocks * n : NULL, l, block, N, lo, hi, D ? D[di] : 0.0f)
             DISPATCH_N(FORWARD, (int)n)
 #undef FORWARD
         }
@@ -223,7 +246,8 @@ int cm_scan_forward(const float *u, const float *delta, const float *A, const fl
 int cm_scan_backward(const float *u, const float *delta, const float *A, const float *B,
                      const float *C, const float *ckpt, const float *gy, const float *glast,
                      float *gu, float *gdelta, float *gA_rows, float *gB, float *gC,
-                     float *gh0, float *work, int64_t batch, int64_t dim, int64_t groups,
+                     float *gh0, const float *D, int softplus,
+                     float *gD_rows, float *work, int64_t batch, int64_t dim, int64_t groups,
                      int64_t l, int64_t n, int64_t block, int threads) {
     if (n < 1 || n > MAX_STATE || groups < 1 || dim % groups || l < 1 || block < 1) return -1;
     const int64_t per_group = dim / groups, blocks = (l + block - 1) / block;
@@ -243,7 +267,9 @@ int cm_scan_backward(const float *u, const float *delta, const float *A, const f
     backward_row(u + row * l, delta + row * l, A + di * n, B + grp * l * n, C + grp * l * n, \
                  ckpt + row * blocks * n, gy + row * l, glast ? glast + row * n : NULL,      \
                  gu + row * l, gdelta + row * l, gA_rows + row * n, gB + grp * l * n,        \
-                 gC + grp * l * n, gh0 ? gh0 + row * n : NULL, w, l, block, N, lo, hi)
+                 gC + grp * l * n, gh0 ? gh0 + row * n : NULL, w, l, block, N, lo, hi,      \
+                 softplus, D ? D[di] : 0.0f,                                               \
+                 gD_rows ? gD_rows + row : NULL)
             DISPATCH_N(BACKWARD, (int)n)
 #undef BACKWARD
         }
