@@ -41,7 +41,7 @@ def _stage_lines(results: dict) -> list[str]:
             "same config, at the time shown in brackets in the run's log)."]  # fmt: skip
 
 
-def block(run: Path, docs: Path) -> list[str]:
+def block(run: Path, docs: Path, note: str = "") -> list[str]:
     """The generated lines: header, plots, and the run's report body with demoted headings."""
     from cinemamba.ablate.report import to_markdown
     from cinemamba.bench.measure import cpu_model
@@ -55,7 +55,7 @@ def block(run: Path, docs: Path) -> list[str]:
             shutil.copyfile(run / src, docs / dst)
     body = to_markdown(results).splitlines()[1:]  # drop the report's own title
     body = ["#" + ln if ln.startswith("## ") else ln for ln in body]
-    body = [ln.replace("](ablation_drift.png)", "](ablations_drift.png)") for ln in body]
+    body = [ln.replace("ablation_drift.png", "ablations_drift.png") for ln in body]
     written = datetime.fromtimestamp(path.stat().st_mtime, UTC).strftime("%Y-%m-%d %H:%M UTC")
     return [
         BEGIN,
@@ -64,11 +64,17 @@ def block(run: Path, docs: Path) -> list[str]:
         f"rendered at commit `{_head_commit()}` on {cpu_model()}); do not edit by hand._",
         "",
         *_stage_lines(results),
+        *(["", f"Conditions of the run: {note}"] if note else []),
         "",
         "![score vs generated length per mixer, train time and peak memory per mixer]"
         "(ablations.png)",
         "",
         *body,
+        *(
+            ["", "![segment FVD and flicker along the 8x videos, per mixer](ablations_drift.png)"]
+            if (run / "ablation_drift.png").is_file()
+            else []
+        ),  # fmt: skip
         "",
         END,
     ]
@@ -90,9 +96,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="a finished ablation run folder (its `out`)")
     parser.add_argument("--markdown", type=Path, default=Path("docs/ablations.md"))
+    parser.add_argument("--note", default="", help="what else ran on the machine, and so on")
     args = parser.parse_args()
     page = args.markdown.read_text()
-    args.markdown.write_text(merge(page, block(args.run, args.markdown.parent)))
+    args.markdown.write_text(merge(page, block(args.run, args.markdown.parent, args.note)))
     print(f"wrote the results block of {args.run} into {args.markdown}")
     return 0
 

@@ -70,7 +70,7 @@ def ablation_block(ablation: Path, docs: Path) -> list[str]:
     if png.is_file():
         shutil.copyfile(png, docs / "evaluation_ablation_drift.png")
     cfg = results["config"]
-    lines = [_demote(ln.replace("](ablation_drift.png)", "](evaluation_ablation_drift.png)"))
+    lines = [_demote(ln.replace("ablation_drift.png", "evaluation_ablation_drift.png"))
              for ln in fvd_markdown(results)[2:]]  # fmt: skip
     return [
         f"#### The ablation (`{ablation}`, results written {_stamp(path)})",
@@ -79,6 +79,11 @@ def ablation_block(ablation: Path, docs: Path) -> list[str]:
         f"`{cfg.get('match', 'none')}` (docs/ablations.md has the whole report of this run).",
         "",
         *lines,
+        *(
+            ["", "![segment FVD and flicker per mixer](evaluation_ablation_drift.png)"]
+            if png.is_file()
+            else []
+        ),  # fmt: skip
     ]
 
 
