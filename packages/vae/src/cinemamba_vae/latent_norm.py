@@ -26,6 +26,17 @@ class LatentNormalization:
         mean, std = (b.to(z.dtype).view(-1, 1, 1, 1) for b in (self.latent_mean, self.latent_std))
         return z * std + mean
 
+    @torch.no_grad()
+    def store_latent_stats(self, mean: Tensor, std: Tensor) -> None:
+        """Check and store per-channel raw-latent statistics (`vae-stats`) to normalise with."""
+        c = self.latent_mean.shape[0]
+        if mean.shape != (c,) or std.shape != (c,):
+            raise ValueError(f"latent stats must have shape ({c},), got {mean.shape}, {std.shape}")
+        if not torch.all(std > 0):
+            raise ValueError("latent_std must be positive")
+        self.latent_mean.copy_(mean)
+        self.latent_std.copy_(std)
+
     def normalized_sample(
         self,
         mean: Tensor,

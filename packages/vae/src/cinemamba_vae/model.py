@@ -366,16 +366,9 @@ class VideoAutoencoder(LatentNormalization, nn.Module):
         """Weight of the decoder's output conv (for the GAN's adaptive weight)."""
         return self.decoder.conv_out.conv.weight
 
-    @torch.no_grad()
     def set_latent_stats(self, mean: Tensor, std: Tensor) -> None:
         """Store per-channel raw-latent statistics used to normalise latents."""
-        c = self.config.latent_channels
-        if mean.shape != (c,) or std.shape != (c,):
-            raise ValueError(f"latent stats must have shape ({c},), got {mean.shape}, {std.shape}")
-        if not torch.all(std > 0):
-            raise ValueError("latent_std must be positive")
-        self.latent_mean.copy_(mean)
-        self.latent_std.copy_(std)
+        self.store_latent_stats(mean, std)
 
     # ---------------------------------------------------------------- save / load
     def save_pretrained(self, directory: str | os.PathLike) -> Path:

@@ -208,7 +208,7 @@ class DiffusersVideoVAE(LatentNormalization, nn.Module):
         vae = cls(model, seam, directory)
         if stats is not None:
             try:
-                vae._store_stats(*stats)
+                vae.store_latent_stats(*stats)
             except ValueError as err:  # a file written for another VAE, or edited by hand
                 raise ValueError(
                     f"{stats_path if normalization == 'measured' else directory}: {err}"
@@ -307,18 +307,8 @@ class DiffusersVideoVAE(LatentNormalization, nn.Module):
     # ---------------------------------------------------------------- statistics
     def set_latent_stats(self, mean: Tensor, std: Tensor) -> None:
         """Store measured per-channel raw-latent statistics (`vae-stats`) to normalise with."""
-        self._store_stats(mean, std)
+        self.store_latent_stats(mean, std)
         self.config.normalization = "measured"
-
-    @torch.no_grad()
-    def _store_stats(self, mean: Tensor, std: Tensor) -> None:
-        c = self.config.latent_channels
-        if mean.shape != (c,) or std.shape != (c,):
-            raise ValueError(f"latent stats must have shape ({c},), got {mean.shape}, {std.shape}")
-        if not torch.all(std > 0):
-            raise ValueError("latent_std must be positive")
-        self.latent_mean.copy_(mean)
-        self.latent_std.copy_(std)
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write the diffusers model, and measured statistics (atomically), into `directory`.
