@@ -106,6 +106,15 @@ def test_a_diffusers_vae_travels_with_the_pipeline(tmp_path) -> None:
     assert torch.equal(got, want)
     with torch.no_grad():
         assert torch.equal(loaded.vae.decode(got), pipe.vae.decode(want))
+    # Referenced instead of copied (what training does with task.vae): the check reads the
+    # diffusers directory, not our weights file name; other statistics are refused.
+    pipe.save_pretrained(tmp_path / "ref", vae_reference=tmp_path / "wan")
+    assert not (tmp_path / "ref" / "vae").exists()
+    assert torch.equal(VideoPipeline.from_pretrained(tmp_path / "ref").vae.latent_std,
+                       torch.full((8,), 2.0))  # fmt: skip
+    pipe.vae.set_latent_stats(torch.zeros(8), torch.ones(8))
+    with pytest.raises(ValueError, match="does not hold this pipeline's VAE"):
+        pipe.save_pretrained(tmp_path / "ref2", vae_reference=tmp_path / "wan")
 
 
 def test_another_process_is_refused_naming_both(tmp_path) -> None:

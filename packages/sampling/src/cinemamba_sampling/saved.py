@@ -107,13 +107,21 @@ def is_saved_pipeline(path: str | Path) -> bool:
     return (Path(path) / PIPELINE_JSON).is_file()
 
 
-def _same_weights(module: torch.nn.Module, weights: Path) -> bool:
-    from safetensors.torch import load_file
+def _same_weights(module: torch.nn.Module, reference: Path) -> bool:
+    """Whether the VAE saved in `reference` has exactly `module`'s tensors (our format: its
+    weights file; a diffusers directory: the VAE loaded from it, statistics included)."""
+    weights = reference / "model.safetensors"
+    if weights.is_file():
+        from safetensors.torch import load_file
 
-    saved = load_file(str(weights))
+        saved = load_file(str(weights))
+    else:
+        from cinemamba_vae import load_vae
+
+        saved = load_vae(reference).state_dict()
     state = module.state_dict()
     return saved.keys() == state.keys() and all(
-        torch.equal(saved[k], v.detach().cpu()) for k, v in state.items()
+        torch.equal(saved[k].cpu(), v.detach().cpu()) for k, v in state.items()
     )
 
 
@@ -148,7 +156,7 @@ def save_pipeline(
         pipe.backbone.save_pretrained(tmp / BACKBONE_DIR)
         if vae_reference is not None:
             ref = Path(vae_reference).resolve()
-            if not _same_weights(pipe.vae, ref / "model.safetensors"):
+            if not _same_weights(pipe.vae, ref):
                 raise ValueError(
                     f"vae_reference={str(ref)!r} does not hold this pipeline's VAE weights"
                 )
