@@ -19,6 +19,8 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+from cinemamba.bench.markers import splice_block
+
 BEGIN = "<!-- scripts/ablation_docs.py: generated from here -->"
 END = "<!-- scripts/ablation_docs.py: generated to here -->"
 AFTER = "## Results: one real run"
@@ -80,17 +82,6 @@ def block(run: Path, docs: Path, note: str = "") -> list[str]:
     ]
 
 
-def merge(existing: str, lines: list[str]) -> str:
-    """`existing` with the generated block replaced (or added under the Results heading)."""
-    text = "\n".join(lines)
-    if BEGIN in existing and END in existing:
-        return existing[: existing.index(BEGIN)] + text + existing[existing.index(END) + len(END) :]
-    if AFTER in existing:
-        cut = existing.index("\n", existing.index(AFTER)) + 1
-        return existing[:cut] + "\n" + text + "\n" + existing[cut:]
-    return existing.rstrip("\n") + "\n\n" + text + "\n"
-
-
 def main() -> int:
     """Parse arguments, render the run, merge the block into the page."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -99,7 +90,8 @@ def main() -> int:
     parser.add_argument("--note", default="", help="what else ran on the machine, and so on")
     args = parser.parse_args()
     page = args.markdown.read_text()
-    args.markdown.write_text(merge(page, block(args.run, args.markdown.parent, args.note)))
+    lines = block(args.run, args.markdown.parent, args.note)
+    args.markdown.write_text(splice_block(page, "\n".join(lines), BEGIN, END, AFTER))
     print(f"wrote the results block of {args.run} into {args.markdown}")
     return 0
 

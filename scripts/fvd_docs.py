@@ -18,6 +18,8 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+from cinemamba.bench.markers import splice_block
+
 BEGIN = "<!-- scripts/fvd_docs.py: generated from here -->"
 END = "<!-- scripts/fvd_docs.py: generated to here -->"
 AFTER = "### The measured example"
@@ -87,19 +89,6 @@ def ablation_block(ablation: Path, docs: Path) -> list[str]:
     ]
 
 
-def merge(existing: str, block: str) -> str:
-    """`existing` with the generated block replaced (or added after the section heading)."""
-    if BEGIN in existing and END in existing:
-        return (
-            existing[: existing.index(BEGIN)] + block + existing[existing.index(END) + len(END) :]
-        )
-    if AFTER in existing:
-        start = existing.index(AFTER)
-        cut = existing.index("\n", start) + 1
-        return existing[:cut] + "\n" + block + "\n" + existing[cut:]
-    return existing.rstrip("\n") + "\n\n" + block + "\n"
-
-
 def main() -> int:
     """Parse arguments, render both runs, merge the block into the page."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -120,7 +109,7 @@ def main() -> int:
         lines += ["", *ablation_block(args.ablation, docs)]
     lines += ["", END]
     page = args.markdown.read_text()
-    args.markdown.write_text(merge(page, "\n".join(lines)))
+    args.markdown.write_text(splice_block(page, "\n".join(lines), BEGIN, END, AFTER))
     print(f"wrote the FVD example block into {args.markdown}")
     return 0
 
