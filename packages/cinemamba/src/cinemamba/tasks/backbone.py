@@ -191,6 +191,8 @@ class BackboneTask:
     def __init__(self, cfg: BackboneTaskConfig) -> None:
         self.cfg = cfg
         self.process = build_process(cfg.process)
+        if not 0 <= cfg.context_prob <= 1:
+            raise ValueError(f"task.context_prob must be in [0, 1], got {cfg.context_prob}")
         if cfg.context_prob > 0:
             if not cfg.per_frame_t:
                 raise ValueError(
@@ -198,8 +200,6 @@ class BackboneTask:
                     "(clean context frames beside noisy ones need one time per frame)"
                 )
             self.process = CleanContext(self.process, cfg.context_prob, cfg.context_frames)
-        elif not cfg.context_prob >= 0:
-            raise ValueError(f"task.context_prob must be in [0, 1], got {cfg.context_prob}")
         self.counts: Counter = Counter()
         self.latent_set: LatentSet | None = None
         self._vae: VideoAutoencoder | None = None
