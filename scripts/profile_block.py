@@ -7,9 +7,11 @@ self time) and the parameters of the block. ``bimamba-unfused`` is the two-call 
     python scripts/profile_block.py --frames 64 256 --tokens 64 --dim 128
 
 ``--ratio N`` instead times N interleaved fwd+bwd repeats (process CPU time, so all variants
-see the same load) of the bimamba block before the C-scan fusion of the Δ bias + softplus
-and D skip (``cpu_scan.FUSE_ELEMENTWISE = False``), after it, and an equal-parameter
-temporal-attention block, and prints the medians and the ratios to attention:
+see the same load) of the bimamba block in its three CPU forms: two scan calls
+(``BiMamba.fused = False``), one call over the time-flipped input (``stacked = False``, the
+form before the flip-free path) and flip-free with stacked conv/projections (the default),
+and of an equal-parameter temporal-attention block, and prints the medians and the ratios
+to attention:
 
     python scripts/profile_block.py --ratio 7 --frames 256 --tokens 64 --dim 128
 """
@@ -26,7 +28,6 @@ from torch.profiler import ProfilerActivity, profile
 
 from cinemamba_backbone.mixers import MixerOptions, build_mixer
 from cinemamba_backbone.model import VideoDiTBlock
-from cinemamba_backbone.ops import cpu_scan
 
 # Op name fragments -> group (first match wins); what is left is "other".
 GROUPS = (
@@ -97,22 +98,25 @@ def ratio(frames: int, tokens: int, dim: int, repeats: int) -> None:
         c, text, mask = torch.randn(1, frames, w), torch.randn(1, 8, w), torch.ones(1, 8).bool()
         return lambda: blk(x, c, text, mask)[0].square().mean().backward()
 
-    steps = {"bimamba before": step_of(bim, dim), "bimamba after": step_of(bim, dim),
-             "attention": step_of(att, width)}  # fmt: skip
+    # (fused, stacked) of each bimamba form; attention ignores them.
+    forms = {"bimamba two calls": (False, True), "bimamba flipped": (True, False),
+             "bimamba stacked": (True, True), "attention": (True, True)}  # fmt: skip
+    steps = {name: step_of(att, width) if name == "attention" else step_of(bim, dim)
+             for name in forms}  # fmt: skip
     times: dict[str, list[float]] = {k: [] for k in steps}
     for r in range(repeats + 1):  # the first round is a warm-up
         for name, step in steps.items():
-            cpu_scan.FUSE_ELEMENTWISE = name != "bimamba before"
+            bim.temporal.fused, bim.temporal.stacked = forms[name]
             start = time.process_time()
             step()
             if r:
                 times[name].append(time.process_time() - start)
-    cpu_scan.FUSE_ELEMENTWISE = True
+    bim.temporal.fused, bim.temporal.stacked = True, True
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"T={frames} tokens={tokens}: bimamba width {dim} ({target} params), attention "
           f"width {width} ({params(att)} params), {repeats} interleaved repeats")  # fmt: skip
     for name, m in med.items():
-        print(f"  {name:16s} {1e3 * m:9.1f} ms  ratio to attention {m / med['attention']:.2f}")
+        print(f"  {name:18s} {1e3 * m:9.1f} ms  ratio to attention {m / med['attention']:.2f}")
 
 
 def main() -> None:

@@ -26,6 +26,7 @@ from cinemamba_backbone.ops import (
     ssd_ref,
     ssd_torch,
 )
+from cinemamba_backbone.ops.conv import depthwise_conv_groups
 
 
 def _scan_inputs(b, d, n, length, groups, dtype=torch.float64, seed=0):
@@ -226,6 +227,64 @@ def test_depthwise_conv_function_gradients_match_conv1d_reference(
         torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12, msg=name)
 
 
+@pytest.mark.parametrize("native", [False, True])
+@pytest.mark.parametrize(("k", "length", "activation", "with_bias"),
+                         [(4, 9, True, True), (4, 3, True, True), (4, 2, True, False),
+                          (3, 6, False, False), (4, 40, True, True)])  # fmt: skip
+def test_grouped_conv_matches_per_group_conv1d_reference(
+    k, length, activation, with_bias, native, monkeypatch: pytest.MonkeyPatch
+):
+    # BiMamba's stacked conv: G convs of one strided input, causal or anti-causal per group,
+    # against F.conv1d's autograd per group in float64 (including sequences shorter than
+    # the kernel, where the far taps see only padding and get a zero gradient): the PyTorch
+    # path in float64, the C kernel (``native``) in float32.
+    if native and not HAVE_CC:
+        pytest.skip("no C compiler")
+    calls = []
+    monkeypatch.setattr(cpu_native, "conv_backward", _counted(cpu_native.conv_backward, calls))
+    monkeypatch.setattr(cpu_native, "conv_forward", _counted(cpu_native.conv_forward, calls))
+    g = torch.Generator().manual_seed(k * length)
+    reverse = (False, True, False)
+    base = torch.randn(3, length, 10, generator=g, dtype=torch.float64)
+    x = base[..., :5].transpose(1, 2).requires_grad_()  # a strided (b, d, l) view
+    w = torch.randn(3, 5, k, generator=g, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(3, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    b = bias if with_bias else None
+    leaves = (x, w, bias) if with_bias else (x, w)
+    parts = []
+    for i, rev in enumerate(reverse):
+        bi = None if b is None else b[i]
+        xi = x.flip(-1) if rev else x
+        y = causal_conv1d_ref(xi, w[i], bi, activation)
+        parts.append(y.flip(-1) if rev else y)
+    want = torch.cat(parts, dim=1)
+    dtype = torch.float32 if native else torch.float64
+    cast = [t.to(dtype).detach().requires_grad_() for t in leaves]
+    if native:  # the same strided layout in float32
+        cast[0] = x.detach().transpose(1, 2).contiguous().to(dtype).transpose(1, 2)
+        cast[0].requires_grad_()
+    got = depthwise_conv_groups(
+        cast[0], cast[1], cast[2] if with_bias else None, reverse, activation
+    )
+    assert got.shape == (3, 15, length) and got.is_contiguous() and got.dtype == dtype
+    weights = torch.randn(got.shape, generator=g, dtype=torch.float64)
+    g_want = torch.autograd.grad((want * weights).sum(), leaves)
+    g_got = torch.autograd.grad((got * weights.to(dtype)).sum(), cast)
+    assert len(calls) == (2 if native else 0)
+    tol = 1e-12 if dtype == torch.float64 else 10 * torch.finfo(dtype).eps
+    _assert_scaled_close(got, want, tol, "y")
+    for name, a, e in zip(("x", "weight", "bias"), g_got, g_want, strict=False):
+        _assert_scaled_close(a, e, tol * max(1, length**0.5), name)
+
+
+def _counted(fn, calls):
+    def counted(*args, **kwargs):
+        calls.append(fn.__name__)
+        return fn(*args, **kwargs)
+
+    return counted
+
+
 # ---- the C kernel (ops/cpu_native.py) ------------------------------------------------------
 HAVE_CC = shutil.which(os.environ.get("CC") or "cc") is not None
 needs_cc = pytest.mark.skipif(not HAVE_CC, reason="no C compiler ($CC or cc) to build the kernel")
@@ -316,6 +375,50 @@ def test_native_fused_delta_bias_softplus_and_d_skip(softplus, native_calls):
     _assert_scaled_close(y, y_ref, 1e-5 * big, "y")
     for name in args:
         _assert_scaled_close(g[name], g_ref[name], 2e-5 * big, name)
+
+
+def _scan_by_groups(reverse_groups):
+    """A selective_scan_ref per group of B/C, the last ``reverse_groups`` groups run on
+    time-flipped inputs with their output flipped back (the definition of reverse_groups)."""
+
+    def scan(u, delta, A, B, C, D, z, bias, softplus, return_last, h0):
+        groups = 1 if B.dim() == 3 else B.shape[1]
+        e = u.shape[1] // groups
+        ys, hs = [], []
+        for i in range(groups):
+            ch = slice(i * e, (i + 1) * e)
+            flip = (lambda t: t.flip(-1)) if i >= groups - reverse_groups else (lambda t: t)
+            Bi, Ci = (B, C) if B.dim() == 3 else (B[:, i], C[:, i])
+            y, h = selective_scan_ref(
+                flip(u[:, ch]), flip(delta[:, ch]), A[ch], flip(Bi), flip(Ci), D[ch],
+                flip(z[:, ch]), bias[ch], softplus, return_last, h0[:, ch],
+            )  # fmt: skip
+            ys.append(flip(y))
+            hs.append(h)
+        return torch.cat(ys, 1), torch.cat(hs, 1)
+
+    return scan
+
+
+@needs_cc
+@pytest.mark.parametrize(("groups", "reverse_groups"), [(2, 1), (3, 2), (0, 1), (2, 2)])
+@pytest.mark.parametrize("native", [True, False])
+def test_scan_reverse_groups_match_per_group_flipped_reference(
+    groups, reverse_groups, native, native_calls
+):
+    """Groups scanned backwards in time (one bidirectional call): the C kernel by index
+    arithmetic, the PyTorch path by flipped copies, against a float64 reference per group."""
+    inputs = _scan_inputs(2, 6, 16, 21, groups, seed=3 + groups)
+    y_ref, h_ref, g_ref = _run_scan(_scan_by_groups(reverse_groups), inputs)
+    x = {k: v.float() for k, v in inputs.items()} if native else inputs
+    y, h, g = _run_scan(selective_scan_torch, x, native=native, reverse_groups=reverse_groups)
+    calls = 1 if native else 0
+    assert native_calls == {"scan_forward": calls, "scan_backward": calls}
+    tol = 2e-5 if native else 1e-10
+    _assert_scaled_close(y, y_ref, tol, "y")
+    _assert_scaled_close(h, h_ref, tol, "last state")
+    for name in g_ref:
+        _assert_scaled_close(g[name], g_ref[name], tol, name)
 
 
 @needs_cc

@@ -88,9 +88,17 @@ class CausalConv1d(nn.Conv1d):
         kernels: str = "auto",
         require_kernels: bool = False,
         reverse: bool = False,
-    ) -> torch.Tensor:
+        *,
+        copy_params: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """x (b, d, l) -> SiLU(causal conv) (b, d, l); ``initial`` (b, d, k-1) continues a
-        previous chunk (PyTorch path); ``reverse`` makes it anti-causal."""
+        previous chunk (PyTorch path); ``reverse`` makes it anti-causal.
+
+        ``copy_params=True`` returns copies of (weight (d, k), bias (d,)) instead, made here
+        so that a parent fusing several convs into one op reads them through this forward
+        (ZeRO-3, see above); x is then unused."""
+        if copy_params:
+            return self.weight[:, 0].clone(), self.bias.clone()
         weight = self.weight[:, 0]  # (d, k)
         if initial is None:
             return causal_conv1d(

@@ -9,6 +9,7 @@ both ways. ``BiMamba`` composes two cores and a flip (the paper's best variant).
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +18,7 @@ from torch import nn
 
 from cinemamba_backbone.mixers.base import CausalConv1d, MixerOptions, MixerState, TemporalMixer
 from cinemamba_backbone.ops import selective_scan
+from cinemamba_backbone.ops.conv import depthwise_conv_groups
 
 
 class DeltaProjection(nn.Linear):
@@ -28,9 +30,13 @@ class DeltaProjection(nn.Linear):
     used by their owner (see ``CausalConv1d``).
     """
 
-    def forward(self, dt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
-        """dt (b, r, l) channels first -> (W·dt (b, d, l), bias (d,) in fp32)."""
-        return self.weight @ dt, self.bias.to(torch.float32, copy=True)
+    def forward(  # type: ignore[override]
+        self, dt: torch.Tensor | None, *, copy_params: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """dt (b, r, l) channels first -> (W·dt (b, d, l), bias (d,) in fp32); with
+        ``copy_params``, (a copy of W (d, r), the fp32 bias) for a parent's fused op."""
+        bias = self.bias.to(torch.float32, copy=True)
+        return (self.weight.clone() if copy_params else self.weight @ dt), bias
 
 
 class ChannelProjection(nn.Linear):
@@ -40,10 +46,27 @@ class ChannelProjection(nn.Linear):
     it (and of its gradient), and its result permuted back for Δ, B and C.
     """
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        """x (b, d, l) -> W·x (+ bias) (b, out, l)."""
+    def forward(self, x: torch.Tensor | None, *, copy_params: bool = False) -> torch.Tensor:  # type: ignore[override]
+        """x (b, d, l) -> W·x (+ bias) (b, out, l); with ``copy_params``, a copy of W
+        (bias-free projections only) for a parent's fused op."""
+        if copy_params:
+            if self.bias is not None:
+                raise ValueError("copy_params is for bias-free projections")
+            return self.weight.clone()
         y = self.weight @ x
         return y if self.bias is None else y + self.bias[:, None]
+
+
+class CoreParams(NamedTuple):
+    """Copies of one ``SelectiveSSM``'s parameters, as a fused op takes them."""
+
+    conv_weight: torch.Tensor  # (d, k)
+    conv_bias: torch.Tensor  # (d,)
+    x_proj: torch.Tensor  # (r + 2n, d)
+    dt_weight: torch.Tensor  # (d, r)
+    dt_bias: torch.Tensor  # (d,) fp32
+    A: torch.Tensor  # (d, n) fp32
+    D: torch.Tensor  # (d,) fp32
 
 
 class SelectiveSSM(TemporalMixer):
@@ -140,18 +163,26 @@ class SelectiveSSM(TemporalMixer):
 
     def forward(
         self,
-        x: torch.Tensor,
+        x: torch.Tensor | None,
         z: torch.Tensor | None = None,
         reverse: bool = False,
         inputs_only: bool = False,
+        copy_params: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, ...]:
         """The core alone: x, z (b, d_inner, l) -> y (b, d_inner, l), backwards in time if
         ``reverse`` (``Mamba`` overrides this with the whole mixer).
 
-        ``inputs_only`` returns the scan's inputs (u, Δ, B, C, Δ bias, A, D) instead, for a
-        parent that batches several cores into one scan (``BiMamba``); they are made here so
-        the parameters are read inside their owner's forward (see ``CausalConv1d``).
+        For a parent that batches several cores into one op (``BiMamba``): ``inputs_only``
+        returns the scan's inputs (u, Δ, B, C, Δ bias, A, D) instead; ``copy_params``
+        returns copies of all parameters (``CoreParams``; x unused). Both are made here
+        and in the children's forwards, so every parameter is read inside its owner's
+        forward (see ``CausalConv1d``).
         """
+        if copy_params:
+            conv_w, conv_b = self.conv1d(None, copy_params=True)
+            dt_w, dt_b = self.dt_proj(None, copy_params=True)
+            A, D = self.scan_params()
+            return CoreParams(conv_w, conv_b, self.x_proj(None, copy_params=True), dt_w, dt_b, A, D)
         if inputs_only:
             return (*self.scan_inputs(x, reverse=reverse), *self.scan_params())
         return self.ssm(x, z, reverse=reverse)[0]
@@ -208,9 +239,15 @@ class BiMamba(TemporalMixer):
     one flip in and one out replace the reverse scan's four input flips and output flip, and
     the scan's per-call costs are paid once. ``fused = False`` (a runtime attribute, never
     saved) keeps the two per-direction calls, so a benchmark measures both in one run.
+
+    On CPU the fused path is also flip-free (``_both_directions_stacked``); ``stacked =
+    False`` (runtime, never saved) keeps the flipped one-call path there, for the same kind
+    of comparison. Other devices always take the flipped path, whose conv and scan run on
+    the CUDA kernels.
     """
 
     fused: bool = True
+    stacked: bool = True
 
     def __init__(self, dim: int, d_state: int = 16, d_conv: int = 4, expand: int = 2) -> None:
         super().__init__()
@@ -237,7 +274,9 @@ class BiMamba(TemporalMixer):
         xz = rearrange(self.in_proj(x), "b l e -> b e l")
         xs, z = xz.chunk(2, dim=1)
         # The cores run through their forward (not `.ssm`): see CausalConv1d for why.
-        if self.fused:
+        if self.fused and self.stacked and xs.device.type == "cpu":
+            y = self._both_directions_stacked(xs)
+        elif self.fused:
             y = self._both_directions(xs)
         else:
             y_fwd = self.forward_ssm(xs)
@@ -245,6 +284,34 @@ class BiMamba(TemporalMixer):
             y = y_fwd + y_bwd
         y = y * F.silu(z)
         return self.out_proj(rearrange(y, "b e l -> b l e"))
+
+    def _both_directions_stacked(self, xs: torch.Tensor) -> torch.Tensor:
+        """xs (b, d, l) -> core(xs) + flip(core_b(flip(xs))) (b, d, l), flip-free (CPU).
+
+        The backward core is run as what it is, an anti-causal conv and a scan from the last
+        step to the first (``reverse_groups``, index arithmetic in the C kernel), on the
+        unflipped input. Both cores' convs write one stacked (b, 2d, l) tensor and their
+        x/Δ projections are one batched matmul each, so there are no flipped copies and no
+        channel concatenations of (b, d, l) tensors, forward or backward.
+        """
+        f = self.forward_ssm(None, copy_params=True)
+        r = self.backward_ssm(None, copy_params=True)
+        b, d, length = xs.shape
+        u = depthwise_conv_groups(
+            xs, torch.stack([f.conv_weight, r.conv_weight]),
+            torch.stack([f.conv_bias, r.conv_bias]), (False, True),
+            native=self.kernels != "torch",
+        )  # fmt: skip
+        x_dbl = torch.stack([f.x_proj, r.x_proj]) @ u.view(b, 2, d, length)  # (b, 2, r+2n, l)
+        core = self.forward_ssm
+        dt, B, C = torch.split(x_dbl, [core.dt_rank, core.d_state, core.d_state], dim=2)
+        dt = (torch.stack([f.dt_weight, r.dt_weight]) @ dt).view(b, 2 * d, length)
+        y = selective_scan(
+            u, dt, torch.cat([f.A, r.A]), B.contiguous(), C.contiguous(),
+            torch.cat([f.D, r.D]), None, torch.cat([f.dt_bias, r.dt_bias]), True,
+            reverse_groups=1, **self.kernel_kwargs,
+        )  # fmt: skip
+        return y.view(b, 2, d, length).sum(1)
 
     def _both_directions(self, xs: torch.Tensor) -> torch.Tensor:
         """xs (b, d, l) -> core(xs) + flip(core_b(flip(xs))) (b, d, l) in one scan call."""

@@ -15,9 +15,10 @@ import torch
 
 from cinemamba_backbone import _kernels
 from cinemamba_backbone._kernels import kernel_for, scan_path
+from cinemamba_backbone.ops import cpu_native
 from cinemamba_backbone.ops.attention import attention
-from cinemamba_backbone.ops.conv import causal_conv1d_torch
-from cinemamba_backbone.ops.cpu_scan import selective_scan_torch
+from cinemamba_backbone.ops.conv import causal_conv1d_torch, depthwise_conv_groups
+from cinemamba_backbone.ops.cpu_scan import selective_scan_torch, with_flipped_groups
 from cinemamba_backbone.ops.reference import causal_conv1d_ref, selective_scan_ref, ssd_ref
 from cinemamba_backbone.ops.ssd import ssd_torch
 from cinemamba_backbone.ops.triton_scan import selective_scan_triton
@@ -51,6 +52,7 @@ def selective_scan(
     initial_state: torch.Tensor | None = None,
     reverse: bool = False,
     *,
+    reverse_groups: int = 0,
     kernels: str = "auto",
     require_kernels: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
@@ -58,7 +60,12 @@ def selective_scan(
 
     ``reverse=True`` scans from the last step to the first: the Triton kernel does it by
     index arithmetic; the other paths get time-flipped inputs here and flip the output back.
+    ``reverse_groups=r`` does so for the last r groups of B/C (grouped B/C (b, g, n, l))
+    and their channels only (a bidirectional layer in one call): index arithmetic on the C
+    CPU kernel, flipped copies of those groups on the other paths.
     """
+    if reverse_groups and reverse:
+        raise ValueError("reverse and reverse_groups exclude each other")
     path = scan_path(
         u.device,
         u.dtype,
@@ -70,6 +77,12 @@ def selective_scan(
         last_state_grad=return_last_state and torch.is_grad_enabled(),
         native_cpu=kernels != "torch",
     )
+    if reverse_groups and path not in ("native", "torch"):
+        return with_flipped_groups(
+            selective_scan, reverse_groups, u, delta, A, B, C, D, z, delta_bias,
+            delta_softplus, return_last_state, initial_state, kernels=kernels,
+            require_kernels=require_kernels,
+        )  # fmt: skip
     if path == "triton":
         return selective_scan_triton(
             u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
@@ -87,7 +100,7 @@ def selective_scan(
         # for what it cannot serve); "torch": pure PyTorch.
         out = selective_scan_torch(
             u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
-            initial_state, native=path == "native",
+            initial_state, native=path == "native", reverse_groups=reverse_groups,
         )  # fmt: skip
     if not reverse:
         return out
@@ -148,7 +161,8 @@ def causal_conv1d(
     """Depthwise causal conv over (b, d, l), weight (d, k), optional SiLU.
 
     ``reverse=True``: the anti-causal conv flip(conv(flip(x))) (PyTorch does it natively;
-    the causal_conv1d kernel gets flipped copies).
+    the causal_conv1d kernel gets flipped copies). On CPU in float32 ("auto") the C kernel
+    of ``cpu_native`` runs it (``depthwise_conv_groups`` with one group).
     """
     fn = kernel_for(
         "causal_conv1d",
@@ -163,4 +177,7 @@ def causal_conv1d(
         if reverse:
             return fn(x.flip(-1).contiguous(), weight, bias, activation=act).flip(-1)
         return fn(x, weight, bias, activation=act)
+    if kernels != "torch" and cpu_native.conv_usable(x, weight):
+        group_bias = None if bias is None else bias[None]
+        return depthwise_conv_groups(x, weight[None], group_bias, (reverse,), activation)
     return causal_conv1d_torch(x, weight, bias, activation, reverse=reverse)

@@ -38,11 +38,29 @@ GRAIN = 1 << 16
 
 _i64, _ptr = ctypes.c_int64, ctypes.c_void_p
 _SIGNATURES = {
-    # u, delta, A, B, C, h0, D, y, last, ckpt; batch, dim, groups, l, n, block; threads
-    "cm_scan_forward": [_ptr] * 10 + [_i64] * 6 + [ctypes.c_int],
+    # u, delta, A, B, C, h0, D, y, last, ckpt; batch, dim, groups, l, n, block, rev_from;
+    # threads
+    "cm_scan_forward": [_ptr] * 10 + [_i64] * 7 + [ctypes.c_int],
     # u, delta, A, B, C, ckpt, gy, glast, gu, gdelta, gA_rows, gB, gC, gh0, D; softplus;
-    # gD_rows, work; the same six sizes; threads
-    "cm_scan_backward": [_ptr] * 15 + [ctypes.c_int] + [_ptr] * 2 + [_i64] * 6 + [ctypes.c_int],
+    # gD_rows, work; the same seven sizes; threads
+    "cm_scan_backward": [_ptr] * 15 + [ctypes.c_int] + [_ptr] * 2 + [_i64] * 7 + [ctypes.c_int],
+    # x, its strides (b, d, l), w, bias, rev, y; activation; batch, dim, groups, l, k; work;
+    # threads
+    "cm_conv_forward": [_ptr]
+    + [_i64] * 3
+    + [_ptr] * 4
+    + [ctypes.c_int]
+    + [_i64] * 5
+    + [_ptr, ctypes.c_int],
+    # x, its strides, w, bias, rev, gy; activation; gx, gw_rows, gb_rows; the five sizes;
+    # work; threads
+    "cm_conv_backward": [_ptr]
+    + [_i64] * 3
+    + [_ptr] * 4
+    + [ctypes.c_int]
+    + [_ptr] * 3
+    + [_i64] * 5
+    + [_ptr, ctypes.c_int],
 }
 
 
@@ -169,6 +187,11 @@ def _check_per_channel(d: int, delta_bias: torch.Tensor | None, D: torch.Tensor 
             raise ValueError(f"{name} has shape {tuple(x.shape)}, expected ({d},)")
 
 
+def _check_reverse(groups: int, reverse_groups: int) -> None:
+    if not 0 <= reverse_groups <= groups:
+        raise ValueError(f"reverse_groups={reverse_groups} for {groups} groups of B and C")
+
+
 def _threads(tasks: int, updates: int) -> int:
     """OpenMP threads for a call: torch's setting, at most one per task and per GRAIN."""
     return max(1, min(torch.get_num_threads(), tasks, updates // GRAIN))
@@ -195,6 +218,7 @@ def scan_forward(
     delta_bias: torch.Tensor | None = None,
     D: torch.Tensor | None = None,
     softplus: bool = False,
+    reverse_groups: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Scan on the native kernel: u, delta (b, d, l); A (d, n); B, C (b, g, l, n) (time-major
     per group); h0 (b, d, n) or None. Returns fp32 y (b, d, l), last state (b, d, n) and, when
@@ -202,7 +226,8 @@ def scan_forward(
 
     ``delta`` is the raw Δ: Δ = softplus(delta + delta_bias) (``softplus``; bias (d,) or
     None) is made here in one vectorised pass, and the skip y += D·u (D (d,) or None) is
-    fused into the kernel. Returns, last, the Δ the scan used (the backward takes it)."""
+    fused into the kernel. The last ``reverse_groups`` groups of channels scan from the last
+    step to the first. Returns, last, the Δ the scan used (the backward takes it)."""
     u, A, B, C = (_f32(x) for x in (u, A, B, C))
     h0, delta_bias, D = (None if x is None else _f32(x) for x in (h0, delta_bias, D))
     delta = effective_delta(delta, delta_bias, softplus)
@@ -213,6 +238,7 @@ def scan_forward(
     if C.shape != B.shape or (h0 is not None and h0.shape != (b, d, n)):
         raise ValueError(f"shapes C {C.shape} (B {B.shape}), h0 {None if h0 is None else h0.shape}")
     _check_per_channel(d, delta_bias, D)
+    _check_reverse(g, reverse_groups)
     y = torch.empty(b, d, length)
     last = torch.empty(b, d, n)
     ckpt = torch.empty(b, d, -(-length // block), n) if keep_checkpoints else None
@@ -220,7 +246,7 @@ def scan_forward(
         "cm_scan_forward",
         u.data_ptr(), delta.data_ptr(), A.data_ptr(), B.data_ptr(), C.data_ptr(),
         _ptr_of(h0), _ptr_of(D), y.data_ptr(), last.data_ptr(), _ptr_of(ckpt),
-        b, d, g, length, n, block, _threads(b * d, b * d * length * n),
+        b, d, g, length, n, block, g - reverse_groups, _threads(b * d, b * d * length * n),
     )  # fmt: skip
     return y, last, ckpt, delta
 
@@ -251,6 +277,7 @@ def scan_backward(
     delta_bias: torch.Tensor | None = None,
     D: torch.Tensor | None = None,
     softplus: bool = False,
+    reverse_groups: int = 0,
 ) -> tuple[torch.Tensor, ...]:
     """Gradients of :func:`scan_forward` (same fused options) from its checkpoints; ``delta``
     is the Δ it returned (after bias and softplus): fp32 (gu, gdelta of the raw delta,
@@ -263,6 +290,7 @@ def scan_backward(
     if ckpt.shape != (b, d, -(-length // block), n) or grad_y.shape != u.shape:
         raise ValueError(f"shapes ckpt {ckpt.shape} grad_y {grad_y.shape} for u {u.shape}")
     _check_per_channel(d, delta_bias, D)
+    _check_reverse(g, reverse_groups)
     threads = _threads(b, b * d * length * n)  # backward threads split the batch
     gu, gdelta = torch.empty_like(u), torch.empty_like(u)
     gA_rows = torch.empty(b, d, n)
@@ -276,9 +304,79 @@ def scan_backward(
         ckpt.data_ptr(), grad_y.data_ptr(), _ptr_of(grad_last),
         gu.data_ptr(), gdelta.data_ptr(), gA_rows.data_ptr(), gB.data_ptr(), gC.data_ptr(),
         _ptr_of(g_h0), _ptr_of(D), int(softplus), _ptr_of(gD_rows),
-        work.data_ptr(), b, d, g, length, n, block, threads,
+        work.data_ptr(), b, d, g, length, n, block, g - reverse_groups, threads,
     )  # fmt: skip
     gD = None if gD_rows is None else gD_rows.sum(0)
     # The bias adds to every step of its channel: its gradient is that of delta, summed.
     g_bias = None if delta_bias is None else gdelta.sum((0, 2))
     return gu, gdelta, gA_rows.sum(0), gB, gC, g_h0, gD, g_bias
+
+
+MAX_CONV_K = 16  # MAX_CONV_K in the C source
+
+
+def conv_usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether the native grouped conv can serve these inputs (CPU, float32, k <= 16)."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and weight.dtype == torch.float32
+        and weight.shape[-1] <= MAX_CONV_K
+        and load() is not None
+    )
+
+
+def _conv_args(x: torch.Tensor, weight: torch.Tensor, reverse: tuple[bool, ...]):  # noqa: ANN202
+    b, d, length = x.shape
+    groups, _, k = weight.shape
+    rev = torch.tensor([int(r) for r in reverse], dtype=torch.int64)
+    threads = _threads(b * d, b * d * length * groups * k)
+    return (b, d, groups, length, k), rev, threads
+
+
+def conv_forward(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    reverse: tuple[bool, ...],
+    activation: bool,
+) -> torch.Tensor:
+    """G depthwise convs of one (possibly strided) x (b, d, l), weight (G, d, k), bias (G, d):
+    (b, G·d, l), group g anti-causal where ``reverse[g]``, SiLU if ``activation``."""
+    weight = weight.contiguous()
+    bias = None if bias is None else bias.contiguous()
+    sizes, rev, threads = _conv_args(x, weight, reverse)
+    b, d, groups, length, _ = sizes
+    y = torch.empty(b, groups * d, length)
+    work = torch.empty(threads, length)
+    _call(
+        "cm_conv_forward", x.data_ptr(), *x.stride(), weight.data_ptr(), _ptr_of(bias),
+        rev.data_ptr(), y.data_ptr(), int(activation), *sizes, work.data_ptr(), threads,
+    )  # fmt: skip
+    return y
+
+
+def conv_backward(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    reverse: tuple[bool, ...],
+    activation: bool,
+    grad: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Gradients of :func:`conv_forward` (pre-activations recomputed from x): gx (b, d, l),
+    gw (G, d, k), gb (G, d) or None."""
+    weight, grad = weight.contiguous(), grad.contiguous()
+    bias = None if bias is None else bias.contiguous()
+    sizes, rev, threads = _conv_args(x, weight, reverse)
+    b, d, groups, length, k = sizes
+    gx = torch.empty(b, d, length)
+    gw_rows = torch.empty(b, groups, d, k)
+    gb_rows = None if bias is None else torch.empty(b, groups, d)
+    work = torch.empty(threads, 2, length)
+    _call(
+        "cm_conv_backward", x.data_ptr(), *x.stride(), weight.data_ptr(), _ptr_of(bias),
+        rev.data_ptr(), grad.data_ptr(), int(activation), gx.data_ptr(), gw_rows.data_ptr(),
+        _ptr_of(gb_rows), *sizes, work.data_ptr(), threads,
+    )  # fmt: skip
+    return gx, gw_rows.sum(0), None if gb_rows is None else gb_rows.sum(0)

@@ -223,24 +223,28 @@ class _SelectiveScanFn(torch.autograd.Function):
         D: torch.Tensor | None = None,
         delta_bias: torch.Tensor | None = None,
         softplus: bool = False,
+        reverse_groups: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         length, n = u.shape[2], A.shape[1]
         native = native and length > 0 and cpu_native.usable(u, n)
-        if not native and (D is not None or delta_bias is not None or softplus):
-            raise ValueError("D, delta_bias and softplus are fused on the native kernel only")
+        if not native and (D is not None or delta_bias is not None or softplus or reverse_groups):
+            raise ValueError(
+                "D, delta_bias, softplus and reverse_groups are fused on the native kernel only"
+            )
         block = block or (min(NATIVE_BLOCK, length) if native else default_block(length))
         ctx.delta_dtype = delta.dtype  # the native path saves Δ after softplus, in fp32
         keep = any(ctx.needs_input_grad)  # checkpoints only when a backward will need them
         if native:
             Bn, Cn = _bc_row_major(B), _bc_row_major(C)
             y, last, ckpts, delta = cpu_native.scan_forward(
-                u, delta, A, Bn, Cn, h0, block, keep, delta_bias, D, softplus
+                u, delta, A, Bn, Cn, h0, block, keep, delta_bias, D, softplus, reverse_groups
             )  # the backward takes Δ after bias and softplus
             ckpts = torch.empty(0) if ckpts is None else ckpts
         else:
             y, last, ckpts = _torch_forward(u, delta, A, B, C, h0, block, keep)
         ctx.save_for_backward(u, delta, A, B, C, ckpts, D, delta_bias)
         ctx.block, ctx.native, ctx.softplus = block, native, softplus
+        ctx.reverse_groups = reverse_groups
         ctx.h0_dtype = None if h0 is None else h0.dtype
         # The carried state stays in the compute dtype (fp32 for half inputs), as in mamba.
         return y.to(u.dtype), last
@@ -257,7 +261,7 @@ class _SelectiveScanFn(torch.autograd.Function):
             Bn, Cn = _bc_row_major(B), _bc_row_major(C)
             g_u, g_dt, gA, gB, gC, g_h0, gD, g_bias = cpu_native.scan_backward(
                 u, delta, A, Bn, Cn, ckpts, grad_y, grad_last, ctx.block, want_h0,
-                delta_bias, D, ctx.softplus,
+                delta_bias, D, ctx.softplus, ctx.reverse_groups,
             )  # fmt: skip
             gB, gC = _bc_grad(gB, B), _bc_grad(gC, C)
         else:
@@ -275,6 +279,7 @@ class _SelectiveScanFn(torch.autograd.Function):
             None,
             None if gD is None else gD.to(D.dtype),
             None if g_bias is None else g_bias.to(delta_bias.dtype),
+            None,
             None,
         )
 
@@ -294,6 +299,7 @@ def selective_scan_torch(
     block: int | None = None,
     *,
     native: bool = True,
+    reverse_groups: int = 0,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Selective scan with the same signature and layout as ``selective_scan_ref``.
 
@@ -302,14 +308,22 @@ def selective_scan_torch(
     softplus and the D skip are fused into the scan (no separate passes over b·d·l, forward
     or backward); elsewhere they, and always the SiLU(z) gate, run as ordinary autograd ops.
     ``block`` is the checkpoint interval (default: 32 on the C kernel, √(l/4) in PyTorch).
+    The last ``reverse_groups`` groups of B/C (and their channels) scan from the last step
+    to the first: by index arithmetic in the C kernel, with flipped copies elsewhere.
     """
     if FUSE_ELEMENTWISE and native and u.shape[2] > 0 and cpu_native.usable(u, A.shape[1]):
         y, last = _SelectiveScanFn.apply(
-            u, delta, A, B, C, initial_state, block, True, D, delta_bias, delta_softplus
-        )
+            u, delta, A, B, C, initial_state, block, True, D, delta_bias, delta_softplus,
+            reverse_groups,
+        )  # fmt: skip
         if z is not None:
             y = y * torch.nn.functional.silu(z)
         return (y, last) if return_last_state else y
+    if reverse_groups:
+        return with_flipped_groups(
+            selective_scan_torch, reverse_groups, u, delta, A, B, C, D, z, delta_bias,
+            delta_softplus, return_last_state, initial_state, block, native=native,
+        )  # fmt: skip
     if delta_bias is not None:
         delta = delta + delta_bias[:, None].to(delta.dtype)
     if delta_softplus:
@@ -320,3 +334,31 @@ def selective_scan_torch(
     if z is not None:
         y = y * torch.nn.functional.silu(z)
     return (y, last) if return_last_state else y
+
+
+def _flip_groups(x: torch.Tensor | None, groups: int, reverse_groups: int) -> torch.Tensor | None:
+    """Time-flip the last ``reverse_groups`` of ``groups`` equal parts of dim 1 of x."""
+    if x is None:
+        return None
+    parts = x.chunk(groups, dim=1)
+    keep = groups - reverse_groups
+    return torch.cat([*parts[:keep], *(p.flip(-1) for p in parts[keep:])], dim=1)
+
+
+def with_flipped_groups(scan, reverse_groups: int, u, delta, A, B, C, D, z, *args, **kwargs):  # noqa: ANN001, ANN201
+    """A scan with ``reverse_groups`` done as flipped copies of those groups' inputs and of
+    their output (for paths without index-reversed rows); ``scan`` takes the selective-scan
+    signature, reverse_groups=0. The last state of a reversed group is that after its first
+    step in time, the end of its scan, as on the C kernel."""
+    groups = 1 if B.dim() == 3 else B.shape[1]
+    if not 0 < reverse_groups <= groups:
+        raise ValueError(f"reverse_groups={reverse_groups} for {groups} groups of B and C")
+    flip = [_flip_groups(x, groups, reverse_groups) for x in (u, delta, z)]
+    if B.dim() == 3:
+        B, C = B.flip(-1), C.flip(-1)
+    else:
+        B, C = _flip_groups(B, groups, reverse_groups), _flip_groups(C, groups, reverse_groups)
+    out = scan(flip[0], flip[1], A, B, C, D, flip[2], *args, **kwargs)
+    if isinstance(out, tuple):
+        return _flip_groups(out[0], groups, reverse_groups), out[1]
+    return _flip_groups(out, groups, reverse_groups)

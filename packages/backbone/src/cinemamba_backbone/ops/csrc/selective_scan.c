@@ -111,7 +111,7 @@ INLINE void forward_row(const float *restrict u, const float *restrict dt,
                         const float *restrict C, const float *restrict h0, float *restrict y,
                         float *restrict last, float *restrict ckpt, int64_t l,
                         int64_t block, const int n, const float lo, const float hi,
-                        const float Dd) {
+                        const float Dd, const int64_t st) {
     float h[MAX_STATE], p[CHUNK * MAX_STATE];
     for (int k = 0; k < n; k++) h[k] = h0 ? h0[k] : 0.0f;
     int64_t next_ckpt = 0;
@@ -124,15 +124,16 @@ INLINE void forward_row(const float *restrict u, const float *restrict dt,
                 ckpt += n;
                 next_ckpt += block;
             }
-            const float d_t = dt[t], du = d_t * u[t];
-            const float *restrict Bt = B + t * n, *restrict Ct = C + t * n;
+            const float d_t = dt[t * st], du = d_t * u[t * st];
+            const float *restrict Bt = B + t * st * n, *restrict Ct = C + t * st * n;
             float *restrict pj = p + j * n;
             for (int k = 0; k < n; k++) {
                 h[k] = exp_f(d_t * A[k], lo, hi) * h[k] + du * Bt[k];
                 pj[k] = h[k] * Ct[k];
             }
         }
-        for (int j = 0; j < len; j++) y[t0 + j] = sum_n(p + j * n, n) + Dd * u[t0 + j];
+        for (int j = 0; j < len; j++)
+            y[(t0 + j) * st] = sum_n(p + j * n, n) + Dd * u[(t0 + j) * st];
     }
     memcpy(last, h, n * sizeof(float));
 }
@@ -152,7 +153,7 @@ INLINE void backward_row(const float *restrict u, const float *restrict dt,
                          float *restrict gB, float *restrict gC, float *restrict gh0,
                          float *restrict work, int64_t l, int64_t block, const int n,
                          const float lo, const float hi, const int softplus,
-                         const float Dd, float *restrict gD) {
+                         const float Dd, float *restrict gD, const int64_t st) {
     float adj[MAX_STATE], gA_sum[MAX_STATE], gD_sum = 0.0f;
     float *restrict decays = work, *restrict states = work + block * n;
     for (int k = 0; k < n; k++) {
@@ -164,8 +165,8 @@ INLINE void backward_row(const float *restrict u, const float *restrict dt,
         const float *restrict start = ckpt + i * n;
         const float *prev = start;
         for (int64_t j = 0; j < len; j++) {
-            const float d_t = dt[s + j], du = d_t * u[s + j];
-            const float *restrict Bt = B + (s + j) * n;
+            const float d_t = dt[(s + j) * st], du = d_t * u[(s + j) * st];
+            const float *restrict Bt = B + (s + j) * st * n;
             float *restrict a = decays + j * n, *restrict h = states + j * n;
             for (int k = 0; k < n; k++) {
                 a[k] = exp_f(d_t * A[k], lo, hi);
@@ -175,11 +176,11 @@ INLINE void backward_row(const float *restrict u, const float *restrict dt,
         }
         for (int64_t j = len - 1; j >= 0; j--) {
             const int64_t t = s + j;
-            const float d_t = dt[t], du = d_t * u[t], g_t = gy[t];
+            const float d_t = dt[t * st], du = d_t * u[t * st], g_t = gy[t * st];
             float *restrict a = decays + j * n, *restrict h = states + j * n;
             const float *restrict h_prev = j > 0 ? states + (j - 1) * n : start;
-            const float *restrict Bt = B + t * n, *restrict Ct = C + t * n;
-            float *restrict gBt = gB + t * n, *restrict gCt = gC + t * n;
+            const float *restrict Bt = B + t * st * n, *restrict Ct = C + t * st * n;
+            float *restrict gBt = gB + t * st * n, *restrict gCt = gC + t * st * n;
             for (int k = 0; k < n; k++) {
                 const float G = adj[k] + g_t * Ct[k];
                 const float Ga = G * a[k];
@@ -195,9 +196,9 @@ INLINE void backward_row(const float *restrict u, const float *restrict dt,
         for (int64_t j = 0; j < len; j++) {
             const int64_t t = s + j;
             const float g_du = sum_n(states + j * n, n);
-            gdt[t] = (sum_n(decays + j * n, n) + g_du * u[t]) * (softplus ? softplus_slope(dt[t], lo, hi) : 1.0f);
-            gu[t] = g_du * dt[t] + gy[t] * Dd;
-            gD_sum += gy[t] * u[t];
+            gdt[t * st] = (sum_n(decays + j * n, n) + g_du * u[t * st]) * (softplus ? softplus_slope(dt[t * st], lo, hi) : 1.0f);
+            gu[t * st] = g_du * dt[t * st] + gy[t * st] * Dd;
+            gD_sum += gy[t * st] * u[t * st];
         }
     }
     if (gD) *gD = gD_sum;
@@ -206,14 +207,26 @@ INLINE void backward_row(const float *restrict u, const float *restrict dt,
 }
 
 /* Instantiations with a constant n (unrolled and vectorised by the compiler) for the common
- * state sizes, and one generic loop. */
-#define DISPATCH_N(call, n)      \
-    switch (n) {                 \
-    case 16: call(16); break;    \
-    case 8: call(8); break;      \
-    case 4: call(4); break;      \
-    default: call(n); break;     \
+ * state sizes, and one generic loop; each in both scan directions (ST = 1 or -1, so the
+ * strided indexing is constant-folded). */
+#define DISPATCH_N_ST(call, n, rev) \
+    if (rev) {                      \
+        DISPATCH_N(call, n, -1)     \
+    } else {                        \
+        DISPATCH_N(call, n, 1)      \
     }
+#define DISPATCH_N(call, n, ST)      \
+    switch (n) {                     \
+    case 16: call(16, ST); break;    \
+    case 8: call(8, ST); break;      \
+    case 4: call(4, ST); break;      \
+    default: call(n, ST); break;     \
+    }
+
+/* Rows of the groups g >= rev_from run backwards in time: step i of their scan is time
+ * l - 1 - i (their pointers start at the last step and walk with stride -1), so a
+ * bidirectional layer scans both directions in one call without flipped copies. The
+ * checkpoints are kept in scan order. */
 
 /* Forward over all rows; ckpt NULL for inference (block is then unused). Returns 0, or -1
  * for an unsupported shape. */
@@ -221,7 +234,7 @@ int cm_scan_forward(const float *u, const float *delta, const float *A, const fl
                     const float *C, const float *h0, const float *D, float *y, float *last,
                     float *ckpt, int64_t batch,
                     int64_t dim, int64_t groups, int64_t l, int64_t n,
-                    int64_t block, int threads) {
+                    int64_t block, int64_t rev_from, int threads) {
     if (n < 1 || n > MAX_STATE || groups < 1 || dim % groups || l < 1 || block < 1) return -1;
     const int64_t per_group = dim / groups, blocks = (l + block - 1) / block;
     const float lo = exp_lo, hi = exp_hi;
@@ -229,11 +242,14 @@ int cm_scan_forward(const float *u, const float *delta, const float *A, const fl
     for (int64_t bi = 0; bi < batch; bi++) {
         for (int64_t di = 0; di < dim; di++) {
             const int64_t row = bi * dim + di, grp = bi * groups + di / per_group;
-#define FORWARD(N)                                                                         \
-    forward_row(u + row * l, delta + row * l, A + di * n, B + grp * l * n, C + grp * l * n, \
-                h0 ? h0 + row * n : NULL, y + row * l, last + row * n,                     \
-                ckpt ? ckpt + row * blocks * n : NULL, l, block, N, lo, hi, D ? D[di] : 0.0f)
-            DISPATCH_N(FORWARD, (int)n)
+            const int rev = di / per_group >= rev_from;
+            const int64_t o = rev ? l - 1 : 0; /* offset of the first scanned step */
+#define FORWARD(N, ST)                                                                     \
+    forward_row(u + row * l + o, delta + row * l + o, A + di * n,                          \
+                B + (grp * l + o) * n, C + (grp * l + o) * n, h0 ? h0 + row * n : NULL,    \
+                y + row * l + o, last + row * n, ckpt ? ckpt + row * blocks * n : NULL, l, \
+                block, N, lo, hi, D ? D[di] : 0.0f, ST)
+            DISPATCH_N_ST(FORWARD, (int)n, rev)
 #undef FORWARD
         }
     }
@@ -248,7 +264,7 @@ int cm_scan_backward(const float *u, const float *delta, const float *A, const f
                      float *gu, float *gdelta, float *gA_rows, float *gB, float *gC,
                      float *gh0, const float *D, int softplus,
                      float *gD_rows, float *work, int64_t batch, int64_t dim, int64_t groups,
-                     int64_t l, int64_t n, int64_t block, int threads) {
+                     int64_t l, int64_t n, int64_t block, int64_t rev_from, int threads) {
     if (n < 1 || n > MAX_STATE || groups < 1 || dim % groups || l < 1 || block < 1) return -1;
     const int64_t per_group = dim / groups, blocks = (l + block - 1) / block;
     const float lo = exp_lo, hi = exp_hi;
@@ -263,15 +279,147 @@ int cm_scan_backward(const float *u, const float *delta, const float *A, const f
         memset(gC + bi * groups * l * n, 0, groups * l * n * sizeof(float));
         for (int64_t di = 0; di < dim; di++) {
             const int64_t row = bi * dim + di, grp = bi * groups + di / per_group;
-#define BACKWARD(N)                                                                         \
-    backward_row(u + row * l, delta + row * l, A + di * n, B + grp * l * n, C + grp * l * n, \
-                 ckpt + row * blocks * n, gy + row * l, glast ? glast + row * n : NULL,      \
-                 gu + row * l, gdelta + row * l, gA_rows + row * n, gB + grp * l * n,        \
-                 gC + grp * l * n, gh0 ? gh0 + row * n : NULL, w, l, block, N, lo, hi,      \
-                 softplus, D ? D[di] : 0.0f,                                               \
-                 gD_rows ? gD_rows + row : NULL)
-            DISPATCH_N(BACKWARD, (int)n)
+            const int rev = di / per_group >= rev_from;
+            const int64_t o = rev ? l - 1 : 0;
+#define BACKWARD(N, ST)                                                                     \
+    backward_row(u + row * l + o, delta + row * l + o, A + di * n, B + (grp * l + o) * n,   \
+                 C + (grp * l + o) * n, ckpt + row * blocks * n, gy + row * l + o,          \
+                 glast ? glast + row * n : NULL, gu + row * l + o, gdelta + row * l + o,    \
+                 gA_rows + row * n, gB + (grp * l + o) * n, gC + (grp * l + o) * n,         \
+                 gh0 ? gh0 + row * n : NULL, w, l, block, N, lo, hi, softplus,             \
+                 D ? D[di] : 0.0f, gD_rows ? gD_rows + row : NULL, ST)
+            DISPATCH_N_ST(BACKWARD, (int)n, rev)
 #undef BACKWARD
+        }
+    }
+    return 0;
+}
+
+/* ---- grouped depthwise conv (BiMamba's two direction convs of one input) ----------------
+ *
+ * G depthwise convs of one input x (b, d, l), read through strides (it is a channel slice
+ * of in_proj's token-major output), written stacked into y (b, G, d, l):
+ *
+ *   pre[g, c, t] = bias[g, c] + Σ_j w[g, c, j] · x[c, t - s_j]   (causal group)
+ *                  bias[g, c] + Σ_j w[g, c, j] · x[c, t + s_j]   (rev[g]: anti-causal)
+ *   y = SiLU(pre) (or pre),  s_j = k - 1 - j,  x outside [0, l) is 0.
+ *
+ * Each (b, c) row of x is gathered once into a contiguous buffer and serves all G groups.
+ * The backward recomputes pre from x (nothing but x is saved) and writes gx (b, d, l)
+ * contiguous and per-batch partial sums gw_rows (b, G, d, k), gb_rows (b, G, d); the caller
+ * sums those over b. */
+#define MAX_CONV_K 16
+
+INLINE float sigmoid_f(float p, const float lo, const float hi) {
+    return 1.0f / (1.0f + exp_f(-p, lo, hi));
+}
+
+/* Σ a[t] b[t] (b NULL: Σ a[t]) over n, in 8 independent lanes so that it vectorises
+ * (a single float accumulator may not be reordered without -ffast-math). */
+INLINE float dot_f(const float *restrict a, const float *restrict b, int64_t n) {
+    float s[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+    int64_t t = 0;
+    for (; t + 8 <= n; t += 8)
+        for (int i = 0; i < 8; i++) s[i] += a[t + i] * (b ? b[t + i] : 1.0f);
+    float tail = 0.0f;
+    for (; t < n; t++) tail += a[t] * (b ? b[t] : 1.0f);
+    return ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7])) + tail;
+}
+
+/* pre-activation of one output row from the gathered input row xr (l). */
+INLINE void conv_row(const float *restrict xr, const float *restrict w, float bias,
+                     int rev, int64_t l, int k, float *restrict pre) {
+    for (int64_t t = 0; t < l; t++) pre[t] = bias + w[k - 1] * xr[t];
+    for (int j = 0; j < k - 1; j++) {
+        const int64_t s = k - 1 - j;
+        if (s >= l) continue;
+        const float wj = w[j];
+        if (rev)
+            for (int64_t t = 0; t < l - s; t++) pre[t] += wj * xr[t + s];
+        else
+            for (int64_t t = s; t < l; t++) pre[t] += wj * xr[t - s];
+    }
+}
+
+int cm_conv_forward(const float *x, int64_t sxb, int64_t sxd, int64_t sxl, const float *w,
+                    const float *bias, const int64_t *rev, float *y, int activation,
+                    int64_t batch, int64_t dim, int64_t groups, int64_t l, int64_t k,
+                    float *work, int threads) {
+    if (k < 1 || k > MAX_CONV_K || l < 1 || groups < 1) return -1;
+    const float lo = exp_lo, hi = exp_hi;
+#pragma omp parallel for collapse(2) num_threads(threads) if (threads > 1) schedule(static)
+    for (int64_t bi = 0; bi < batch; bi++) {
+        for (int64_t c = 0; c < dim; c++) {
+#ifdef _OPENMP
+            float *xr = work + (int64_t)omp_get_thread_num() * l;
+#else
+            float *xr = work;
+#endif
+            const float *xs = x + bi * sxb + c * sxd;
+            for (int64_t t = 0; t < l; t++) xr[t] = xs[t * sxl];
+            for (int64_t g = 0; g < groups; g++) {
+                float *out = y + ((bi * groups + g) * dim + c) * l;
+                conv_row(xr, w + (g * dim + c) * k, bias ? bias[g * dim + c] : 0.0f,
+                         (int)rev[g], l, (int)k, out);
+                if (activation)
+                    for (int64_t t = 0; t < l; t++) out[t] *= sigmoid_f(out[t], lo, hi);
+            }
+        }
+    }
+    return 0;
+}
+
+int cm_conv_backward(const float *x, int64_t sxb, int64_t sxd, int64_t sxl, const float *w,
+                     const float *bias, const int64_t *rev, const float *gy, int activation,
+                     float *gx, float *gw_rows, float *gb_rows, int64_t batch, int64_t dim,
+                     int64_t groups, int64_t l, int64_t k, float *work, int threads) {
+    if (k < 1 || k > MAX_CONV_K || l < 1 || groups < 1) return -1;
+    const float lo = exp_lo, hi = exp_hi;
+#pragma omp parallel for collapse(2) num_threads(threads) if (threads > 1) schedule(static)
+    for (int64_t bi = 0; bi < batch; bi++) {
+        for (int64_t c = 0; c < dim; c++) {
+#ifdef _OPENMP
+            float *xr = work + (int64_t)omp_get_thread_num() * 2 * l;
+#else
+            float *xr = work;
+#endif
+            float *gp = xr + l; /* dL/dpre of the current group */
+            const float *xs = x + bi * sxb + c * sxd;
+            for (int64_t t = 0; t < l; t++) xr[t] = xs[t * sxl];
+            float *restrict gxr = gx + (bi * dim + c) * l;
+            for (int64_t t = 0; t < l; t++) gxr[t] = 0.0f;
+            for (int64_t g = 0; g < groups; g++) {
+                const float *wr = w + (g * dim + c) * k;
+                const float *gyr = gy + ((bi * groups + g) * dim + c) * l;
+                const int r = (int)rev[g];
+                if (activation) {
+                    conv_row(xr, wr, bias ? bias[g * dim + c] : 0.0f, r, l, (int)k, gp);
+                    for (int64_t t = 0; t < l; t++) {
+                        const float p = gp[t], s = sigmoid_f(p, lo, hi);
+                        gp[t] = gyr[t] * s * (1.0f + p * (1.0f - s));
+                    }
+                } else {
+                    memcpy(gp, gyr, l * sizeof(float));
+                }
+                float *gwr = gw_rows + ((bi * groups + g) * dim + c) * k;
+                for (int64_t t = 0; t < l; t++) gxr[t] += wr[k - 1] * gp[t];
+                gwr[k - 1] = dot_f(gp, xr, l);
+                for (int j = 0; j < k - 1; j++) {
+                    const int64_t s = k - 1 - j;
+                    const float wj = wr[j];
+                    if (s >= l) {
+                        gwr[j] = 0.0f; /* the tap sees only the zero padding */
+                    } else if (r) {
+                        for (int64_t t = 0; t < l - s; t++) gxr[t + s] += wj * gp[t];
+                        gwr[j] = dot_f(gp, xr + s, l - s);
+                    } else {
+                        for (int64_t t = s; t < l; t++) gxr[t - s] += wj * gp[t];
+                        gwr[j] = dot_f(gp + s, xr, l - s);
+                    }
+                }
+                const float gb = dot_f(gp, NULL, l);
+                if (gb_rows) gb_rows[(bi * groups + g) * dim + c] = gb;
+            }
         }
     }
     return 0;
