@@ -470,14 +470,14 @@ def _bimamba_by_flips(m, x):
     return m.out_proj(rearrange((y_fwd + y_bwd.flip(-1)) * F.silu(z), "b e l -> b l e"))
 
 
-def _bimamba_matches_flips(kernels, fused=True):
+def _bimamba_matches_flips(kernels, fused=True, length=11, stacked=True):
     torch.manual_seed(0)
     m = BiMamba(8, d_state=4)
-    m.fused = fused
+    m.fused, m.stacked = fused, stacked
     with torch.no_grad():
         for p in m.parameters():
             p.add_(0.1 * torch.randn_like(p))
-    x = torch.randn(3, 11, 8)
+    x = torch.randn(3, length, 8)
     m.set_kernels(kernels)
     out = m(x)
     got = torch.autograd.grad(out.square().sum(), list(m.parameters()))
@@ -488,18 +488,23 @@ def _bimamba_matches_flips(kernels, fused=True):
         _check(a, e.double(), torch.float32, "bimamba")
 
 
-@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("length", [11, 70])  # both sides of _group_matmul's switch at 64
+@pytest.mark.parametrize(("fused", "stacked"), [(True, True), (True, False), (False, True)])
 @pytest.mark.parametrize("kernels", ["auto", "torch"])
-def test_bimamba_reverse_matches_explicit_flips(kernels, fused):
-    """The anti-causal core (reverse conv + reverse scan, or both cores in one batched scan
-    over the flipped input) is the flipped causal core: outputs and all gradients."""
-    _bimamba_matches_flips(kernels, fused)
+def test_bimamba_reverse_matches_explicit_flips(kernels, fused, stacked, length):
+    """The anti-causal core (reverse conv + reverse scan, both cores in one batched scan over
+    the flipped input, or flip-free with reversed scan groups and the stacked conv) is the
+    flipped causal core: outputs and all gradients."""
+    _bimamba_matches_flips(kernels, fused, length, stacked)
 
 
-@pytest.mark.parametrize("fused", [True, False])
-def test_bimamba_cpu_variants_match_float64(fused, monkeypatch: pytest.MonkeyPatch):
-    """BiMamba (one stacked scan call or two) on the C kernel with its fused D skip and
-    softplus slope, with them unfused (``FUSE_ELEMENTWISE = False``, the implementation
+@pytest.mark.parametrize("length", [13, 70])  # both sides of _group_matmul's switch at 64
+@pytest.mark.parametrize(("fused", "stacked"), [(True, True), (True, False), (False, True)])
+def test_bimamba_cpu_variants_match_float64(
+    fused, stacked, length, monkeypatch: pytest.MonkeyPatch
+):
+    """BiMamba (flip-free stacked, one flipped scan call, or two calls) on the C kernel with
+    its fused D skip and softplus slope, with them unfused (``FUSE_ELEMENTWISE = False``, the implementation
     before) and without the kernel (``CINEMAMBA_NATIVE_SCAN=0``): output and every
     parameter's gradient against a float64 copy of the module."""
     import copy
@@ -508,11 +513,11 @@ def test_bimamba_cpu_variants_match_float64(fused, monkeypatch: pytest.MonkeyPat
 
     torch.manual_seed(1)
     m = BiMamba(16, d_state=8)
-    m.fused = fused
+    m.fused, m.stacked = fused, stacked
     with torch.no_grad():
         for p in m.parameters():
             p.add_(0.1 * torch.randn_like(p))
-    x = torch.randn(2, 13, 16)
+    x = torch.randn(2, length, 16)
     m64 = copy.deepcopy(m).double()
     ref = m64(x.double())
     want = torch.autograd.grad((ref * ref.detach().cos()).sum(), list(m64.parameters()))

@@ -229,6 +229,19 @@ class Mamba(SelectiveSSM):
         return self._run(x, state, True)
 
 
+def _group_matmul(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """weight (g, o, i) @ x (b, g, i, l) -> (b, g, o, l), one weight per group.
+
+    For long sequences a batched matmul over (b, g) is fastest; for short ones those b·g
+    products are too small, and one matmul per group over all b·l columns (einsum permutes
+    x) was about 3x faster, forward + backward, at l = 8 (measured on this CPU: 2.9 vs
+    1.0 ms at b = 64, i = 128; equal near l = 64, bmm 15 % faster at l = 256).
+    """
+    if x.shape[-1] >= 64:
+        return weight @ x
+    return torch.einsum("goi,bgil->bgol", weight, x)
+
+
 class BiMamba(TemporalMixer):
     """Bidirectional Mamba: shared projections, a forward and a time-flipped causal core.
 
@@ -302,10 +315,10 @@ class BiMamba(TemporalMixer):
             torch.stack([f.conv_bias, r.conv_bias]), (False, True),
             native=self.kernels != "torch",
         )  # fmt: skip
-        x_dbl = torch.stack([f.x_proj, r.x_proj]) @ u.view(b, 2, d, length)  # (b, 2, r+2n, l)
+        x_dbl = _group_matmul(torch.stack([f.x_proj, r.x_proj]), u.view(b, 2, d, length))
         core = self.forward_ssm
         dt, B, C = torch.split(x_dbl, [core.dt_rank, core.d_state, core.d_state], dim=2)
-        dt = (torch.stack([f.dt_weight, r.dt_weight]) @ dt).view(b, 2 * d, length)
+        dt = _group_matmul(torch.stack([f.dt_weight, r.dt_weight]), dt).reshape(b, 2 * d, length)
         y = selective_scan(
             u, dt, torch.cat([f.A, r.A]), B.contiguous(), C.contiguous(),
             torch.cat([f.D, r.D]), None, torch.cat([f.dt_bias, r.dt_bias]), True,
