@@ -25,6 +25,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from cinemamba.config import ConfigError
+from cinemamba.data.buckets import BucketConfig, build_buckets
 from cinemamba.data.loader import LoaderConfig, VideoLoader, resolve_shards
 from cinemamba.data.video import write_video
 from cinemamba.eval.reconstruction import load_clips, reconstruction_strip, save_png, to_uint8
@@ -47,6 +48,9 @@ class VAEDataConfig:
     image_prob: fraction of micro-batches trained as images (frame 0 of each clip).
     shuffle: shuffle-buffer size in samples (0: stream order).
     val_path: a shard-set directory for the periodic reconstructions (default: `path`).
+    buckets: clip shapes by aspect ratio and length, each micro-batch from one, its size set
+        by a token budget (latent positions t x h x w); `train.batch_size` is then unused
+        (`cinemamba.data.buckets`, docs/data.md).
     """
 
     path: str = ""
@@ -56,6 +60,7 @@ class VAEDataConfig:
     workers: int = 0
     val_path: str = ""
     val_clips: int = 4
+    buckets: BucketConfig = field(default_factory=BucketConfig)
 
 
 @dataclass
@@ -74,6 +79,18 @@ class VAEExperiment:
 
     train: TrainConfig = field(default_factory=TrainConfig)
     task: VAETaskConfig = field(default_factory=VAETaskConfig)
+
+
+def vae_latent_shape(model: VAEConfig):
+    """`latent_shape(frames, height, width)` of a VAE of config `model` (without building it)."""
+    st, s = model.temporal_compression, model.spatial_compression
+
+    def shape(frames: int, height: int, width: int) -> tuple[int, int, int]:
+        if frames < 1 or (frames - 1) % st or height % s or width % s:
+            raise ValueError(f"this VAE needs 1 + {st}*k frames and sizes divisible by {s}")
+        return 1 + (frames - 1) // st, height // s, width // s
+
+    return shape
 
 
 def is_image_batch(seed: int, rank: int, batch: int, prob: float) -> bool:
@@ -108,6 +125,11 @@ class VAETask:
             )
         if cfg.data.clip.height % s or cfg.data.clip.width % s:
             raise ConfigError(f"task.data.clip height/width must be multiples of {s}")
+        if cfg.data.buckets.enabled:
+            try:
+                build_buckets(cfg.data.buckets, vae_latent_shape(cfg.model))
+            except ValueError as err:
+                raise ConfigError(f"task.data.buckets: {err}") from None
         if not 0 <= cfg.data.image_prob <= 1:
             raise ConfigError(f"task.data.image_prob must be in [0, 1], got {cfg.data.image_prob}")
         if not cfg.data.path:
@@ -145,10 +167,13 @@ class VAETask:
                 shards=data.path, clip=data.clip, batch_size=spec.micro_batch_size,
                 resampled=True, shuffle=data.shuffle, seed=spec.seed, workers=data.workers,
                 uint8=True,  # pixels are made on the device, in the VAE's dtype
+                buckets=data.buckets,
             ),
             rank=spec.rank,
             world_size=spec.world_size,
+            latent_shape=vae_latent_shape(self.cfg.model),
         )  # fmt: skip
+        self.counts.update(loader.skipped)  # samples no bucket takes, counted once
         for b, batch in enumerate(loader.batches(spec.start_batch), start=spec.start_batch):
             self.counts.update(batch["skipped"])
             image = is_image_batch(spec.seed, spec.rank, b, data.image_prob)

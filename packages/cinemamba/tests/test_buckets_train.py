@@ -1,0 +1,137 @@
+"""Buckets in training: the backbone and the VAE train one step on every bucket shape of a
+mixed-aspect raw shard set (square, 3:2, 2:3), each micro-batch one bucket (issue 15)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import webdataset as wds
+
+from cinemamba.config import ConfigError
+from cinemamba.data.shards import sample_to_tar_entries
+from cinemamba.data.video import encode_video
+from cinemamba.tasks.backbone import BackboneTask, load_backbone_experiment
+from cinemamba.tasks.vae import VAETask, load_vae_experiment
+from cinemamba.train import DataSpec
+from cinemamba_vae import VideoAutoencoder, vae_preset
+
+REPO = Path(__file__).resolve().parents[3]
+SIZES = {"sq": (32, 32), "wide": (32, 48), "tall": (48, 32)}  # (height, width) per kind
+BUCKETS = "[[32,32,9],[32,48,9],[48,32,9]]"
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """Tiny tensors: one thread is faster on a shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A raw shard set (2 shards, 2 videos of each kind per shard, 12 frames, with a plan) and a
+    seeded tiny VAE."""
+    root = tmp_path_factory.mktemp("bucket_train")
+    raw = root / "raw"
+    raw.mkdir()
+    rng = np.random.default_rng(1)
+    plan = {"shards": []}
+    for shard in range(2):
+        name, keys = f"mix-{shard:06d}.tar", []
+        with wds.TarWriter(str(raw / name)) as tw:
+            for kind, (h, w) in SIZES.items():
+                for i in range(2):
+                    key = f"{kind}{shard}{i}"
+                    frames = rng.integers(0, 255, (12, h, w, 3), dtype=np.uint8)
+                    tw.write(sample_to_tar_entries(key, encode_video(frames, 12.0), key, {}))
+                    keys.append(key)
+        plan["shards"].append({"name": name, "samples": len(keys), "keys": keys})
+    (raw / "mix.plan.json").write_text(json.dumps(plan))
+    torch.manual_seed(0)
+    vae = VideoAutoencoder(vae_preset("tiny"))
+    vae.set_latent_stats(torch.zeros(8), torch.ones(8))
+    vae.save_pretrained(root / "vae")
+    return {"root": root, "raw": raw, "vae": root / "vae"}
+
+
+def test_backbone_trains_one_step_on_every_bucket_shape(made):
+    exp = load_backbone_experiment(REPO / "configs/experiment/backbone_tiny.yaml", [
+        f"train.run_dir={made['root'] / 'run'}", f"task.vae={made['vae']}",
+        "task.data.source=raw", f"task.data.path={made['raw']}", "task.samples.prompts=[]",
+        "task.data.clip.start=first", f"task.data.buckets.buckets={BUCKETS}",
+        "task.data.buckets.tokens=150", "task.data.buckets.sampling=uniform",
+    ])  # fmt: skip
+    task = BackboneTask(exp.task)
+    task.validate()
+    # tiny VAE: 4x in time and space; patch 2: tokens (1 + 8/4) * (H/8) * (W/8), by hand
+    want_batch = {(32, 32): 150 // (3 * 4 * 4), (32, 48): 150 // (3 * 4 * 6)}
+    want_batch[(48, 32)] = want_batch[(32, 48)]
+    model = task.build_models()["backbone"]
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+    data = task.train_data(DataSpec(0, 1, micro_batch_size=1, seed=0, start_batch=0))
+    trained = set()
+    for step in range(30):
+        batch = next(data)
+        b, t, h, w, _ = batch["frames"].shape
+        assert t == 9 and b == want_batch[(h, w)]
+        assert all(c.rstrip("0123456789") == _kind(h, w) for c in batch["captions"])
+        if (h, w) in trained:
+            continue
+        before = [p.detach().clone() for p in model.parameters()]
+        loss = task.loss("backbone", {"backbone": model}, batch, step).loss
+        assert torch.isfinite(loss)
+        opt.zero_grad()
+        loss.backward()
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+        opt.step()
+        assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters(), strict=True))
+        trained.add((h, w))
+        if len(trained) == 3:
+            break
+    assert trained == set(SIZES.values())
+    assert task.training_clip().latent_frames == 3
+
+
+def _kind(h: int, w: int) -> str:
+    return next(k for k, v in SIZES.items() if v == (h, w))
+
+
+def test_vae_trains_one_step_on_every_bucket_shape(made):
+    exp = load_vae_experiment(REPO / "configs/vae/tiny.yaml", [
+        f"task.data.path={made['raw']}", f"train.run_dir={made['root'] / 'vae_run'}",
+        "task.model.base_channels=16", "task.data.clip.start=first", "task.data.image_prob=0",
+        f"task.data.buckets.buckets={BUCKETS}",
+        "task.data.buckets.tokens=400",
+    ])  # fmt: skip
+    task = VAETask(exp.task)
+    task.validate()
+    vae = task.build_models()["vae"]
+    data = task.train_data(DataSpec(0, 1, micro_batch_size=1, seed=0, start_batch=0))
+    trained = set()
+    for step in range(30):
+        batch = next(data)
+        b, t, h, w, _ = batch["frames"].shape
+        # 4x tiny VAE, latent positions (1 + 8/4) * (H/4) * (W/4), by hand
+        assert t == 9 and b == 400 // (3 * (h // 4) * (w // 4))
+        if (h, w) not in trained:
+            loss = task.loss("vae", {"vae": vae}, batch, step).loss
+            loss.backward()
+            assert torch.isfinite(loss)
+            trained.add((h, w))
+    assert trained == set(SIZES.values())
+
+
+def test_bucket_config_errors_name_the_setting(made):
+    exp = load_backbone_experiment(REPO / "configs/experiment/backbone_tiny.yaml", [
+        f"task.vae={made['vae']}", "task.data.source=raw", f"task.data.path={made['raw']}",
+        "task.samples.prompts=[]", "task.data.buckets.buckets=[[32,32,9]]",
+        "task.data.buckets.tokens=10",
+    ])  # fmt: skip
+    with pytest.raises(ConfigError, match="task.data.buckets: bucket 32x32x9 has 48 tokens"):
+        BackboneTask(exp.task).validate()
