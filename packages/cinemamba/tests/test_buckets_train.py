@@ -14,9 +14,11 @@ import webdataset as wds
 from cinemamba.config import ConfigError
 from cinemamba.data.shards import sample_to_tar_entries
 from cinemamba.data.video import encode_video
+from cinemamba.latents import ClipConfig, ExportConfig, export_latents
 from cinemamba.tasks.backbone import BackboneTask, load_backbone_experiment
 from cinemamba.tasks.vae import VAETask, load_vae_experiment
 from cinemamba.train import DataSpec
+from cinemamba_conditioning import TextEncoderConfig
 from cinemamba_vae import VideoAutoencoder, vae_preset
 
 REPO = Path(__file__).resolve().parents[3]
@@ -57,7 +59,13 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     vae = VideoAutoencoder(vae_preset("tiny"))
     vae.set_latent_stats(torch.zeros(8), torch.ones(8))
     vae.save_pretrained(root / "vae")
-    return {"root": root, "raw": raw, "vae": root / "vae"}
+    # latents of each video's first 9 frames at its own size: (8, 3, H/4, W/4)
+    export_latents(ExportConfig(
+        input=str(raw), output=str(root / "lat"), vae=str(root / "vae"),
+        text_encoder=TextEncoderConfig(random_init_seed=0),
+        clip=ClipConfig(frames=9, start="first"), progress=False,
+    ))  # fmt: skip
+    return {"root": root, "raw": raw, "vae": root / "vae", "lat": root / "lat"}
 
 
 def test_backbone_trains_one_step_on_every_bucket_shape(made):
@@ -135,3 +143,43 @@ def test_bucket_config_errors_name_the_setting(made):
     ])  # fmt: skip
     with pytest.raises(ConfigError, match="task.data.buckets: bucket 32x32x9 has 48 tokens"):
         BackboneTask(exp.task).validate()
+
+
+def _latent_task(made, *extra: str) -> BackboneTask:
+    exp = load_backbone_experiment(REPO / "configs/experiment/backbone_tiny.yaml", [
+        f"task.vae={made['vae']}", f"task.data.path={made['lat']}", "task.samples.prompts=[]",
+        f"task.data.buckets.buckets={BUCKETS}", *extra,
+    ])  # fmt: skip
+    task = BackboneTask(exp.task)
+    task.validate()
+    return task
+
+
+def test_latent_buckets_group_same_shape_latents_and_resume_exactly(made):
+    # windows of 2 latent frames (5 pixel frames) from the stored 3 at a seeded start
+    buckets = "[[32,32,5],[32,48,5],[48,32,5],[32,32,9]]"
+    task = _latent_task(
+        made, f"task.data.buckets.buckets={buckets}", "task.data.buckets.tokens=100"
+    )
+    spec = DataSpec(0, 1, micro_batch_size=1, seed=0, start_batch=0)
+    run = [next(d) for d in [task.train_data(spec)] for _ in range(12)]
+    # 4x tiny VAE, patch 2: tokens of a 9-frame 32x32 clip (3 latent frames) 3 * 4 * 4 = 48
+    want = {(8, 8): (3, 100 // 48), (8, 12): (2, 100 // (2 * 4 * 6)), (12, 8): (2, 100 // 48)}
+    model = task.build_models()["backbone"]
+    trained = set()
+    for step, batch in enumerate(run):
+        b, c, t, h, w = batch["latents"].shape
+        assert (t, b) == want[(h, w)] and c == 8
+        if (h, w) not in trained:
+            loss = task.loss("backbone", {"backbone": model}, batch, step).loss
+            loss.backward()
+            assert torch.isfinite(loss)
+            trained.add((h, w))
+    assert trained == set(want)
+    later = _latent_task(
+        made, f"task.data.buckets.buckets={buckets}", "task.data.buckets.tokens=100"
+    ).train_data(DataSpec(0, 1, micro_batch_size=1, seed=0, start_batch=5))
+    for want_batch in run[5:]:
+        got = next(later)
+        assert got.keys() == want_batch.keys()
+        assert all(torch.equal(got[k], want_batch[k]) for k in got)

@@ -26,18 +26,22 @@ once and probing each video's header; nothing is decoded.
 from __future__ import annotations
 
 import functools
+import io
 import logging
 import math
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
 from cinemamba.data.video import VideoDecodeError, probe_video
+from cinemamba.latents import format as fmt
 from cinemamba.latents.clips import ClipConfig
-from cinemamba.latents.stream import SampleStream, ShardList, fill_batch, read_tar
+from cinemamba.latents.dataset import LatentSet, crop_latents, noise_seed
+from cinemamba.latents.stream import SampleStream, ShardList, batch_loader, fill_batch, read_tar
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +99,21 @@ class Bucket:
 
 
 LatentShape = Callable[[int, int, int], tuple[int, int, int]]
+
+
+def config_latent_shape(config: Mapping[str, Any]) -> LatentShape:
+    """`latent_shape(frames, height, width)` of a VAE from its recorded config (ours, or a
+    diffusers adapter's with its `frame_step`), without loading it: what `VideoAutoencoder`
+    and the adapters compute."""
+    st, s = int(config["temporal_compression"]), int(config["spatial_compression"])
+    step = int(config.get("frame_step", st))
+
+    def shape(frames: int, height: int, width: int) -> tuple[int, int, int]:
+        if frames < 1 or (frames - 1) % step or height % s or width % s:
+            raise ValueError(f"this VAE needs 1 + {step}*k frames and sizes divisible by {s}")
+        return 1 + (frames - 1) // st, height // s, width // s
+
+    return shape
 
 
 def build_buckets(cfg: BucketConfig, latent_shape: LatentShape, patch: int = 1) -> list[Bucket]:
@@ -257,8 +276,12 @@ def index_raw_shards(shards: ShardList, buckets: list[Bucket], clip: ClipConfig)
             )
             skipped["unreadable_shard"] += 1
         of.append(shard + [-1] * (expected - len(shard)))
-    index = BucketIndex(shards, buckets, of, skipped)
-    sizes = index.sizes()
+    return _report(BucketIndex(shards, buckets, of, skipped))
+
+
+def _report(index: BucketIndex) -> BucketIndex:
+    """Log the samples per bucket and those left out; raise if no bucket holds any."""
+    buckets, skipped, sizes = index.buckets, index.skipped, index.sizes()
     log.info("buckets: %s", ", ".join(f"{b.height}x{b.width}x{b.frames} (batch "
              f"{b.batch_size}): {n} samples" for b, n in zip(buckets, sizes, strict=True)))  # fmt: skip
     if skipped:
@@ -392,3 +415,110 @@ def _only(offsets: dict[str, frozenset[int]], url: str) -> Iterator[dict[str, An
     for i, sample in enumerate(read_tar(url)):
         if i in keep:
             yield sample
+
+
+# ---------------------------------------------------------------------------- latent shards
+
+
+def npy_shape(data: bytes) -> tuple[int, ...]:
+    """The shape in a `.npy` header (the array itself is not read)."""
+    f = io.BytesIO(data)
+    version = np.lib.format.read_magic(f)
+    read = {
+        (1, 0): np.lib.format.read_array_header_1_0,
+        (2, 0): np.lib.format.read_array_header_2_0,
+    }
+    if version not in read:
+        raise ValueError(f".npy version {version} is not supported")
+    return tuple(read[version](f)[0])
+
+
+def assign_latent_bucket(
+    buckets: Sequence[Bucket], latent_shape: LatentShape, t: int, h: int, w: int
+) -> int | None:
+    """Index of the bucket for a stored latent sequence `(C, t, h, w)`: latents are not resized,
+    so the bucket's latent size must be h x w; of those, the longest window that fits t."""
+    best, best_t = None, 0
+    for i, b in enumerate(buckets):
+        bt, bh, bw = latent_shape(b.frames, b.height, b.width)
+        if (bh, bw) == (h, w) and best_t < bt <= t:
+            best, best_t = i, bt
+    return best
+
+
+def index_latent_shards(
+    shards: ShardList, buckets: list[Bucket], latent_shape: LatentShape
+) -> BucketIndex:
+    """Read every latent shard once, take each sample's latent shape from its `.npy` header and
+    assign it a bucket; left out, by reason: "bad_latent", "no_bucket" (no bucket of its latent
+    size with a window it can fill), "unreadable_shard"."""
+    of: list[list[int]] = []
+    skipped: Counter = Counter()
+    for url, expected in zip(shards.urls, shards.counts, strict=True):
+        shard: list[int] = []
+        try:
+            for sample in read_tar(url):
+                if len(shard) >= expected:
+                    break
+                try:
+                    shape = npy_shape(bytes(sample["latent.npy"]))
+                    if len(shape) != 4:
+                        raise ValueError(f"latent shape {shape} is not (C, t, h, w)")
+                except (KeyError, ValueError) as err:
+                    log.warning("bucket index: sample %s: %s", sample.get("__key__"), err)
+                    skipped["bad_latent"] += 1
+                    shard.append(-1)
+                    continue
+                k = assign_latent_bucket(buckets, latent_shape, *shape[1:])
+                if k is None:
+                    skipped["no_bucket"] += 1
+                shard.append(-1 if k is None else k)
+        except Exception as err:  # truncated tar, vanished file, failed pipe
+            log.warning(
+                "bucket index: shard %s unreadable after %d samples: %s", url, len(shard), err
+            )
+            skipped["unreadable_shard"] += 1
+        of.append(shard + [-1] * (expected - len(shard)))
+    return _report(BucketIndex(shards, buckets, of, skipped))
+
+
+def bucketed_latent_batches(
+    lset: LatentSet,
+    cfg: BucketConfig,
+    patch: int,
+    *,
+    seed: int,
+    rank: int,
+    start_batch: int,
+    crop: str = "random",
+    workers: int = 0,
+    shuffle: int = 0,
+) -> tuple[Counter, Iterator[tuple[dict[str, torch.Tensor], dict[str, int]]]]:
+    """(samples left out of every bucket, micro-batches from `start_batch` on) of a latent set:
+    each micro-batch one bucket, its windows `latent_shape(bucket)[0]` latent frames long from
+    a start seeded by (seed, rank, bucket, position) (`crop`: "random" or "first"); the batch
+    dict is `latent_batches`'. The VAE's latent shape comes from the set's manifest."""
+    latent_shape = config_latent_shape(lset.manifest["vae"]["config"])
+    buckets = build_buckets(cfg, latent_shape, patch)
+    index = index_latent_shards(lset.shards, buckets, latent_shape)
+    probs = bucket_probabilities(cfg, buckets, index.sizes())
+    windows = [latent_shape(b.frames, b.height, b.width)[0] for b in buckets]
+
+    def decode(sample: dict[str, Any], position: int, k: int) -> dict[str, torch.Tensor]:
+        item = fmt.decode_sample(sample)
+        rng = np.random.default_rng([seed, rank, k, position, 3])
+        item["latents"] = crop_latents(item["latents"], windows[k], crop, rng, sample["__key__"])
+        return item
+
+    def collate(items: list[dict[str, torch.Tensor]], b: int, _k: int) -> dict[str, torch.Tensor]:
+        batch = {name: torch.stack([it[name] for it in items]) for name in items[0]}
+        batch["noise_seed"] = torch.tensor(noise_seed(seed, rank, b), dtype=torch.int64)
+        return batch
+
+    def make(every: int, phase: int) -> Iterator[tuple[dict[str, torch.Tensor], dict[str, int]]]:
+        return bucketed_micro_batches(
+            index, probs, decode, collate, seed=seed, rank=rank, start_batch=start_batch,
+            shuffle=shuffle, every=every, phase=phase,
+        )  # fmt: skip
+
+    return index.skipped, batch_loader(make, workers)

@@ -33,8 +33,10 @@ from cinemamba.data.buckets import (
     BucketConfig,
     bucket_clip,
     bucket_probabilities,
+    bucketed_latent_batches,
     bucketed_micro_batches,
     build_buckets,
+    config_latent_shape,
     index_raw_shards,
 )
 from cinemamba.data.loader import resolve_shards
@@ -92,9 +94,10 @@ class BackboneDataConfig:
         videos in the order they were written; a block of N samples spanning several shards
         is permuted, so one batch mixes them. Memory holds one block (raw: N encoded videos);
         resume stays exact.
-    buckets: raw only: clip shapes by aspect ratio and length, each micro-batch from one, its
-        size set by a token budget (latent t x h x w / patch^2); `train.batch_size` is then
-        unused (`cinemamba.data.buckets`, docs/data.md).
+    buckets: clip shapes by aspect ratio and length, each micro-batch from one, its size set
+        by a token budget (latent t x h x w / patch^2); `train.batch_size` is then unused
+        (`cinemamba.data.buckets`, docs/data.md). Latents: a sample joins the buckets of its
+        stored latent size, with the longest window it can fill (`latent_frames` unused).
     """
 
     source: str = "latents"
@@ -272,11 +275,6 @@ class BackboneTask:
                 except ValueError as err:
                     raise ConfigError(f"task.data.buckets: {err}") from None
             return
-        if data.buckets.enabled:
-            raise ConfigError(
-                "task.data.buckets needs task.data.source=raw (latent sets: crop to one "
-                "task.data.latent_frames; bucketed latent batches are not built yet)"
-            )
         if not cfg.vae:
             log.warning("task.vae is empty: the VAE the latents were made with is not checked")
         try:
@@ -301,6 +299,12 @@ class BackboneTask:
                 f"task.backbone.in_channels={cfg.backbone.in_channels} but the latents have "
                 f"{channels} channels"
             )
+        if data.buckets.enabled:
+            try:  # the latents' VAE (from the manifest) decides each bucket's latent shape
+                shape = config_latent_shape(self.latent_set.manifest["vae"]["config"])
+                build_buckets(data.buckets, shape, cfg.backbone.patch_size)
+            except (KeyError, ValueError) as err:
+                raise ConfigError(f"task.data.buckets: {err}") from None
 
     def _device_of(self, module: nn.Module) -> torch.device:
         return next(module.parameters()).device
@@ -432,7 +436,15 @@ class BackboneTask:
     def train_data(self, spec: DataSpec) -> Iterator[dict[str, Any]]:
         """This rank's micro-batches (a function of seed, rank and batch index)."""
         data = self.cfg.data
-        if data.source == "latents":
+        if data.source == "latents" and data.buckets.enabled:
+            assert self.latent_set is not None, "validate() opens the latent set"
+            left_out, batches = bucketed_latent_batches(
+                self.latent_set, data.buckets, self.cfg.backbone.patch_size, seed=spec.seed,
+                rank=spec.rank, start_batch=spec.start_batch, crop=data.crop,
+                workers=data.workers, shuffle=data.shuffle,
+            )  # fmt: skip
+            self.counts.update(left_out)  # samples no bucket takes, counted once
+        elif data.source == "latents":
             assert self.latent_set is not None, "validate() opens the latent set"
             batches = latent_batches(
                 self.latent_set, seed=spec.seed, rank=spec.rank,

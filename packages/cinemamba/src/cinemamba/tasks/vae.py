@@ -25,7 +25,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from cinemamba.config import ConfigError
-from cinemamba.data.buckets import BucketConfig, build_buckets
+from cinemamba.data.buckets import BucketConfig, build_buckets, config_latent_shape
 from cinemamba.data.loader import LoaderConfig, VideoLoader, resolve_shards
 from cinemamba.data.video import write_video
 from cinemamba.eval.reconstruction import load_clips, reconstruction_strip, save_png, to_uint8
@@ -81,18 +81,6 @@ class VAEExperiment:
     task: VAETaskConfig = field(default_factory=VAETaskConfig)
 
 
-def vae_latent_shape(model: VAEConfig):
-    """`latent_shape(frames, height, width)` of a VAE of config `model` (without building it)."""
-    st, s = model.temporal_compression, model.spatial_compression
-
-    def shape(frames: int, height: int, width: int) -> tuple[int, int, int]:
-        if frames < 1 or (frames - 1) % st or height % s or width % s:
-            raise ValueError(f"this VAE needs 1 + {st}*k frames and sizes divisible by {s}")
-        return 1 + (frames - 1) // st, height // s, width // s
-
-    return shape
-
-
 def is_image_batch(seed: int, rank: int, batch: int, prob: float) -> bool:
     """Whether micro-batch `batch` of `rank` trains on single frames (seeded, resumable)."""
     return bool(np.random.default_rng([seed, rank, batch, 11]).random() < prob)
@@ -127,7 +115,7 @@ class VAETask:
             raise ConfigError(f"task.data.clip height/width must be multiples of {s}")
         if cfg.data.buckets.enabled:
             try:
-                build_buckets(cfg.data.buckets, vae_latent_shape(cfg.model))
+                build_buckets(cfg.data.buckets, config_latent_shape(vars(cfg.model)))
             except ValueError as err:
                 raise ConfigError(f"task.data.buckets: {err}") from None
         if not 0 <= cfg.data.image_prob <= 1:
@@ -171,7 +159,7 @@ class VAETask:
             ),
             rank=spec.rank,
             world_size=spec.world_size,
-            latent_shape=vae_latent_shape(self.cfg.model),
+            latent_shape=config_latent_shape(vars(self.cfg.model)),
         )  # fmt: skip
         self.counts.update(loader.skipped)  # samples no bucket takes, counted once
         for b, batch in enumerate(loader.batches(spec.start_batch), start=spec.start_batch):
