@@ -133,6 +133,8 @@ def test_vae_trains_one_step_on_every_bucket_shape(made):
             assert torch.isfinite(loss)
             trained.add((h, w))
     assert trained == set(SIZES.values())
+    # the fixed reconstruction clips: one shape (the first bucket's), stacked
+    assert task.val_clips().shape == (4, 9, 32, 32, 3)
 
 
 def test_bucket_config_errors_name_the_setting(made):

@@ -164,6 +164,10 @@ def test_resume_mid_stream_equals_the_uninterrupted_run(mixed_dir):
         assert got["key"] == want["key"] and got["bucket"] == want["bucket"]
         assert torch.equal(got["video"], want["video"])  # the same decode: bit for bit
     assert len({tuple(b["key"]) for b in run}) > 6  # not one batch over and over
+    workers = _loader(mixed_dir, fit="random")
+    workers.cfg.workers = 2  # DataLoader processes: batches 7, 9, ... and 8, 10, ...
+    for want, got in zip(run[7:], workers.batches(start_batch=7), strict=False):
+        assert got["key"] == want["key"] and torch.equal(got["video"], want["video"])
 
 
 def test_worker_interleaving_and_resume_match_one_pass():

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from cinemamba.config import ConfigError
-from cinemamba.data.buckets import BucketConfig, build_buckets, config_latent_shape
+from cinemamba.data.buckets import BucketConfig, bucket_clip, build_buckets, config_latent_shape
 from cinemamba.data.loader import LoaderConfig, VideoLoader, resolve_shards
 from cinemamba.data.video import write_video
 from cinemamba.eval.reconstruction import load_clips, reconstruction_strip, save_png, to_uint8
@@ -230,6 +230,11 @@ class VAETask:
                 frames=data.clip.frames, stride=data.clip.stride,
                 height=data.clip.height, width=data.clip.width, start="first",
             )  # fmt: skip
+            if data.buckets.enabled:
+                # one shape to stack: the first bucket with the shortest clip (most videos fit)
+                buckets = build_buckets(data.buckets, config_latent_shape(vars(self.cfg.model)))
+                bucket = min(buckets, key=lambda b: b.frames)
+                clip = bucket_clip(bucket, replace(clip, fps=data.clip.fps), data.buckets.fit)
             self._val = load_clips(data.val_path or data.path, clip, data.val_clips)
         return self._val
 
