@@ -68,8 +68,10 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"root": root, "raw": raw, "vae": root / "vae", "lat": root / "lat"}
 
 
-def test_backbone_trains_one_step_on_every_bucket_shape(made):
+@pytest.mark.parametrize("mixer", ["bimamba", "full3d"])  # 2D sin-cos / 3D rotary positions
+def test_backbone_trains_one_step_on_every_bucket_shape(made, mixer):
     exp = load_backbone_experiment(REPO / "configs/experiment/backbone_tiny.yaml", [
+        f"task.backbone.mixer={mixer}",
         f"train.run_dir={made['root'] / 'run'}", f"task.vae={made['vae']}",
         "task.data.source=raw", f"task.data.path={made['raw']}", "task.samples.prompts=[]",
         "task.data.clip.start=first", f"task.data.buckets.buckets={BUCKETS}",
