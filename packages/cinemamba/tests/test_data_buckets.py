@@ -97,6 +97,8 @@ def test_batch_sizes_hold_the_token_budget():
         build_buckets(BucketConfig(buckets=[[24, 16, 5]], tokens=48), vae_shape, patch=2)
     with pytest.raises(ValueError, match="sampling must be one of"):
         build_buckets(BucketConfig(buckets=[[16, 16, 5]], tokens=48, sampling="x"), vae_shape)
+    with pytest.raises(ValueError, match="not both"):
+        build_buckets(BucketConfig(buckets=[[16, 16, 5]], aspects=[1.0], tokens=48), vae_shape)
     explicit = build_buckets(BucketConfig(buckets=[[16, 16, 5, 3]]), vae_shape)
     assert explicit[0].batch_size == 3  # a 4th entry is the batch size itself
 

@@ -128,6 +128,8 @@ def build_buckets(cfg: BucketConfig, latent_shape: LatentShape, patch: int = 1) 
         raise ValueError(f"buckets.fit must be one of {FITS}, got {cfg.fit!r}")
     if cfg.tokens < 0:
         raise ValueError(f"buckets.tokens must be >= 0, got {cfg.tokens}")
+    if cfg.buckets and (cfg.aspects or cfg.area or cfg.frames):
+        raise ValueError("give buckets.buckets or buckets.aspects/area/frames, not both")
     specs = [list(b) for b in cfg.buckets] if cfg.buckets else _generated(cfg, latent_shape, patch)
     out: list[Bucket] = []
     for spec in specs:
