@@ -7,6 +7,9 @@ Two modes over the same clip decoding (`cinemamba.latents.clips.decode_clip`):
   `cinemamba.latents.stream` — so the training engine resumes at any batch exactly. An
   optional shuffle buffer permutes samples within consecutive blocks of `shuffle` stream
   positions, seeded per block, which keeps that property.
+- **bucketed** (resampled, with `buckets` set): each micro-batch holds clips of one bucket
+  (height, width, frames) with that bucket's batch size (`cinemamba.data.buckets`); still a
+  pure function of (seed, rank, b).
 - **finite** (evaluation, one pass): shards are split by rank (`shards[rank::world_size]`)
   and then by DataLoader worker, as WebDataset's node and worker splitters do, so every
   sample is read exactly once across all ranks and workers.
@@ -38,6 +41,16 @@ import torch
 from braceexpand import braceexpand
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from cinemamba.data.buckets import (
+    BucketConfig,
+    BucketIndex,
+    LatentShape,
+    bucket_clip,
+    bucket_probabilities,
+    bucketed_micro_batches,
+    build_buckets,
+    index_raw_shards,
+)
 from cinemamba.latents.clips import ClipConfig, decode_clip, to_pixels
 from cinemamba.latents.stream import (
     SampleStream,
@@ -59,6 +72,8 @@ class LoaderConfig:
     clip: frames, stride or target fps, output size, crop (see `ClipConfig`).
     resampled: infinite training stream (True) or one finite pass (False).
     shuffle: shuffle-buffer size in samples (0: stream order).
+    buckets: clip shapes by aspect ratio and length, each with its own batch size (resampled
+        only; `batch_size` and the clip's size are then unused; see `BucketConfig`).
     """
 
     shards: str = ""
@@ -69,6 +84,7 @@ class LoaderConfig:
     seed: int = 0
     workers: int = 0
     uint8: bool = False  # keep clips uint8 (T, H, W, 3) per sample instead of [-1, 1] floats
+    buckets: BucketConfig = field(default_factory=BucketConfig)
 
 
 # ---------------------------------------------------------------------------- shard lists
@@ -183,6 +199,11 @@ class ShuffledStream:
 # --------------------------------------------------------------------------------- batches
 
 
+def _pixels(frames: int, height: int, width: int) -> tuple[int, int, int]:
+    """One token per pixel: the shape a bucket has without a VAE."""
+    return frames, height, width
+
+
 def _collate(items: list[dict[str, Any]], uint8: bool) -> dict[str, Any]:
     frames = torch.stack([it["frames"] for it in items])  # (B, T, H, W, 3) uint8
     return {
@@ -211,10 +232,22 @@ class VideoLoader:
     Iterating gives dicts: `video` float `(B, 3, T, H, W)` in [-1, 1] (or uint8
     `(B, T, H, W, 3)` with `uint8=True`), `caption` list[str], `meta` list[dict] (the
     sample's KEY.json under "source", the clip selection under "clip"), `key` list[str] and
-    `skipped` (bad samples dropped while making this batch, by reason).
+    `skipped` (bad samples dropped while making this batch, by reason); with buckets also
+    `bucket` (height, width, frames).
+
+    `latent_shape(frames, height, width)` and `patch` define a bucket's tokens (default: one
+    token per pixel); the VAE task passes its VAE's, the backbone task the VAE's and its patch.
     """
 
-    def __init__(self, cfg: LoaderConfig, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self,
+        cfg: LoaderConfig,
+        rank: int = 0,
+        world_size: int = 1,
+        *,
+        latent_shape: LatentShape | None = None,
+        patch: int = 1,
+    ) -> None:
         cfg.clip.validate()
         if cfg.batch_size < 1 or cfg.shuffle < 0 or cfg.workers < 0:
             raise ValueError(
@@ -226,6 +259,14 @@ class VideoLoader:
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         self.shards = resolve_shards(cfg.shards)
         self.skipped: Counter = Counter()
+        self.index: BucketIndex | None = None
+        if cfg.buckets.enabled:
+            if not cfg.resampled:
+                raise ValueError("buckets need the resampled stream (resampled=True)")
+            buckets = build_buckets(cfg.buckets, latent_shape or _pixels, patch)
+            self.index = index_raw_shards(self.shards, buckets, cfg.clip)
+            self.probs = bucket_probabilities(cfg.buckets, buckets, self.index.sizes())
+            self.skipped.update(self.index.skipped)  # left out of every bucket, counted once
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return self.batches()
@@ -261,6 +302,9 @@ class VideoLoader:
                 "warnings": warnings}  # fmt: skip
 
     def _resampled(self, start_batch: int, every: int, phase: int) -> Iterator[dict[str, Any]]:
+        if self.index is not None:
+            yield from self._bucketed(start_batch, every, phase)
+            return
         stream: Any = SampleStream(self.shards, self.cfg.seed, self.rank)
         if self.cfg.shuffle > 1:
             stream = ShuffledStream(stream, self.cfg.shuffle)
@@ -273,6 +317,29 @@ class VideoLoader:
             every=every,
             phase=phase,
         ):
+            batch["skipped"] = skipped
+            yield batch
+
+    def _bucketed(self, start_batch: int, every: int, phase: int) -> Iterator[dict[str, Any]]:
+        assert self.index is not None
+        index, fit = self.index, self.cfg.buckets.fit
+        clips = [bucket_clip(b, self.cfg.clip, fit) for b in index.buckets]
+
+        def decode(sample: dict[str, Any], position: int, k: int) -> dict[str, Any]:
+            rng = np.random.default_rng([self.cfg.seed, self.rank, k, position, 0xB1])
+            frames, caption, meta = decode_clip(sample, clips[k], rng)
+            return {"frames": frames, "caption": caption, "key": sample["__key__"],
+                    "warnings": meta.pop("warnings", []), "meta": meta}  # fmt: skip
+
+        def collate(items: list[dict[str, Any]], _b: int, k: int) -> dict[str, Any]:
+            batch = _collate(items, self.cfg.uint8)
+            batch["bucket"] = index.buckets[k].shape
+            return batch
+
+        for batch, skipped in bucketed_micro_batches(
+            index, self.probs, decode, collate, seed=self.cfg.seed, rank=self.rank,
+            start_batch=start_batch, shuffle=self.cfg.shuffle, every=every, phase=phase,
+        ):  # fmt: skip
             batch["skipped"] = skipped
             yield batch
 

@@ -22,6 +22,12 @@ log = logging.getLogger(__name__)
 CLIP_STARTS = ("random", "first")
 CLIP_CROPS = ("none", "center", "random")
 
+# `crop: none` resizes straight to the clip size: past this relative change of a video's aspect
+# ratio (a 210x160 video squashed to a square is 31 %, 16:9 to a square 78 %), the sample is
+# counted under "aspect_squashed" and the first one per process is logged (issue 15).
+SQUASH_TOLERANCE = 0.05
+_squash_logged = False
+
 
 class SampleError(ValueError):
     """A raw sample that cannot be used; `reason` is the counter it is logged under."""
@@ -173,6 +179,10 @@ def decode_clip(
             "too_short", f"sample {key!r} has {info.frames} frames; the clip needs {span}"
         )
     start = 0 if clip.start == "first" else int(rng.integers(info.frames - span + 1))
+    change = squash_change(clip, info.height, info.width)
+    if change > SQUASH_TOLERANCE:
+        warnings.append("aspect_squashed")
+        _log_squash_once(key, info, clip, change)
     size, box = _resize_and_crop(clip, info.height, info.width, rng)
     try:
         frames = decode_video(bytes(data), start, clip.frames, stride, size=size)
@@ -190,6 +200,28 @@ def decode_clip(
     if warnings:
         out_meta["warnings"] = warnings  # callers count these; the sample is still used
     return torch.from_numpy(np.ascontiguousarray(frames)), caption, out_meta
+
+
+def squash_change(clip: ClipConfig, height: int, width: int) -> float:
+    """Relative change of a height x width video's aspect ratio under `clip` (0 unless
+    `crop: none` resizes it to another shape): max(r, 1/r) - 1 of the two ratios' quotient."""
+    if not clip.height or clip.crop != "none" or not height or not width:
+        return 0.0
+    ratio = (clip.width / clip.height) / (width / height)
+    return max(ratio, 1 / ratio) - 1
+
+
+def _log_squash_once(key: Any, info: VideoInfo, clip: ClipConfig, change: float) -> None:
+    global _squash_logged
+    if _squash_logged:
+        return
+    _squash_logged = True  # one line per process; every such sample is counted
+    log.warning(
+        "sample %r: crop 'none' squashes %dx%d video to %dx%d (aspect ratio changed by %.0f%%); "
+        "further squashed samples are only counted ('aspect_squashed'). Set crop to 'center' or "
+        "'random', or use buckets (docs/data.md)",
+        key, info.height, info.width, clip.height, clip.width, 100 * change,
+    )  # fmt: skip
 
 
 def _resize_and_crop(

@@ -135,10 +135,20 @@ class SampleStream:
     the one block that holds `start`.
     """
 
-    def __init__(self, shards: ShardList, seed: int, rank: int, window: int = 0) -> None:
+    def __init__(
+        self,
+        shards: ShardList,
+        seed: int,
+        rank: int,
+        window: int = 0,
+        reader: Callable[[str], Iterator[dict[str, Any]]] = read_tar,
+    ) -> None:
         if window < 0:
             raise ValueError(f"shuffle window must be >= 0, got {window}")
         self.shards, self.seed, self.rank, self.window = shards, seed, rank, window
+        # `reader(url)` yields a shard's samples; a bucket's stream passes one that keeps only
+        # that bucket's samples (cinemamba.data.buckets), `shards.counts` counting just those.
+        self.reader = reader
         self.skipped: Counter = Counter()
 
     def reserve(self, batch: int) -> Iterator[tuple[int, dict[str, Any] | None]]:
@@ -146,7 +156,7 @@ class SampleStream:
         (seed, rank, batch), from a random position (its skips are not counted: the samples
         it misses are counted where they occur in the main stream)."""
         rng = np.random.default_rng([self.seed, self.rank, batch, 0x5E5E])
-        other = SampleStream(self.shards, int(rng.integers(2**62)), self.rank)
+        other = SampleStream(self.shards, int(rng.integers(2**62)), self.rank, reader=self.reader)
         return other(int(rng.integers(sum(self.shards.counts))))
 
     def __call__(self, start: int) -> Iterator[tuple[int, dict[str, Any] | None]]:
@@ -175,7 +185,7 @@ class SampleStream:
             url, expected = self.shards.urls[index], self.shards.counts[index]
             seen = 0
             try:
-                for sample in read_tar(url):
+                for sample in self.reader(url):
                     if seen >= expected:
                         break
                     if seen >= offset:
@@ -263,35 +273,47 @@ def micro_batches(
     b = start_batch + phase
     reader = stream(b * batch_size)
     while True:
-        first = b * batch_size
-        items: list[dict[str, Any]] = []
-        keys: set[str] = set()
-        skipped: Counter = Counter()
-
-        for position, sample in reader:
-            if position >= first:  # positions before belong to other workers' batches
-                _take_distinct(decode, position, sample, items, keys, skipped)
-            if position == first + batch_size - 1:
-                break
-        if len(items) < batch_size:
-            # After one pass over the data without enough distinct samples, the usable set is
-            # smaller than a batch: repeats are then the only way to fill it.
-            one_pass = sum(stream.shards.counts)
-            for tries, (position, sample) in enumerate(stream.reserve(b)):
-                distinct = keys if tries < one_pass else set()
-                _take_distinct(decode, position, sample, items, distinct, None)
-                if len(items) == batch_size:
-                    break
-                if tries >= max(MAX_BAD_RUN, one_pass):
-                    raise RuntimeError(
-                        f"micro-batch {b}: found {len(items)} of {batch_size} usable samples "
-                        f"in {tries + 1} samples of the stream (skipped: {dict(skipped)}); "
-                        "the shards are unusable"
-                    )
-        skipped.update(stream.skipped)
-        stream.skipped.clear()
+        items, skipped = fill_batch(stream, reader, decode, b, b * batch_size, batch_size)
         yield collate(items, b), dict(skipped)
         b += every
+
+
+def fill_batch(
+    stream: SampleStream,
+    reader: Iterator[tuple[int, dict[str, Any] | None]],
+    decode: Callable[[dict[str, Any], int], dict[str, Any]],
+    b: int,
+    first: int,
+    batch_size: int,
+) -> tuple[list[dict[str, Any]], Counter]:
+    """The decoded items of micro-batch `b` (stream positions `first .. first + batch_size - 1`,
+    read on from `reader`) and its skipped counts; see `micro_batches`."""
+    items: list[dict[str, Any]] = []
+    keys: set[str] = set()
+    skipped: Counter = Counter()
+    for position, sample in reader:
+        if position >= first:  # positions before belong to other workers' batches
+            _take_distinct(decode, position, sample, items, keys, skipped)
+        if position == first + batch_size - 1:
+            break
+    if len(items) < batch_size:
+        # After one pass over the data without enough distinct samples, the usable set is
+        # smaller than a batch: repeats are then the only way to fill it.
+        one_pass = sum(stream.shards.counts)
+        for tries, (position, sample) in enumerate(stream.reserve(b)):
+            distinct = keys if tries < one_pass else set()
+            _take_distinct(decode, position, sample, items, distinct, None)
+            if len(items) == batch_size:
+                break
+            if tries >= max(MAX_BAD_RUN, one_pass):
+                raise RuntimeError(
+                    f"micro-batch {b}: found {len(items)} of {batch_size} usable samples "
+                    f"in {tries + 1} samples of the stream (skipped: {dict(skipped)}); "
+                    "the shards are unusable"
+                )
+    skipped.update(stream.skipped)
+    stream.skipped.clear()
+    return items, skipped
 
 
 class _BatchDataset(IterableDataset):

@@ -28,12 +28,23 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from cinemamba.config import ConfigError
+from cinemamba.data.buckets import (
+    Bucket,
+    BucketConfig,
+    bucket_clip,
+    bucket_probabilities,
+    bucketed_latent_batches,
+    bucketed_micro_batches,
+    build_buckets,
+    config_latent_shape,
+    index_raw_shards,
+)
 from cinemamba.data.loader import resolve_shards
 from cinemamba.data.video import write_video
 from cinemamba.latents import format as fmt
 from cinemamba.latents.clips import ClipConfig, decode_clip, to_pixels
 from cinemamba.latents.dataset import CROPS, LatentSet, latent_batches, noise_seed, open_latent_set
-from cinemamba.latents.stream import SampleStream, batch_loader, micro_batches
+from cinemamba.latents.stream import SampleStream, ShardList, batch_loader, micro_batches
 from cinemamba.tasks.context import CleanContext
 from cinemamba.train import (
     DataSpec,
@@ -83,6 +94,10 @@ class BackboneDataConfig:
         videos in the order they were written; a block of N samples spanning several shards
         is permuted, so one batch mixes them. Memory holds one block (raw: N encoded videos);
         resume stays exact.
+    buckets: clip shapes by aspect ratio and length, each micro-batch from one, its size set
+        by a token budget (latent t x h x w / patch^2); `train.batch_size` is then unused
+        (`cinemamba.data.buckets`, docs/data.md). Latents: a sample joins the buckets of its
+        stored latent size, with the longest window it can fill (`latent_frames` unused).
     """
 
     source: str = "latents"
@@ -93,6 +108,7 @@ class BackboneDataConfig:
     crop: str = "random"
     workers: int = 0
     shuffle: int = 0
+    buckets: BucketConfig = field(default_factory=BucketConfig)
 
 
 @dataclass
@@ -207,6 +223,7 @@ class BackboneTask:
         self._null: dict[str, torch.Tensor] | None = None
         self._writer = None
         self._clip: tuple[int, int, int] | None = None  # (t, h, w) of the latents trained on
+        self._bucket_list: list[Bucket] | None = None
         self._base: str | None = None  # hash of the frozen base weights under LoRA
         self._warned_no_pipeline = False
         self.val_set: LatentSet | None = None
@@ -252,6 +269,11 @@ class BackboneTask:
                     f"task.backbone.in_channels={cfg.backbone.in_channels} but the VAE "
                     f"{cfg.vae!r} makes {channels} latent channels"
                 )
+            if data.buckets.enabled:
+                try:
+                    self._buckets()
+                except ValueError as err:
+                    raise ConfigError(f"task.data.buckets: {err}") from None
             return
         if not cfg.vae:
             log.warning("task.vae is empty: the VAE the latents were made with is not checked")
@@ -277,6 +299,12 @@ class BackboneTask:
                 f"task.backbone.in_channels={cfg.backbone.in_channels} but the latents have "
                 f"{channels} channels"
             )
+        if data.buckets.enabled:
+            try:  # the latents' VAE (from the manifest) decides each bucket's latent shape
+                shape = config_latent_shape(self.latent_set.manifest["vae"]["config"])
+                build_buckets(data.buckets, shape, cfg.backbone.patch_size)
+            except (KeyError, ValueError) as err:
+                raise ConfigError(f"task.data.buckets: {err}") from None
 
     def _device_of(self, module: nn.Module) -> torch.device:
         return next(module.parameters()).device
@@ -408,7 +436,15 @@ class BackboneTask:
     def train_data(self, spec: DataSpec) -> Iterator[dict[str, Any]]:
         """This rank's micro-batches (a function of seed, rank and batch index)."""
         data = self.cfg.data
-        if data.source == "latents":
+        if data.source == "latents" and data.buckets.enabled:
+            assert self.latent_set is not None, "validate() opens the latent set"
+            left_out, batches = bucketed_latent_batches(
+                self.latent_set, data.buckets, self.cfg.backbone.patch_size, seed=spec.seed,
+                rank=spec.rank, start_batch=spec.start_batch, crop=data.crop,
+                workers=data.workers, shuffle=data.shuffle,
+            )  # fmt: skip
+            self.counts.update(left_out)  # samples no bucket takes, counted once
+        elif data.source == "latents":
             assert self.latent_set is not None, "validate() opens the latent set"
             batches = latent_batches(
                 self.latent_set, seed=spec.seed, rank=spec.rank,
@@ -422,6 +458,15 @@ class BackboneTask:
             self.counts.update(skipped)
             yield batch
 
+    def _buckets(self) -> list[Bucket]:
+        """The raw path's buckets: token sizes from the VAE's latent shape and the patch."""
+        if self._bucket_list is None:
+            # the loaded VAE wherever it is (latent_shape needs no device), else load it
+            vae = self._vae if self._vae is not None else self.vae(torch.device("cpu"))
+            patch = self.cfg.backbone.patch_size
+            self._bucket_list = build_buckets(self.cfg.data.buckets, vae.latent_shape, patch)
+        return self._bucket_list
+
     def _raw_batches(self, spec: DataSpec) -> Iterator[tuple[dict[str, Any], dict[str, int]]]:
         data = self.cfg.data
         try:
@@ -430,17 +475,44 @@ class BackboneTask:
         except FileNotFoundError as err:
             raise ConfigError(f"task.data.path: {err} (a raw shard set)") from None
         seed, rank = spec.seed, spec.rank
+        if data.buckets.enabled:
+            return self._bucketed_raw_batches(spec, shards)
 
         def decode(sample: dict, position: int) -> dict:
             rng = np.random.default_rng([seed, rank, position, 3])
-            frames, caption, _ = decode_clip(sample, data.clip, rng)
-            return {"frames": frames, "caption": caption}
+            frames, caption, meta = decode_clip(sample, data.clip, rng)
+            # counted by the batcher (e.g. "aspect_squashed"); the sample is still used
+            return {"frames": frames, "caption": caption, "warnings": meta.get("warnings", [])}
 
         def make(every: int, phase: int):
             return micro_batches(
                 SampleStream(shards, seed, rank, window=data.shuffle), decode,
                 lambda items, b: _collate_raw(items, seed, rank, b),
                 batch_size=spec.micro_batch_size, start_batch=spec.start_batch,
+                every=every, phase=phase,
+            )  # fmt: skip
+
+        return batch_loader(make, data.workers)
+
+    def _bucketed_raw_batches(
+        self, spec: DataSpec, shards: ShardList
+    ) -> Iterator[tuple[dict[str, Any], dict[str, int]]]:
+        """Raw micro-batches each from one bucket, with that bucket's batch size."""
+        data, seed, rank = self.cfg.data, spec.seed, spec.rank
+        index = index_raw_shards(shards, self._buckets(), data.clip)
+        self.counts.update(index.skipped)  # samples no bucket takes, counted once
+        probs = bucket_probabilities(data.buckets, index.buckets, index.sizes())
+        clips = [bucket_clip(b, data.clip, data.buckets.fit) for b in index.buckets]
+
+        def decode(sample: dict, position: int, k: int) -> dict:
+            rng = np.random.default_rng([seed, rank, k, position, 3])
+            frames, caption, meta = decode_clip(sample, clips[k], rng)
+            return {"frames": frames, "caption": caption, "warnings": meta.get("warnings", [])}
+
+        def make(every: int, phase: int):
+            return bucketed_micro_batches(
+                index, probs, decode, lambda items, b, _k: _collate_raw(items, seed, rank, b),
+                seed=seed, rank=rank, start_batch=spec.start_batch, shuffle=data.shuffle,
                 every=every, phase=phase,
             )  # fmt: skip
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from cinemamba.config import ConfigError
+from cinemamba.data.buckets import BucketConfig, bucket_clip, build_buckets, config_latent_shape
 from cinemamba.data.loader import LoaderConfig, VideoLoader, resolve_shards
 from cinemamba.data.video import write_video
 from cinemamba.eval.reconstruction import load_clips, reconstruction_strip, save_png, to_uint8
@@ -47,6 +48,9 @@ class VAEDataConfig:
     image_prob: fraction of micro-batches trained as images (frame 0 of each clip).
     shuffle: shuffle-buffer size in samples (0: stream order).
     val_path: a shard-set directory for the periodic reconstructions (default: `path`).
+    buckets: clip shapes by aspect ratio and length, each micro-batch from one, its size set
+        by a token budget (latent positions t x h x w); `train.batch_size` is then unused
+        (`cinemamba.data.buckets`, docs/data.md).
     """
 
     path: str = ""
@@ -56,6 +60,7 @@ class VAEDataConfig:
     workers: int = 0
     val_path: str = ""
     val_clips: int = 4
+    buckets: BucketConfig = field(default_factory=BucketConfig)
 
 
 @dataclass
@@ -108,6 +113,11 @@ class VAETask:
             )
         if cfg.data.clip.height % s or cfg.data.clip.width % s:
             raise ConfigError(f"task.data.clip height/width must be multiples of {s}")
+        if cfg.data.buckets.enabled:
+            try:
+                build_buckets(cfg.data.buckets, config_latent_shape(vars(cfg.model)))
+            except ValueError as err:
+                raise ConfigError(f"task.data.buckets: {err}") from None
         if not 0 <= cfg.data.image_prob <= 1:
             raise ConfigError(f"task.data.image_prob must be in [0, 1], got {cfg.data.image_prob}")
         if not cfg.data.path:
@@ -145,10 +155,13 @@ class VAETask:
                 shards=data.path, clip=data.clip, batch_size=spec.micro_batch_size,
                 resampled=True, shuffle=data.shuffle, seed=spec.seed, workers=data.workers,
                 uint8=True,  # pixels are made on the device, in the VAE's dtype
+                buckets=data.buckets,
             ),
             rank=spec.rank,
             world_size=spec.world_size,
+            latent_shape=config_latent_shape(vars(self.cfg.model)),
         )  # fmt: skip
+        self.counts.update(loader.skipped)  # samples no bucket takes, counted once
         for b, batch in enumerate(loader.batches(spec.start_batch), start=spec.start_batch):
             self.counts.update(batch["skipped"])
             image = is_image_batch(spec.seed, spec.rank, b, data.image_prob)
@@ -217,6 +230,11 @@ class VAETask:
                 frames=data.clip.frames, stride=data.clip.stride,
                 height=data.clip.height, width=data.clip.width, start="first",
             )  # fmt: skip
+            if data.buckets.enabled:
+                # one shape to stack: the first bucket with the shortest clip (most videos fit)
+                buckets = build_buckets(data.buckets, config_latent_shape(vars(self.cfg.model)))
+                bucket = min(buckets, key=lambda b: b.frames)
+                clip = bucket_clip(bucket, replace(clip, fps=data.clip.fps), data.buckets.fit)
             self._val = load_clips(data.val_path or data.path, clip, data.val_clips)
         return self._val
 
