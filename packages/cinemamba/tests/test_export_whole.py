@@ -1,0 +1,126 @@
+"""Whole-video latent export (issue 15): every frame of each video, encoded chunk by chunk,
+equals a one-shot encode of the whole decoded video; metadata and manifest lengths."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cinemamba.data.shards import sample_to_tar_entries, write_shards
+from cinemamba.data.video import decode_video, encode_video
+from cinemamba.latents import ClipConfig, ExportConfig, export_latents
+from cinemamba.latents.stream import read_tar
+from cinemamba_conditioning import TextEncoderConfig
+from cinemamba_vae import VideoAutoencoder, vae_preset
+
+TEXT = TextEncoderConfig(random_init_seed=0)
+# frames per video: 41 = 1 + 4*10 is three 16-frame chunks (16 + 16 + 9); 43 keeps 41 (the
+# VAE's 1 + 4k rule); 9 is shorter than one chunk; 70 keeps 69
+LENGTHS = {"a41": 41, "b43": 43, "c9": 9, "d70": 70}
+FPS = 24.0
+
+
+def _frames(n: int, seed: int, h: int = 32, w: int = 32) -> np.ndarray:
+    """A moving, textured video that survives H.264 (every frame differs)."""
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, (h, w, 3)).astype(np.uint8)
+    return np.stack([np.roll(base, k, axis=1) for k in range(n)])
+
+
+def _item(key: str) -> dict:
+    video = encode_video(_frames(LENGTHS[key], len(key) + LENGTHS[key]), FPS)
+    return sample_to_tar_entries(key, video, f"video {key}", {"frames": LENGTHS[key]})
+
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Raw shards of four videos of different lengths (2 per shard), a tiny VAE with latent
+    statistics, and a whole-video export in 16-frame chunks (the default `clip.start`)."""
+    root = tmp_path_factory.mktemp("whole")
+    keys = [["a41", "b43"], ["c9", "d70"]]
+    write_shards(root / "raw", "train", keys, _item, keys=keys)
+    torch.manual_seed(0)
+    vae = VideoAutoencoder(vae_preset("tiny"))
+    vae.set_latent_stats(torch.linspace(-0.1, 0.1, 8), torch.linspace(0.5, 1.5, 8))
+    vae.save_pretrained(root / "vae")
+    cfg = ExportConfig(input=str(root / "raw"), output=str(root / "lat"), vae=str(root / "vae"),
+                       text_encoder=TEXT, chunk_frames=16, progress=False)  # fmt: skip
+    report = export_latents(cfg)
+    assert report.manifest is not None and report.samples == 4 and not report.skipped
+    return {"root": root, "raw": root / "raw", "lat": root / "lat", "vae": root / "vae"}
+
+
+def _samples(directory: Path, prefix: str) -> dict[str, dict]:
+    return {s["__key__"]: s for p in sorted(directory.glob(f"{prefix}-*.tar"))
+            for s in read_tar(str(p))}  # fmt: skip
+
+
+def test_whole_video_equals_one_shot_encode(whole: dict[str, Path]) -> None:
+    """Latents of every frame (chunked, streamed) = the VAE's own encode of the whole decoded
+    video in one call, within float32 rounding; the text embedding is stored once."""
+    vae = VideoAutoencoder.from_pretrained(whole["vae"]).eval()
+    raw, lat = _samples(whole["raw"], "train"), _samples(whole["lat"], "latents")
+    assert sorted(lat) == sorted(LENGTHS)
+    for key, n in LENGTHS.items():
+        kept = 1 + 4 * ((n - 1) // 4)
+        frames = decode_video(raw[key]["mp4"])  # every frame, one call
+        assert len(frames) == n
+        video = torch.from_numpy(frames[:kept]).float().permute(3, 0, 1, 2)[None] / 127.5 - 1
+        with torch.no_grad():
+            expected = vae.encode(video, sample=False)[0]  # no chunking: the full sequence
+        got = torch.from_numpy(np.load(io.BytesIO(lat[key]["latent.npy"])))
+        assert got.shape == (8, 1 + (kept - 1) // 4, 8, 8)
+        tol = 64 * torch.finfo(torch.float32).eps * expected.abs().max()
+        assert (got - expected).abs().max() <= tol, key
+        meta = json.loads(lat[key]["json"])
+        assert meta["latent_frames"] == got.shape[1]
+        assert meta["clip"] == {"start": 0, "stride": 1, "frames": kept}
+        assert meta["source_frames"] == n and meta["fps"] == pytest.approx(FPS)
+        assert np.load(io.BytesIO(lat[key]["text.npy"])).ndim == 2  # (L, D): once per video
+
+
+def test_manifest_records_latent_lengths(whole: dict[str, Path]) -> None:
+    manifest = json.loads((whole["lat"] / "latents.json").read_text())
+    t = [1 + (n - 1) // 4 for n in LENGTHS.values()]  # 11, 11, 3, 18
+    assert manifest["latent_frames"] == {"min": min(t), "max": max(t), "total": sum(t)}
+    assert manifest["clip"]["start"] == "whole"
+
+
+def test_whole_is_the_default_and_random_starts_are_refused(whole: dict[str, Path]) -> None:
+    assert ExportConfig().clip.start == "whole"
+    cfg = ExportConfig(input=str(whole["raw"]), output=str(whole["root"] / "x"),
+                       vae=str(whole["vae"]), clip=ClipConfig(start="random"))  # fmt: skip
+    with pytest.raises(ValueError, match=r"clip start must be one of \('whole', 'first'\)"):
+        export_latents(cfg)
+
+
+def test_stride_and_center_crop_apply_to_every_chunk(whole: dict[str, Path]) -> None:
+    """Resizing, cropping and the stride work as for a clip: the same frames a one-call decode
+    with the same size selects, cropped to the centre."""
+    root = whole["root"]
+    clip = ClipConfig(start="whole", stride=2, height=16, width=8, crop="center")
+    cfg = ExportConfig(input=str(root / "raw"), output=str(root / "lat_s2"), vae=str(whole["vae"]),
+                       text_encoder=TEXT, chunk_frames=5, clip=clip, progress=False)  # fmt: skip
+    export_latents(cfg)
+    vae = VideoAutoencoder.from_pretrained(whole["vae"]).eval()
+    raw, lat = _samples(whole["raw"], "train"), _samples(root / "lat_s2", "latents")
+    n = LENGTHS["d70"]
+    selected = (n - 1) // 2 + 1  # 35 frames at stride 2 -> 33 kept
+    kept = 1 + 4 * ((selected - 1) // 4)
+    frames = decode_video(raw["d70"]["mp4"], 0, kept, 2, size=(16, 16))[:, :, 4:12]
+    video = torch.from_numpy(frames).float().permute(3, 0, 1, 2)[None] / 127.5 - 1
+    with torch.no_grad():
+        expected = vae.encode(video, sample=False)[0]
+    got = torch.from_numpy(np.load(io.BytesIO(lat["d70"]["latent.npy"])))
+    assert got.shape == expected.shape == (8, 9, 4, 2)
+    assert (got - expected).abs().max() <= 64 * torch.finfo(
+        torch.float32
+    ).eps * expected.abs().max()
+    meta = json.loads(lat["d70"]["json"])
+    assert meta["clip"] == {"start": 0, "stride": 2, "frames": kept}
+    assert meta["fps"] == pytest.approx(FPS / 2)
