@@ -1,10 +1,14 @@
 """Whole-video latent export (issue 15): every frame of each video, encoded chunk by chunk,
-equals a one-shot encode of the whole decoded video; metadata and manifest lengths."""
+equals a one-shot encode of the whole decoded video; metadata and manifest lengths; and the
+training windows cut from those sequences (content, seeding, uniform starts, exact resume)."""
 
 from __future__ import annotations
 
 import io
+import itertools
 import json
+import tarfile
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +17,14 @@ import torch
 
 from cinemamba.data.shards import sample_to_tar_entries, write_shards
 from cinemamba.data.video import decode_video, encode_video
-from cinemamba.latents import ClipConfig, ExportConfig, export_latents
+from cinemamba.latents import (
+    ClipConfig,
+    ExportConfig,
+    export_latents,
+    latent_batches,
+    open_latent_set,
+)
+from cinemamba.latents.dataset import window_start
 from cinemamba.latents.stream import read_tar
 from cinemamba_conditioning import TextEncoderConfig
 from cinemamba_vae import VideoAutoencoder, vae_preset
@@ -124,3 +135,78 @@ def test_stride_and_center_crop_apply_to_every_chunk(whole: dict[str, Path]) -> 
     meta = json.loads(lat["d70"]["json"])
     assert meta["clip"] == {"start": 0, "stride": 2, "frames": kept}
     assert meta["fps"] == pytest.approx(FPS / 2)
+
+
+# ---------------------------------------------------------------- training windows
+WINDOW = 4  # latent frames: a41/b43 hold 11, d70 18, c9 only 3 (shorter than the window)
+
+
+def _stored(directory: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(latents, text tokens) per key, read with tarfile + numpy (not the project's reader)."""
+    members: dict[str, dict[str, bytes]] = {}
+    for path in sorted(directory.glob("latents-*.tar")):
+        with tarfile.open(path) as tar:
+            for m in tar.getmembers():
+                key, _, field = m.name.partition(".")
+                members.setdefault(key, {})[field] = tar.extractfile(m).read()
+    return {k: (np.load(io.BytesIO(f["latent.npy"])), np.load(io.BytesIO(f["text.npy"])))
+            for k, f in members.items()}  # fmt: skip
+
+
+def _windows(lat: Path, *, seed: int, start: int, n: int, shuffle: int = 0) -> list[tuple]:
+    lset = open_latent_set(lat)
+    stream = latent_batches(lset, seed=seed, rank=0, batch_size=1, start_batch=start,
+                            latent_frames=WINDOW, shuffle=shuffle)  # fmt: skip
+    return list(itertools.islice(stream, n))
+
+
+def _locate(stored: dict, window: np.ndarray) -> tuple[str, int]:
+    """(key, start) of the one stored slice equal to `window`."""
+    hits = [(k, s) for k, (z, _) in stored.items() for s in range(z.shape[1] - WINDOW + 1)
+            if np.array_equal(z[:, s : s + WINDOW], window)]  # fmt: skip
+    assert len(hits) == 1, hits
+    return hits[0]
+
+
+def _chi2(counts: np.ndarray) -> float:
+    expected = counts.sum() / len(counts)
+    return float(((counts - expected) ** 2 / expected).sum())
+
+
+def test_windows_are_uniform_slices_of_the_stored_sequence(whole: dict[str, Path]) -> None:
+    """Each window equals `stored[:, s:s+WINDOW]` of one video, with that video's text; its
+    start `s` is uniform over the valid starts; the video shorter than the window is skipped
+    and counted, never padded."""
+    stored = _stored(whole["lat"])
+    starts: dict[str, list[int]] = {"a41": [], "b43": [], "d70": []}
+    skipped: Counter = Counter()
+    for batch, skips in _windows(whole["lat"], seed=3, start=0, n=600):
+        skipped.update(skips)
+        assert batch["latents"].shape == (1, 8, WINDOW, 8, 8)
+        key, start = _locate(stored, batch["latents"][0].numpy())
+        assert np.array_equal(batch["text"][0].numpy(), stored[key][1])
+        starts[key].append(start)
+    assert skipped["shorter_than_window"] >= 100  # c9: about a quarter of the stream
+    # 11 latent frames: 8 starts; 18: 15 starts; every start drawn, none past the end
+    short = np.bincount(starts["a41"] + starts["b43"], minlength=8)
+    long = np.bincount(starts["d70"], minlength=15)
+    assert len(short) == 8 and len(long) == 15 and short.min() > 0 and long.min() > 0
+    assert _chi2(short) < 24.3 and _chi2(long) < 36.1  # chi-square, p = 0.001 (7 / 14 dof)
+    assert window_start(18, WINDOW, "first", np.random.default_rng(0)) == 0
+
+
+def test_window_stream_is_seeded_and_resumes_exactly(whole: dict[str, Path]) -> None:
+    """Micro-batch b (its window included) is a function of (seed, rank, b): a resume at b
+    gives the uninterrupted stream's batches, with a shuffle window too; another seed
+    draws other windows."""
+    for shuffle in (0, 3):
+        full = _windows(whole["lat"], seed=5, start=0, n=12, shuffle=shuffle)
+        resumed = _windows(whole["lat"], seed=5, start=7, n=5, shuffle=shuffle)
+        for (a, sa), (b, sb) in zip(full[7:], resumed, strict=True):
+            assert torch.equal(a["latents"], b["latents"]) and torch.equal(a["text"], b["text"])
+            assert a["noise_seed"] == b["noise_seed"] and sa == sb  # same skips counted
+    other = _windows(whole["lat"], seed=6, start=0, n=12)
+    same = _windows(whole["lat"], seed=5, start=0, n=12)
+    assert not all(
+        torch.equal(a["latents"], b["latents"]) for (a, _), (b, _) in zip(same, other, strict=True)
+    )
