@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,8 @@ import torch
 from cinemamba.latents import format as fmt
 from cinemamba.latents.clips import SampleError
 from cinemamba.latents.stream import SampleStream, ShardList, batch_loader, micro_batches
+
+log = logging.getLogger(__name__)
 
 CROPS = ("random", "first")
 
@@ -77,6 +80,26 @@ def window_start(total: int, window: int, crop: str, rng: np.random.Generator) -
     """First frame of a `window`-frame window of a `total`-frame sequence: 0 (`crop="first"`)
     or uniform over the `total - window + 1` valid starts, drawn from `rng`."""
     return 0 if crop == "first" else int(rng.integers(total - window + 1))
+
+
+def check_window(manifest: dict[str, Any], frames: int, directory: str | Path) -> None:
+    """Refuse a training window longer than every sequence of a latent set (LatentFormatError
+    naming both); log how the shorter sequences are handled when only some are shorter.
+    Sets exported before whole-video export (no `latent_frames` record) are not checked."""
+    lengths = manifest.get("latent_frames")
+    if frames <= 0 or not lengths or not lengths.get("max"):
+        return
+    if frames > lengths["max"]:
+        raise fmt.LatentFormatError(
+            f"task.data.latent_frames={frames} is longer than every latent sequence in "
+            f"{str(directory)!r} (the longest has {lengths['max']} latent frames)"
+        )
+    if frames > lengths["min"]:
+        log.warning(
+            "task.data.latent_frames=%d: latent sequences in %s are %d to %d frames long; "
+            "those shorter than the window are skipped (counted as data/skipped_"
+            "shorter_than_window)", frames, directory, lengths["min"], lengths["max"],
+        )  # fmt: skip
 
 
 def crop_latents(
