@@ -151,30 +151,20 @@ class _Encoders:
         """Latents `(C, t, h, w)` of every frame of `video`, its caption's embedding, and the
         pixel frames encoded (fewer than planned when the video ends before its header says).
 
-        A VAE with `encode_stream` (ours) sees one chunk at a time: flat memory in length. A
-        VAE without it (the diffusers adapter) gets the whole video in one call, assembled
-        from the uint8 chunks: its own encode streams inside, but the input is whole.
+        The chunks go through the VAE's `encode_stream`: our VAE and diffusers' Wan hold one
+        chunk of pixels at a time (flat memory in length); the other diffusers classes gather
+        the chunks for one `encode` call (docs/latents.md).
         """
-        if hasattr(self.vae, "encode_stream"):
-            fed = 0
 
-            def pixels():
-                nonlocal fed
-                for chunk in video.chunks:
-                    fed += len(chunk)
-                    yield to_pixels(chunk.to(self.device))[None]  # (1, 3, k, H, W)
+        def pixels():
+            for chunk in video.chunks:
+                yield to_pixels(chunk.to(self.device))[None]  # (1, 3, k, H, W)
 
-            parts = [z[0].cpu() for z in self.vae.encode_stream(pixels())]
-            if not parts:
-                raise SampleError("undecodable", "no frame of the video could be decoded")
-            latents = torch.cat(parts, dim=1)
-            frames = 1 + self.vae.config.temporal_compression * (latents.shape[1] - 1)
-        else:
-            whole = torch.cat(list(video.chunks))
-            frames = 1 + self.frame_step * ((len(whole) - 1) // self.frame_step)
-            pixels = to_pixels(whole[:frames].to(self.device))[None]
-            del whole
-            latents = self.vae.encode(pixels, sample=False, chunk_frames=self.chunk_frames)[0]
+        parts = [z[0].cpu() for z in self.vae.encode_stream(pixels())]
+        if not parts:
+            raise SampleError("undecodable", "no frame of the video could be decoded")
+        latents = torch.cat(parts, dim=1)
+        frames = 1 + self.vae.config.temporal_compression * (latents.shape[1] - 1)
         return latents, self.text.encode([video.caption]), frames
 
 
