@@ -11,7 +11,7 @@ many frames, after a warm-up export of a short video (one-time allocations: mode
 primitives, thread pools). Peak = rise of the process's peak resident memory (VmHWM, reset
 through /proc/self/clear_refs) over its resident memory just before the call; the call builds
 its own VAE and text encoder, a constant part. Latents = the bytes of the exported latents,
-which grow with length by design (1/48 of the float pixels). Flat means the peak minus the
+which grow with length by design (1/24 of the float pixels). Flat means the peak minus the
 latents does not grow with the length.
 """
 

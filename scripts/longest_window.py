@@ -34,7 +34,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 BEGIN = "<!-- scripts/longest_window.py: generated from here -->"
 END = "<!-- scripts/longest_window.py: generated to here -->"
-AFTER = "## Training windows"
+AFTER = "<!-- scripts/longest_window.py --markdown docs/training.md writes its table below this line -->"
 TEXT_TOKENS = 77  # a CLIP-length caption
 OVER_MEMORY = 3  # exit code of a child stopped by the memory watchdog
 
