@@ -253,3 +253,27 @@ def test_a_window_longer_than_every_video_is_refused(whole: dict[str, Path]) -> 
                        r"sequence .* \(the longest has 18 latent frames\)"):  # fmt: skip
         task.validate()
     BackboneTask(_experiment(whole, "x", "task.data.latent_frames=18").task).validate()
+
+
+def test_the_vae_sees_one_chunk_at_a_time(whole: dict[str, Path], monkeypatch) -> None:
+    """Memory flat in length: the export hands the VAE a lazy stream of `chunk_frames`-frame
+    float chunks (decoded as they are consumed), never the whole video."""
+    from cinemamba.latents import export as export_mod
+
+    fed: dict[int, list[int]] = {}
+    stream = VideoAutoencoder.encode_stream
+
+    def spy(self, chunks):
+        sizes = fed.setdefault(len(fed), [])
+        assert not isinstance(chunks, list | tuple)  # a generator: nothing decoded up front
+        return stream(self, (sizes.append(c.shape[2]) or c for c in chunks))
+
+    monkeypatch.setattr(VideoAutoencoder, "encode_stream", spy)
+    cfg = ExportConfig(input=str(whole["raw"]), output=str(whole["root"] / "lat_spy"),
+                       vae=str(whole["vae"]), text_encoder=TEXT, chunk_frames=16,
+                       progress=False)  # fmt: skip
+    export_mod.export_latents(cfg)
+    kept = sorted(1 + 4 * ((n - 1) // 4) for n in LENGTHS.values())  # 9, 41, 41, 69
+    assert sorted(sum(s) for s in fed.values()) == kept
+    assert all(max(s) <= 16 for s in fed.values())
+    assert sorted(len(s) for s in fed.values()) == [1, 3, 3, 5]
