@@ -69,7 +69,8 @@ class ExportConfig:
         clip, what on-the-fly training with `start="first"` encodes).
     device: "auto" (cuda when available), "cpu", "cuda", "cuda:1", ...
     chunk_frames: pixel frames per VAE encode chunk (0: whole clip, or WHOLE_CHUNK frames in
-        whole-video mode; exact either way for our VAE).
+        whole-video mode, also the frames decoded at a time; exact either way for our VAE
+        and Wan).
     """
 
     input: str = ""
