@@ -277,3 +277,30 @@ def test_the_vae_sees_one_chunk_at_a_time(whole: dict[str, Path], monkeypatch) -
     assert sorted(sum(s) for s in fed.values()) == kept
     assert all(max(s) <= 16 for s in fed.values())
     assert sorted(len(s) for s in fed.values()) == [1, 3, 3, 5]
+
+
+def test_a_header_that_overstates_the_frames_is_a_counted_warning(
+    whole: dict[str, Path], monkeypatch
+) -> None:
+    """A container claiming 8 more frames than its stream holds: the frames that decode are
+    exported (their latents as usual) and the sample is counted under warnings."""
+    from dataclasses import replace
+
+    from cinemamba.latents import clips
+
+    probe = clips.probe_video
+    monkeypatch.setattr(
+        clips, "probe_video", lambda data: replace(probe(data), frames=probe(data).frames + 8)
+    )
+    cfg = ExportConfig(input=str(whole["raw"]), output=str(whole["root"] / "lat_hdr"),
+                       vae=str(whole["vae"]), text_encoder=TEXT, chunk_frames=16,
+                       progress=False)  # fmt: skip
+    report = export_latents(cfg)
+    assert report.samples == 4 and report.warnings["fewer_frames_than_header"] == 4
+    assert report.warnings["metadata_mismatch"] == 4  # KEY.json's count disagrees too
+    lat = _samples(whole["root"] / "lat_hdr", "latents")
+    ref = _samples(whole["lat"], "latents")
+    for key, n in LENGTHS.items():
+        meta = json.loads(lat[key]["json"])
+        assert meta["clip"]["frames"] == 1 + 4 * ((n - 1) // 4)  # what decoded, not n + 8
+        assert lat[key]["latent.npy"] == ref[key]["latent.npy"]  # same computation
