@@ -9,6 +9,7 @@ from cinemamba.data.video import (
     VideoDecodeError,
     decode_video,
     encode_video,
+    iter_video,
     probe_video,
     transcode_video,
     write_video,
@@ -53,6 +54,17 @@ def test_frame_selection_equals_full_decode(long_video, start, count, stride):
     stop = None if count is None else start + (count - 1) * stride + 1
     ref = full[start:stop:stride]
     assert got.shape == ref.shape and np.array_equal(got, ref)
+
+
+@pytest.mark.parametrize(("chunk", "count", "stride"), [(16, None, 1), (7, 100, 1), (5, None, 3)])
+def test_iter_video_chunks_equal_a_full_decode(long_video, chunk, count, stride):
+    """Whole-video export decodes front to back in chunks; together they are the frames a
+    one-call decode selects (PyAV's full decode as the reference)."""
+    _, data = long_video
+    chunks = list(iter_video(data, chunk=chunk, count=count, stride=stride, size=(16, 24)))
+    ref = decode_video(data, 0, count, stride, size=(16, 24))
+    assert all(len(c) == chunk for c in chunks[:-1]) and 1 <= len(chunks[-1]) <= chunk
+    assert np.array_equal(np.concatenate(chunks), ref)
 
 
 def test_short_clip_of_long_video_seeks_instead_of_decoding_everything():

@@ -78,6 +78,37 @@ def test_export_with_a_diffusers_wan_vae(made: dict) -> None:
     assert manifest["vae"]["latent_std"] == STD
 
 
+def test_whole_video_export_with_wan_equals_its_own_encode(made: dict, tmp_path: Path) -> None:
+    """Whole-video export (3-frame chunks streamed through Wan's feature cache) of 12-frame
+    videos = diffusers' own encode of their first 9 frames (1 + 4k) in one call."""
+    root = made["root"]
+    report = export_latents(ExportConfig(
+        input=str(root / "raw"), output=str(tmp_path / "lat"), vae=str(root / "wan"),
+        text_encoder=TEXT, chunk_frames=3, progress=False,
+    ))  # fmt: skip
+    assert report.samples == 4 and not report.skipped
+    raws = {
+        s["__key__"]: s
+        for i in range(2)
+        for s in read_tar(str(root / "raw" / f"train-{i:06d}.tar"))
+    }
+    for i in range(2):
+        for lat in read_tar(str(tmp_path / "lat" / f"latents-{i:06d}.tar")):
+            frames = decode_video(raws[lat["__key__"]]["mp4"])[:9]
+            video = torch.from_numpy(frames).float().permute(3, 0, 1, 2)[None] / 127.5 - 1
+            with torch.no_grad():
+                mean = made["model"].encode(video).latent_dist.mean[0]
+            expected = (mean - torch.tensor(MEAN).view(-1, 1, 1, 1)) / torch.tensor(STD).view(
+                -1, 1, 1, 1
+            )
+            got = torch.from_numpy(np.load(io.BytesIO(lat["latent.npy"])))
+            assert got.shape == (4, 3, 4, 4)
+            tol = 64 * torch.finfo(torch.float32).eps * expected.abs().max()
+            assert (got - expected).abs().max() <= tol
+            meta = json.loads(lat["json"])
+            assert meta["clip"]["frames"] == 9 and meta["source_frames"] == 12
+
+
 def test_latents_of_the_diffusers_vae_refuse_another_vae(made: dict, tmp_path: Path) -> None:
     root = made["root"]
     open_latent_set(root / "lat", vae=vae_identity(root / "wan"), text_encoder=TEXT)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -225,3 +227,30 @@ def test_tiling_single_tile_is_exact_and_multi_tile_runs(vae):
         assert vae.decode(full, tile_size=4, tile_overlap=2).shape == x.shape
     with pytest.raises(ValueError, match="multiples of 4"):
         vae.encode(x, tile_size=10)
+
+
+@pytest.mark.parametrize("sizes", [[17], [1, 4, 4, 8], [5, 7, 3, 2], [16, 3], [5, 7, 6]])
+def test_encode_stream_equals_one_shot_encode(sizes):
+    """Feeding a video in uneven chunks (as latent export decodes it) gives the one-shot
+    `encode(sample=False)` of the frames that complete a latent frame; later ones are dropped."""
+    x = video(sum(sizes), b=1, seed=4)
+    m = small(mid_attention=True)
+    m.set_latent_stats(torch.linspace(-0.5, 0.5, 8), torch.linspace(0.5, 2.0, 8))
+    cuts = torch.tensor([0, *sizes]).cumsum(0).tolist()
+    with torch.no_grad():
+        streamed = torch.cat(
+            list(m.encode_stream(x[:, :, a:b] for a, b in itertools.pairwise(cuts))), 2
+        )
+        kept = 1 + 4 * ((x.shape[2] - 1) // 4)  # 17 -> 17, 18 -> 17
+        full = m.encode(x[:, :, :kept], sample=False)
+    assert streamed.shape == full.shape
+    # same arithmetic per frame, but convs over other lengths may pick other kernels
+    tol = 64 * torch.finfo(torch.float32).eps * full.abs().max()
+    assert (streamed - full).abs().max() <= tol
+
+
+def test_encode_stream_names_a_bad_chunk(vae):
+    with pytest.raises(ValueError, match="video chunk"), torch.no_grad():
+        list(vae.encode_stream([torch.zeros(1, 4, 2, 16, 16)]))
+    with pytest.raises(ValueError, match="not divisible"), torch.no_grad():
+        list(vae.encode_stream([torch.zeros(1, 3, 2, 15, 16)]))

@@ -11,6 +11,7 @@ import copy
 import math
 import os
 import tempfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -321,6 +322,26 @@ class VideoAutoencoder(LatentNormalization, nn.Module):
         else:
             mean, logvar = self.encode_moments(video, chunk_frames=chunk_frames)
         return self.normalized_sample(mean, logvar, sample=sample, generator=generator)
+
+    @torch.no_grad()
+    def encode_stream(self, chunks: Iterable[Tensor]) -> Iterator[Tensor]:
+        """Consecutive pixel chunks `(B, 3, k, H, W)` of one video -> its normalised
+        posterior-mean latents `(B, C, j, h, w)`, yielded as they complete (exact).
+
+        The concatenated output equals `encode(concatenated chunks, sample=False)` on the
+        first `1 + s_t*(t-1)` frames (t the latent frames yielded; later frames that complete
+        no latent frame are dropped). Only one chunk and the carried cache are held, so the
+        caller can feed a video of any length decoded chunk by chunk (latent export).
+        """
+        cache = StreamCache()
+        c = self.config.latent_channels
+        for x in chunks:
+            if x.ndim != 5 or x.shape[1] != self.config.in_channels:
+                raise ValueError(f"video chunk must be (B, 3, k, H, W), got {tuple(x.shape)}")
+            self.latent_shape(1, *x.shape[3:])  # frame size divisible by the compression
+            moments = self.encoder(x, cache)
+            if moments.shape[2] > 0:
+                yield self.normalize(moments[:, :c])
 
     # ---------------------------------------------------------------- decode
     def decode_raw(self, z: Tensor, *, chunk_frames: int | None = None) -> Tensor:

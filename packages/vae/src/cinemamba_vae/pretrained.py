@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -284,6 +285,63 @@ class DiffusersVideoVAE(LatentNormalization, nn.Module):
         """Pixels (B, 3, T, H, W) in [-1, 1] -> normalised latents (B, C, t, h, w)."""
         mean, logvar = self.encode_moments(video, chunk_frames=chunk_frames)
         return self.normalized_sample(mean, logvar, sample=sample, generator=generator)
+
+    @torch.no_grad()
+    def encode_stream(self, chunks: Iterable[Tensor]) -> Iterator[Tensor]:
+        """Consecutive pixel chunks `(B, 3, k, H, W)` of one video -> its normalised
+        posterior-mean latents, yielded as they complete (as `VideoAutoencoder.encode_stream`).
+
+        Wan: exact and flat in length, by driving the model's own causal feature cache with
+        the frame groups its `encode` uses (frame 0, then 4 at a time; the 1x1x1 quant conv
+        per group), so only one chunk of pixels is held. Other classes: the chunks are
+        gathered and encoded in one `encode` call (their streaming lives inside it), so the
+        input video is held whole. Frames past the last `1 + frame_step*k` are dropped.
+        """
+        if self.config.model_class != "AutoencoderKLWan":
+            parts = list(chunks)
+            video = torch.cat(parts, dim=2) if parts else None
+            del parts
+            if video is None or video.shape[2] == 0:
+                return
+            step = self.config.frame_step
+            yield self.encode(video[:, :, : 1 + step * ((video.shape[2] - 1) // step)],
+                              sample=False)  # fmt: skip
+            return
+        yield from self._wan_stream(chunks)
+
+    def _wan_stream(self, chunks: Iterable[Tensor]) -> Iterator[Tensor]:
+        """Wan's `_encode` loop (diffusers 0.3x+: `clear_cache`, `_enc_feat_map`,
+        `_enc_conv_idx`), fed group by group instead of slicing a whole video."""
+        model = self.model
+        if getattr(model, "use_tiling", False):
+            raise ValueError("Wan spatial tiling is on: streamed export needs it off")
+        patch = getattr(model.config, "patch_size", None)
+        c = self.config.latent_channels
+        model.clear_cache()
+        pending: Tensor | None = None  # frames not yet part of a complete group
+        need = 1  # the first group is frame 0 alone, then 4 frames per group
+        try:
+            for x in chunks:
+                if x.ndim != 5 or x.shape[1] != self.config.in_channels:
+                    raise ValueError(f"video chunk must be (B, 3, k, H, W), got {tuple(x.shape)}")
+                self.latent_shape(1, *x.shape[3:])
+                x = x.to(model.dtype)
+                pending = x if pending is None else torch.cat([pending, x], dim=2)
+                while pending.shape[2] >= need:
+                    group, pending = pending[:, :, :need], pending[:, :, need:]
+                    if patch is not None:
+                        from diffusers.models.autoencoders.autoencoder_kl_wan import patchify
+
+                        group = patchify(group, patch_size=patch)
+                    model._enc_conv_idx = [0]
+                    out = model.encoder(
+                        group, feat_cache=model._enc_feat_map, feat_idx=model._enc_conv_idx
+                    )
+                    mean = model.quant_conv(out)[:, :c]
+                    need = self.config.temporal_compression
+                    yield self.normalize(mean)
+        finally:
+            model.clear_cache()
 
     # ---------------------------------------------------------------- decode
     def decode_raw(self, z: Tensor, *, chunk_frames: int | None = None) -> Tensor:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import io
+from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -136,26 +137,15 @@ def probe_video(source: bytes | str | Path, *, count: bool = False) -> VideoInfo
     return VideoInfo(frames=frames, fps=fps, height=height, width=width)
 
 
-@_names_source
-def decode_video(
+def _selected_frames(
     source: bytes | str | Path,
-    start: int = 0,
-    count: int | None = None,
-    stride: int = 1,
-    *,
-    size: tuple[int, int] | None = None,
-) -> np.ndarray:
-    """Decode frames `start, start+stride, ...` (`count` of them, or to the end) as uint8 (T, H, W, 3).
-
-    Seeks to the keyframe at or before `start` instead of decoding from the beginning.
-    `size=(height, width)` resizes during colour conversion (libswscale, area filter).
-    Returns fewer than `count` frames when the video ends first; raises `VideoDecodeError`
-    when the data cannot be decoded or no frame is selected.
-    """
-    if start < 0 or stride < 1 or (count is not None and count < 1):
-        raise ValueError(f"bad frame selection start={start} count={count} stride={stride}")
-    last = None if count is None else start + (count - 1) * stride
-    out: list[np.ndarray] = []
+    start: int,
+    last: int | None,
+    stride: int,
+    size: tuple[int, int] | None,
+) -> Iterator[np.ndarray]:
+    """Frames `start, start+stride, ...` up to index `last` (None: the end) as uint8
+    `(H, W, 3)`, one at a time; seeks to the keyframe at or before `start`."""
     with _open(source) as container:
         stream = container.streams.video[0]
         fps = _fps(stream)
@@ -180,12 +170,62 @@ def decode_video(
                     continue
                 if last is not None and index > last:
                     break
-                out.append(frame.to_ndarray(**convert))
+                yield frame.to_ndarray(**convert)
         except av.error.FFmpegError as err:
             raise VideoDecodeError(f"cannot decode video: {err}") from None
+
+
+@_names_source
+def decode_video(
+    source: bytes | str | Path,
+    start: int = 0,
+    count: int | None = None,
+    stride: int = 1,
+    *,
+    size: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """Decode frames `start, start+stride, ...` (`count` of them, or to the end) as uint8 (T, H, W, 3).
+
+    Seeks to the keyframe at or before `start` instead of decoding from the beginning.
+    `size=(height, width)` resizes during colour conversion (libswscale, area filter).
+    Returns fewer than `count` frames when the video ends first; raises `VideoDecodeError`
+    when the data cannot be decoded or no frame is selected.
+    """
+    if start < 0 or stride < 1 or (count is not None and count < 1):
+        raise ValueError(f"bad frame selection start={start} count={count} stride={stride}")
+    last = None if count is None else start + (count - 1) * stride
+    out = list(_selected_frames(source, start, last, stride, size))
     if not out:
         raise VideoDecodeError(f"no frames selected (start={start}, stride={stride})")
     return np.stack(out)
+
+
+def iter_video(
+    source: bytes | str | Path,
+    *,
+    chunk: int,
+    count: int | None = None,
+    stride: int = 1,
+    size: tuple[int, int] | None = None,
+) -> Iterator[np.ndarray]:
+    """Frames `0, stride, ...` (`count` of them, or to the end) as uint8 chunks
+    `(<= chunk, H, W, 3)`, decoded front to back: memory holds one chunk, whatever the
+    video's length (whole-video latent export). Errors name the input, as `decode_video`'s.
+    """
+    if chunk < 1 or stride < 1 or (count is not None and count < 1):
+        raise ValueError(f"bad frame selection chunk={chunk} count={count} stride={stride}")
+    last = None if count is None else (count - 1) * stride
+    buf: list[np.ndarray] = []
+    try:
+        for frame in _selected_frames(source, 0, last, stride, size):
+            buf.append(frame)
+            if len(buf) == chunk:
+                yield np.stack(buf)
+                buf = []
+    except VideoDecodeError as err:
+        raise VideoDecodeError(f"{describe_source(source)}: {err}") from None
+    if buf:
+        yield np.stack(buf)
 
 
 @_names_source

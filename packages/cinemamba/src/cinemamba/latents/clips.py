@@ -1,13 +1,15 @@
 """Clip selection from raw video samples, shared by on-the-fly training and latent export.
 
 Both paths call `decode_clip` with the same `ClipConfig`, so a latent exported with
-`start="first"` is exactly what on-the-fly training encodes with `start="first"`.
+`start="first"` is exactly what on-the-fly training encodes with `start="first"`. Whole-video
+export (`start="whole"`) reads the same sample with `decode_whole`, chunk by chunk.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,11 +17,18 @@ import numpy as np
 import torch
 from einops import rearrange
 
-from cinemamba.data.video import VideoDecodeError, VideoInfo, decode_video, probe_video
+from cinemamba.data.video import (
+    VideoDecodeError,
+    VideoInfo,
+    decode_video,
+    iter_video,
+    probe_video,
+)
 
 log = logging.getLogger(__name__)
 
-CLIP_STARTS = ("random", "first")
+CLIP_STARTS = ("random", "first")  # a clip of `frames` frames (training from raw shards)
+EXPORT_STARTS = ("whole", "first")  # latent export: every frame of the video, or the first clip
 CLIP_CROPS = ("none", "center", "random")
 
 # `crop: none` resizes straight to the clip size: past this relative change of a video's aspect
@@ -48,7 +57,9 @@ class ClipConfig:
     height / width: output size (0 keeps the stored size).
     crop: "none" resizes straight to height x width; "center" / "random" resize the short
         side to fit (aspect kept) and crop the rest (random: seeded per sample position).
-    start: "random" (uniform over valid starts, seeded per sample position) or "first".
+    start: "random" (uniform over valid starts, seeded per sample position) or "first";
+        latent export also takes "whole": every frame of the video (`frames` is then unused;
+        the longest prefix of 1 + k * frame step frames is kept).
     """
 
     frames: int = 17
@@ -59,8 +70,8 @@ class ClipConfig:
     crop: str = "none"
     start: str = "random"
 
-    def validate(self) -> None:
-        """Raise ValueError naming the bad field."""
+    def validate(self, starts: tuple[str, ...] = CLIP_STARTS) -> None:
+        """Raise ValueError naming the bad field (`starts`: the valid `start` values)."""
         if self.frames < 1 or self.stride < 1:
             raise ValueError(
                 f"clip frames and stride must be >= 1, got {self.frames}, {self.stride}"
@@ -69,8 +80,8 @@ class ClipConfig:
             raise ValueError(f"clip fps must be >= 0 (0: use stride), got {self.fps}")
         if self.crop not in CLIP_CROPS:
             raise ValueError(f"clip crop must be one of {CLIP_CROPS}, got {self.crop!r}")
-        if self.start not in CLIP_STARTS:
-            raise ValueError(f"clip start must be one of {CLIP_STARTS}, got {self.start!r}")
+        if self.start not in starts:
+            raise ValueError(f"clip start must be one of {starts}, got {self.start!r}")
         if (self.height == 0) != (self.width == 0) or self.height < 0 or self.width < 0:
             raise ValueError(
                 f"clip height and width must both be 0 (stored size) or both positive, got "
@@ -138,15 +149,8 @@ def to_pixels(frames: torch.Tensor) -> torch.Tensor:
     return rearrange(video, "... t h w c -> ... c t h w")
 
 
-def decode_clip(
-    sample: dict[str, Any], clip: ClipConfig, rng: np.random.Generator
-) -> tuple[torch.Tensor, str, dict[str, Any]]:
-    """(uint8 frames `(T, H, W, 3)`, caption, metadata) of one raw WebDataset sample.
-
-    Raises SampleError (reason "no_video", "no_caption", "bad_caption_encoding",
-    "undecodable", "too_short"). Declared metadata (KEY.json) that disagrees with the video's
-    header is reported in `meta["warnings"]` ("metadata_mismatch", "implausible_metadata").
-    """
+def _read_sample(sample: dict[str, Any]) -> tuple[bytes, str, dict[str, Any], VideoInfo, list]:
+    """(video bytes, caption, declared metadata, header info, warnings) of a raw sample."""
     key = sample.get("__key__")
     data = sample.get("mp4")
     if data is None:
@@ -170,9 +174,28 @@ def decode_clip(
         warnings.append(problem)
         log.warning("sample %r: %s (%s); using the video's own header", key, problem,
                     describe_mismatch(meta, info))  # fmt: skip
-    stride = clip.stride
+    return bytes(data), caption, meta, info, warnings
+
+
+def _stride(clip: ClipConfig, info: VideoInfo) -> int:
+    """Frame stride of this video: `clip.stride`, or the one that reaches `clip.fps`."""
     if clip.fps > 0 and info.fps > 0:
-        stride = max(1, round(info.fps / clip.fps))
+        return max(1, round(info.fps / clip.fps))
+    return clip.stride
+
+
+def decode_clip(
+    sample: dict[str, Any], clip: ClipConfig, rng: np.random.Generator
+) -> tuple[torch.Tensor, str, dict[str, Any]]:
+    """(uint8 frames `(T, H, W, 3)`, caption, metadata) of one raw WebDataset sample.
+
+    Raises SampleError (reason "no_video", "no_caption", "bad_caption_encoding",
+    "undecodable", "too_short"). Declared metadata (KEY.json) that disagrees with the video's
+    header is reported in `meta["warnings"]` ("metadata_mismatch", "implausible_metadata").
+    """
+    key = sample.get("__key__")
+    data, caption, meta, info, warnings = _read_sample(sample)
+    stride = _stride(clip, info)
     span = (clip.frames - 1) * stride + 1
     if info.frames < span:
         raise SampleError(
@@ -185,7 +208,7 @@ def decode_clip(
         _log_squash_once(key, info, clip, change)
     size, box = _resize_and_crop(clip, info.height, info.width, rng)
     try:
-        frames = decode_video(bytes(data), start, clip.frames, stride, size=size)
+        frames = decode_video(data, start, clip.frames, stride, size=size)
     except VideoDecodeError as err:
         raise SampleError("undecodable", f"sample {key!r}: {err}") from None
     if len(frames) < clip.frames:
@@ -222,6 +245,59 @@ def _log_squash_once(key: Any, info: VideoInfo, clip: ClipConfig, change: float)
         "'random', or use buckets (docs/data.md)",
         key, info.height, info.width, clip.height, clip.width, 100 * change,
     )  # fmt: skip
+
+
+@dataclass
+class WholeVideo:
+    """A raw sample opened for whole-video export: its frames come as uint8 chunks."""
+
+    chunks: Iterator[torch.Tensor]  # uint8 (k, H, W, 3), in order; SampleError if undecodable
+    caption: str
+    meta: dict[str, Any]  # "clip" (start, stride, frames planned), "source", "warnings"
+    frames: int  # frames planned from the header: 1 + frame_step * k, at most the video's
+    fps: float  # frame rate of the selected frames (the video's over the stride)
+    source_frames: int  # frames in the video (its header)
+
+
+def decode_whole(
+    sample: dict[str, Any],
+    clip: ClipConfig,
+    rng: np.random.Generator,
+    *,
+    frame_step: int,
+    chunk: int,
+) -> WholeVideo:
+    """Every `stride`-th frame of a raw sample, resized / cropped as `decode_clip` does, as
+    chunks of `chunk` frames (one chunk in memory at a time). The longest prefix of
+    `1 + frame_step * k` frames is kept (the VAE's frame rule; at most frame_step - 1 frames
+    are left off the end). Raises SampleError as `decode_clip` does, also while iterating."""
+    key = sample.get("__key__")
+    data, caption, meta, info, warnings = _read_sample(sample)
+    stride = _stride(clip, info)
+    selected = (info.frames - 1) // stride + 1
+    frames = 1 + frame_step * ((selected - 1) // frame_step)
+    size, box = _resize_and_crop(clip, info.height, info.width, rng)
+    change = squash_change(clip, info.height, info.width)
+    if change > SQUASH_TOLERANCE:
+        warnings.append("aspect_squashed")
+        _log_squash_once(key, info, clip, change)
+
+    def chunks() -> Iterator[torch.Tensor]:
+        try:
+            for part in iter_video(data, chunk=chunk, count=frames, stride=stride, size=size):
+                if box is not None:
+                    top, left = box
+                    part = part[:, top : top + clip.height, left : left + clip.width]
+                yield torch.from_numpy(np.ascontiguousarray(part))
+        except VideoDecodeError as err:
+            raise SampleError("undecodable", f"sample {key!r}: {err}") from None
+
+    out_meta: dict[str, Any] = {"clip": {"start": 0, "stride": stride, "frames": frames},
+                                "source": meta}  # fmt: skip
+    if warnings:
+        out_meta["warnings"] = warnings
+    fps = info.fps / stride if info.fps > 0 else 0.0
+    return WholeVideo(chunks(), caption, out_meta, frames, fps, info.frames)
 
 
 def _resize_and_crop(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +12,10 @@ import numpy as np
 import torch
 
 from cinemamba.latents import format as fmt
+from cinemamba.latents.clips import SampleError
 from cinemamba.latents.stream import SampleStream, ShardList, batch_loader, micro_batches
+
+log = logging.getLogger(__name__)
 
 CROPS = ("random", "first")
 
@@ -72,18 +76,49 @@ def noise_seed(seed: int, rank: int, batch: int) -> int:
     return int(np.random.default_rng([seed, rank, batch, 7]).integers(2**62))
 
 
+def window_start(total: int, window: int, crop: str, rng: np.random.Generator) -> int:
+    """First frame of a `window`-frame window of a `total`-frame sequence: 0 (`crop="first"`)
+    or uniform over the `total - window + 1` valid starts, drawn from `rng`."""
+    return 0 if crop == "first" else int(rng.integers(total - window + 1))
+
+
+def check_window(manifest: dict[str, Any], frames: int, directory: str | Path) -> None:
+    """Refuse a training window longer than every sequence of a latent set (LatentFormatError
+    naming both); log how the shorter sequences are handled when only some are shorter.
+    Sets exported before whole-video export (no `latent_frames` record) are not checked."""
+    lengths = manifest.get("latent_frames")
+    if frames <= 0 or not lengths or not lengths.get("max"):
+        return
+    if frames > lengths["max"]:
+        raise fmt.LatentFormatError(
+            f"task.data.latent_frames={frames} is longer than every latent sequence in "
+            f"{str(directory)!r} (the longest has {lengths['max']} latent frames)"
+        )
+    if frames > lengths["min"]:
+        log.warning(
+            "task.data.latent_frames=%d: latent sequences in %s are %d to %d frames long; "
+            "those shorter than the window are skipped (counted as data/skipped_"
+            "shorter_than_window)", frames, directory, lengths["min"], lengths["max"],
+        )  # fmt: skip
+
+
 def crop_latents(
     latents: torch.Tensor, frames: int, crop: str, rng: np.random.Generator, key: str
 ) -> torch.Tensor:
-    """`frames` latent frames of `(C, t, h, w)` (0 keeps all), from 0 or a seeded random start."""
+    """The training window: `frames` latent frames of `(C, t, h, w)` (0 keeps all), from 0 or
+    a seeded random start (`window_start`). A sequence shorter than the window raises
+    SampleError("shorter_than_window"): the loader counts, logs and replaces the sample (a
+    padded window would train on frames that are not video)."""
     if frames <= 0:
         return latents
     total = latents.shape[1]
     if total < frames:
-        raise fmt.LatentFormatError(
-            f"sample {key!r} has {total} latent frames; task.data.latent_frames={frames}"
+        raise SampleError(
+            "shorter_than_window",
+            f"sample {key!r} has {total} latent frames, fewer than the training window "
+            f"(task.data.latent_frames={frames})",
         )
-    start = 0 if crop == "first" else int(rng.integers(total - frames + 1))
+    start = window_start(total, frames, crop, rng)
     return latents[:, start : start + frames]
 
 
@@ -100,9 +135,13 @@ def latent_batches(
     shuffle: int = 0,
 ) -> Iterator[tuple[dict[str, torch.Tensor], dict[str, int]]]:
     """(micro-batch, skipped counts) from `start_batch` on; micro-batch `b` depends only on
-    (seed, rank, b). `shuffle > 1` permutes the stream in seeded blocks of that many samples
-    (`SampleStream`'s window; resume stays exact). A batch holds latents `(B, C, t, h, w)`, text `(B, L, D)`, text_mask,
-    pooled and `noise_seed` (an int64 scalar for the loss's noise generator)."""
+    (seed, rank, b). Each sample gives one training window of `latent_frames` latent frames
+    (0: the whole stored sequence) at a start seeded by (seed, rank, stream position), so a
+    resume redraws the same windows; every window of a video carries the video's one text
+    embedding. `shuffle > 1` permutes the stream in seeded blocks of that many samples
+    (`SampleStream`'s window; resume stays exact). A batch holds latents `(B, C, t, h, w)`,
+    text `(B, L, D)`, text_mask, pooled and `noise_seed` (an int64 scalar for the loss's
+    noise generator)."""
     if crop not in CROPS:
         raise ValueError(f"latent crop must be one of {CROPS}, got {crop!r}")
 

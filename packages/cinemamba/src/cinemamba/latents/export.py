@@ -9,6 +9,11 @@ only interrupted ones. Whichever process finds every shard complete writes the m
 Latents are the VAE's posterior mean (`encode(sample=False)`), one video per VAE call: the
 result then does not depend on which videos share a batch, so training on the fly from raw
 shards with `clip.start="first"` and `task.vae_sample=false` sees bit-identical latents.
+
+`clip.start="whole"` (the default) encodes every frame of each video: the video is decoded in
+chunks of `chunk_frames` frames and fed through the VAE's causal streaming encode
+(`encode_stream`), so memory holds one chunk of pixels plus the latents, whatever the length
+(issue 15). The training loader cuts windows out of these sequences (`dataset.crop_latents`).
 """
 
 from __future__ import annotations
@@ -31,7 +36,15 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from cinemamba.latents import format as fmt
-from cinemamba.latents.clips import ClipConfig, SampleError, decode_clip, to_pixels
+from cinemamba.latents.clips import (
+    EXPORT_STARTS,
+    ClipConfig,
+    SampleError,
+    WholeVideo,
+    decode_clip,
+    decode_whole,
+    to_pixels,
+)
 from cinemamba.latents.lock import export_claim
 from cinemamba.latents.stream import read_tar
 from cinemamba_conditioning import TextEncoderConfig, build_text_encoder
@@ -40,6 +53,7 @@ from cinemamba_vae import load_vae
 log = logging.getLogger(__name__)
 
 EXPORT_HEADER_NAME = "export.json"  # the settings of an export in progress
+WHOLE_CHUNK = 64  # pixel frames decoded and encoded at a time in whole-video mode (default)
 
 
 @dataclass
@@ -50,16 +64,20 @@ class ExportConfig:
     output: directory for the latent shard set (created).
     vae: a saved VideoAutoencoder directory or a diffusers video VAE directory (`load_vae`).
     text_encoder: the frozen text encoder (`TextEncoderConfig`).
-    clip: the clip taken from each video; `start` must be "first" (the eval-mode clip).
+    clip: what is taken from each video: `start="whole"` every frame (the default;
+        `clip.frames` unused), `start="first"` the first `clip.frames` frames (the eval-mode
+        clip, what on-the-fly training with `start="first"` encodes).
     device: "auto" (cuda when available), "cpu", "cuda", "cuda:1", ...
-    chunk_frames: pixel frames per VAE encode chunk (0: whole clip; exact either way).
+    chunk_frames: pixel frames per VAE encode chunk (0: whole clip, or WHOLE_CHUNK frames in
+        whole-video mode, also the frames decoded at a time; exact either way for our VAE
+        and Wan).
     """
 
     input: str = ""
     output: str = ""
     vae: str = ""
     text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
-    clip: ClipConfig = field(default_factory=lambda: ClipConfig(start="first"))
+    clip: ClipConfig = field(default_factory=lambda: ClipConfig(start="whole"))
     device: str = "auto"
     chunk_frames: int = 0
     progress: bool = True
@@ -116,6 +134,10 @@ class _Encoders:
         self.vae_identity = fmt.vae_identity(cfg.vae)
         self.text = build_text_encoder(cfg.text_encoder).to(self.device)
         self.chunk_frames = cfg.chunk_frames or None
+        # the VAE's own frame rule: 1 + 4k for ours and Wan, 1 + 8k for CogVideoX and LTX
+        self.frame_step = getattr(
+            self.vae.config, "frame_step", self.vae.config.temporal_compression
+        )
 
     @torch.no_grad()
     def encode(self, video: torch.Tensor, caption: str) -> tuple[torch.Tensor, Any]:
@@ -124,6 +146,27 @@ class _Encoders:
             video[None].to(self.device), sample=False, chunk_frames=self.chunk_frames
         )[0]
         return latents, self.text.encode([caption])
+
+    @torch.no_grad()
+    def encode_whole(self, video: WholeVideo) -> tuple[torch.Tensor, Any, int]:
+        """Latents `(C, t, h, w)` of every frame of `video`, its caption's embedding, and the
+        pixel frames encoded (fewer than planned when the video ends before its header says).
+
+        The chunks go through the VAE's `encode_stream`: our VAE and diffusers' Wan hold one
+        chunk of pixels at a time (flat memory in length); the other diffusers classes gather
+        the chunks for one `encode` call (docs/latents.md).
+        """
+
+        def pixels():
+            for chunk in video.chunks:
+                yield to_pixels(chunk.to(self.device))[None]  # (1, 3, k, H, W)
+
+        parts = [z[0].cpu() for z in self.vae.encode_stream(pixels())]
+        if not parts:
+            raise SampleError("undecodable", "no frame of the video could be decoded")
+        latents = torch.cat(parts, dim=1)
+        frames = 1 + self.vae.config.temporal_compression * (latents.shape[1] - 1)
+        return latents, self.text.encode([video.caption]), frames
 
 
 def _export_shard(
@@ -155,6 +198,7 @@ def _export_shard(
     s2 = np.zeros(channels)
     count = 0  # latent positions per channel
     written = 0
+    lengths = [2**62, 0, 0]  # latent frames per sample: min, max, total
     tmp = dst.with_name(dst.name + ".tmp")
     rng = np.random.default_rng(0)  # unused for start="first"; decode_clip takes one
     with open(tmp, "wb") as fh:
@@ -170,20 +214,18 @@ def _export_shard(
                     continue
                 seen_keys.add(key)
                 try:
-                    frames, caption, meta = decode_clip(sample, clip, rng)
-                    warnings.update(meta.pop("warnings", ()))  # the sample is still exported
+                    latents, text, caption, meta = _encode_sample(enc, sample, clip, rng)
                 except SampleError as err:
                     skipped[err.reason] += 1
                     log.warning("skipping %s: %s", key, err)
                     bar.update()
                     continue
-                try:
-                    latents, text = enc.encode(to_pixels(frames), caption)
                 except ValueError as err:  # e.g. a frame size the VAE cannot take
                     skipped["unencodable"] += 1
                     log.warning("skipping %s: %s", key, err)
                     bar.update()
                     continue
+                warnings.update(meta.pop("warnings", ()))  # the sample is still exported
                 if not torch.isfinite(latents).all():
                     skipped["nonfinite_latents"] += 1
                     log.warning("skipping %s: the VAE produced non-finite latents", key)
@@ -193,6 +235,8 @@ def _export_shard(
                 s1 += z.sum(dim=(1, 2, 3)).numpy()
                 s2 += z.pow(2).sum(dim=(1, 2, 3)).numpy()
                 count += z[0].numel()
+                t = int(latents.shape[1])
+                lengths = [min(lengths[0], t), max(lengths[1], t), lengths[2] + t]
                 meta = {**meta, "key": key, "source_shard": src_name,
                         "latent_shape": list(latents.shape)}  # fmt: skip
                 writer.write(
@@ -222,7 +266,7 @@ def _export_shard(
         log.warning("source shard %s is incomplete: %d of %s planned samples read (%s)",
                     src_name, read, expected, incomplete["error"])  # fmt: skip
     stats = {"samples": written, "skipped": dict(skipped), "warnings": dict(warnings),
-             "count": count,
+             "count": count, "latent_frames": _lengths(lengths, written),
              "sum": s1.tolist(), "sumsq": s2.tolist(), "incomplete": incomplete}  # fmt: skip
     side = dst.with_name(dst.name + fmt.STATS_SUFFIX)
     side_tmp = side.with_name(side.name + ".tmp")
@@ -230,6 +274,41 @@ def _export_shard(
     side_tmp.replace(side)
     tmp.replace(dst)  # last: the shard counts as done only once everything is in place
     return written, skipped, warnings
+
+
+def _encode_sample(
+    enc: _Encoders, sample: dict[str, Any], clip: ClipConfig, rng: np.random.Generator
+) -> tuple[torch.Tensor, Any, str, dict[str, Any]]:
+    """(latents `(C, t, h, w)`, text embedding, caption, metadata) of one raw sample, as
+    `clip.start` asks: every frame ("whole") or the first clip ("first").
+
+    The metadata records the latent frames and the pixel frames encoded (`clip.frames`); for a
+    whole video also their frame rate (`fps`) and the video's own frame count
+    (`source_frames`). Raises SampleError / ValueError for bad input.
+    """
+    if clip.start == "whole":
+        video = decode_whole(sample, clip, rng, frame_step=enc.frame_step,
+                             chunk=enc.chunk_frames or WHOLE_CHUNK)  # fmt: skip
+        latents, text, frames = enc.encode_whole(video)
+        meta = video.meta
+        if frames < video.frames:
+            # The header promised more frames than the stream holds: keep what was decoded.
+            meta.setdefault("warnings", []).append("fewer_frames_than_header")
+        meta["clip"]["frames"] = frames
+        meta.update(fps=video.fps, source_frames=video.source_frames)
+        caption = video.caption
+    else:
+        pixels, caption, meta = decode_clip(sample, clip, rng)
+        latents, text = enc.encode(to_pixels(pixels), caption)
+    meta["latent_frames"] = int(latents.shape[1])
+    return latents, text, caption, meta
+
+
+def _lengths(lengths: list[int], samples: int) -> dict[str, int]:
+    """Per-sample latent frame counts of a shard: min, max, total (0s when empty)."""
+    if not samples:
+        return {"min": 0, "max": 0, "total": 0}
+    return {"min": lengths[0], "max": lengths[1], "total": lengths[2]}
 
 
 def _write_null_text(enc: _Encoders, out: Path) -> None:
@@ -251,6 +330,7 @@ def _finish(cfg: ExportConfig, out: Path, names: list[str], header: dict) -> Pat
     shards, skipped, warnings, incomplete = [], Counter(), Counter(), []
     s1 = s2 = None
     count = 0
+    lengths = []
     for name in names:
         side = out / (name + fmt.STATS_SUFFIX)
         if not (out / name).exists() or not side.exists():
@@ -264,6 +344,8 @@ def _finish(cfg: ExportConfig, out: Path, names: list[str], header: dict) -> Pat
         s1 = np.array(st["sum"]) if s1 is None else s1 + np.array(st["sum"])
         s2 = np.array(st["sumsq"]) if s2 is None else s2 + np.array(st["sumsq"])
         count += st["count"]
+        if st.get("samples") and "latent_frames" in st:
+            lengths.append(st["latent_frames"])
     if count == 0:
         raise ValueError(f"no usable samples in {cfg.input!r} (skipped: {dict(skipped)})")
     mean = s1 / count
@@ -275,6 +357,13 @@ def _finish(cfg: ExportConfig, out: Path, names: list[str], header: dict) -> Pat
         "skipped": dict(skipped),
         "warnings": dict(warnings),  # exported samples whose KEY.json disagreed with the video
         "incomplete_sources": incomplete,  # source shards that ended early (truncated tars)
+        # latent frames per sample over the set: the longest training window every sample
+        # can give is `min` (longer windows skip the shorter samples)
+        "latent_frames": {
+            "min": min((x["min"] for x in lengths), default=0),
+            "max": max((x["max"] for x in lengths), default=0),
+            "total": sum(x["total"] for x in lengths),
+        },
         # Statistics of the exported (already normalised) latents: ~0 / ~1 when the VAE's
         # latent_mean/latent_std fit this data; far off means the VAE stats need refitting.
         "latent_stats": {"mean": mean.tolist(), "std": std.tolist(), "count": count},
@@ -319,12 +408,10 @@ def export_latents(
     set once the whole set is complete (after the last process finishes).
     """
     started = time.perf_counter()
-    cfg.clip.validate()
-    if cfg.clip.start != "first":
-        raise ValueError(
-            "export clip.start must be 'first' (the eval-mode clip); random crops of exported "
-            "latents are taken at training time (task.data.latent_frames)"
-        )
+    try:
+        cfg.clip.validate(starts=EXPORT_STARTS)
+    except ValueError as err:  # random windows of exported latents are cut at training time
+        raise ValueError(f"export {err} (random windows: task.data.latent_frames)") from None
     for name in ("input", "output", "vae"):
         if not getattr(cfg, name):
             raise ValueError(f"export config field {name!r} is empty")
@@ -355,9 +442,8 @@ def _export_mine(
         log.info("rank %d: %d of %d shards already complete, skipped", rank, report.already_done,
                  len(mine))  # fmt: skip
     enc = _Encoders(cfg)
-    # the VAE's own frame rule: 1 + 4k for ours and Wan, 1 + 8k for CogVideoX and LTX
-    st = getattr(enc.vae.config, "frame_step", enc.vae.config.temporal_compression)
-    if (cfg.clip.frames - 1) % st:
+    st = enc.frame_step
+    if cfg.clip.start == "first" and (cfg.clip.frames - 1) % st:
         raise ValueError(
             f"clip.frames={cfg.clip.frames}: the VAE encodes 1 + {st}*k frames "
             f"(e.g. {1 + st * max(1, (cfg.clip.frames - 1) // st)})"

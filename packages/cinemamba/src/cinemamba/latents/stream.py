@@ -154,10 +154,20 @@ class SampleStream:
     def reserve(self, batch: int) -> Iterator[tuple[int, dict[str, Any] | None]]:
         """Stand-in samples for micro-batch `batch`: another resampled stream, seeded by
         (seed, rank, batch), from a random position (its skips are not counted: the samples
-        it misses are counted where they occur in the main stream)."""
+        it misses are counted where they occur in the main stream).
+
+        The positions it yields are its own, `(batch + 1) * 2**64 + j` for its j-th sample,
+        beyond any position of the main stream: decoders seed a sample's random choices
+        (clip start, crop, latent window) by position, and the reserve's stream positions
+        start within the first pass, so stand-ins would otherwise repeat a few windows
+        (measured: window starts far from uniform when a quarter of the videos are shorter
+        than the window; issue 15).
+        """
         rng = np.random.default_rng([self.seed, self.rank, batch, 0x5E5E])
         other = SampleStream(self.shards, int(rng.integers(2**62)), self.rank, reader=self.reader)
-        return other(int(rng.integers(sum(self.shards.counts))))
+        base = (batch + 1) << 64
+        for j, (_, sample) in enumerate(other(int(rng.integers(sum(self.shards.counts))))):
+            yield base + j, sample
 
     def __call__(self, start: int) -> Iterator[tuple[int, dict[str, Any] | None]]:
         """Yield (position, sample) from `start` on; sample is None where a shard is short."""

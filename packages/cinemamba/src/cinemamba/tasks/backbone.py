@@ -43,7 +43,14 @@ from cinemamba.data.loader import resolve_shards
 from cinemamba.data.video import write_video
 from cinemamba.latents import format as fmt
 from cinemamba.latents.clips import ClipConfig, decode_clip, to_pixels
-from cinemamba.latents.dataset import CROPS, LatentSet, latent_batches, noise_seed, open_latent_set
+from cinemamba.latents.dataset import (
+    CROPS,
+    LatentSet,
+    check_window,
+    latent_batches,
+    noise_seed,
+    open_latent_set,
+)
 from cinemamba.latents.stream import SampleStream, ShardList, batch_loader, micro_batches
 from cinemamba.tasks.context import CleanContext
 from cinemamba.train import (
@@ -87,8 +94,11 @@ class BackboneDataConfig:
     path: the shard directory (latents: with `latents.json`; raw: with `PREFIX.plan.json`).
     url_prefix: stream the shards from here instead (`pipe:...`, http); metadata stays in path.
     clip: raw only, the frames taken from each video (see ClipConfig).
-    latent_frames / crop: latents only, crop stored latents to this many frames (0: all),
-        from a seeded random start or the first frame.
+    latent_frames / crop: latents only, the training window: this many latent frames (0:
+        the whole stored sequence) from each sample, at a start seeded by (seed, rank, stream
+        position) and uniform over the valid starts ("random") or from the first frame
+        ("first"). Whole-video latents give windows of any length up to the video's; a
+        sequence shorter than the window is skipped, counted and logged.
     workers: DataLoader worker processes (0: decode in the training process).
     shuffle: samples per seeded shuffle block of the stream (0/1: read order). Shards hold
         videos in the order they were written; a block of N samples spanning several shards
@@ -284,6 +294,7 @@ class BackboneTask:
                 text_encoder=cfg.text_encoder,
                 url_prefix=data.url_prefix,
             )
+            check_window(self.latent_set.manifest, data.latent_frames, data.path)
         except fmt.LatentFormatError as err:
             raise ConfigError(str(err)) from None
         width = self.latent_set.manifest["text_encoder"]["dim"]
