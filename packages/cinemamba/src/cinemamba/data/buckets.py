@@ -31,15 +31,15 @@ import logging
 import math
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import torch
 
-from cinemamba.data.video import VideoDecodeError, probe_video
+from cinemamba.data.video import VideoDecodeError, VideoInfo, probe_video
 from cinemamba.latents import format as fmt
-from cinemamba.latents.clips import ClipConfig
+from cinemamba.latents.clips import ClipChoice, ClipConfig, SampleError
 from cinemamba.latents.dataset import LatentSet, crop_latents, noise_seed
 from cinemamba.latents.stream import SampleStream, ShardList, batch_loader, fill_batch, read_tar
 
@@ -221,6 +221,30 @@ def bucket_clip(bucket: Bucket, clip: ClipConfig, fit: str) -> ClipConfig:
         frames=bucket.frames, stride=clip.stride, fps=clip.fps, height=bucket.height,
         width=bucket.width, crop=crop, start=clip.start,
     )  # fmt: skip
+
+
+def export_fit(cfg: BucketConfig, latent_shape: LatentShape) -> ClipChoice:
+    """The per-video clip choice of latent export with buckets: each video is cut to the
+    height x width of its bucket (`assign_bucket`: nearest aspect ratio, then the longest
+    window it fills, then the nearest area; `cfg.fit` crops or resizes), so the latent set
+    holds exactly the latent sizes the training buckets take. Batch sizes do not matter here
+    (a missing `tokens` is not an error). A video no bucket takes raises
+    SampleError("no_bucket"), a counted skip."""
+    budget = replace(cfg, tokens=cfg.tokens or 2**62) if cfg.buckets or cfg.aspects else cfg
+    buckets = build_buckets(budget, latent_shape)
+
+    def choose(info: VideoInfo, clip: ClipConfig) -> ClipConfig:
+        frames = usable_frames(info.frames, info.fps, clip)
+        k = assign_bucket(buckets, info.height, info.width, frames)
+        if k is None:
+            raise SampleError(
+                "no_bucket",
+                f"{info.width}x{info.height} video of {frames} usable frames: no bucket's "
+                f"window fits (buckets {[b.shape for b in buckets]})",
+            )
+        return bucket_clip(buckets[k], clip, cfg.fit)
+
+    return choose
 
 
 # ---------------------------------------------------------------------------- the index

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,6 +93,10 @@ class ClipConfig:
 # broken writer, not a long video); inside them they must still agree with the header.
 PLAUSIBLE = {"frames": 10_000_000, "fps": 10_000.0, "height": 65_536, "width": 65_536}
 METADATA_FIELDS = ("frames", "fps", "height", "width")
+
+
+# Clip settings chosen per video from its header (e.g. its bucket's size); may raise SampleError.
+ClipChoice = Callable[[VideoInfo, ClipConfig], ClipConfig]
 
 
 def decode_caption(data: bytes, key: Any) -> str:
@@ -185,9 +189,15 @@ def _stride(clip: ClipConfig, info: VideoInfo) -> int:
 
 
 def decode_clip(
-    sample: dict[str, Any], clip: ClipConfig, rng: np.random.Generator
+    sample: dict[str, Any],
+    clip: ClipConfig,
+    rng: np.random.Generator,
+    fit: ClipChoice | None = None,
 ) -> tuple[torch.Tensor, str, dict[str, Any]]:
     """(uint8 frames `(T, H, W, 3)`, caption, metadata) of one raw WebDataset sample.
+
+    `fit(info, clip)`, if given, picks the clip settings from the video's header (a bucket's
+    size: `cinemamba.data.buckets.export_fit`); it raises SampleError to leave a video out.
 
     Raises SampleError (reason "no_video", "no_caption", "bad_caption_encoding",
     "undecodable", "too_short"). Declared metadata (KEY.json) that disagrees with the video's
@@ -195,6 +205,8 @@ def decode_clip(
     """
     key = sample.get("__key__")
     data, caption, meta, info, warnings = _read_sample(sample)
+    if fit is not None:
+        clip = fit(info, clip)
     stride = _stride(clip, info)
     span = (clip.frames - 1) * stride + 1
     if info.frames < span:
@@ -266,13 +278,17 @@ def decode_whole(
     *,
     frame_step: int,
     chunk: int,
+    fit: ClipChoice | None = None,
 ) -> WholeVideo:
     """Every `stride`-th frame of a raw sample, resized / cropped as `decode_clip` does, as
     chunks of `chunk` frames (one chunk in memory at a time). The longest prefix of
     `1 + frame_step * k` frames is kept (the VAE's frame rule; at most frame_step - 1 frames
-    are left off the end). Raises SampleError as `decode_clip` does, also while iterating."""
+    are left off the end). Raises SampleError as `decode_clip` does, also while iterating;
+    `fit` as in `decode_clip` (its clip's `frames` is unused here)."""
     key = sample.get("__key__")
     data, caption, meta, info, warnings = _read_sample(sample)
+    if fit is not None:
+        clip = fit(info, clip)
     stride = _stride(clip, info)
     selected = (info.frames - 1) // stride + 1
     frames = 1 + frame_step * ((selected - 1) // frame_step)

@@ -35,6 +35,7 @@ import webdataset as wds
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from cinemamba.data.buckets import BucketConfig, export_fit
 from cinemamba.latents import format as fmt
 from cinemamba.latents.clips import (
     EXPORT_STARTS,
@@ -71,6 +72,10 @@ class ExportConfig:
     chunk_frames: pixel frames per VAE encode chunk (0: whole clip, or WHOLE_CHUNK frames in
         whole-video mode, also the frames decoded at a time; exact either way for our VAE
         and Wan).
+    buckets: the training buckets (`BucketConfig`, the same block as the training config's
+        `task.data.buckets`): each video is cut to its bucket's height x width (`fit`), so
+        its latents have a size the buckets take; videos no bucket takes are counted
+        ("no_bucket"). Off by default: every video at `clip.height` x `clip.width`.
     """
 
     input: str = ""
@@ -80,6 +85,7 @@ class ExportConfig:
     clip: ClipConfig = field(default_factory=lambda: ClipConfig(start="whole"))
     device: str = "auto"
     chunk_frames: int = 0
+    buckets: BucketConfig = field(default_factory=BucketConfig)
     progress: bool = True
 
 
@@ -138,6 +144,8 @@ class _Encoders:
         self.frame_step = getattr(
             self.vae.config, "frame_step", self.vae.config.temporal_compression
         )
+        # Per-video clip choice (bucket size) or None.
+        self.fit = export_fit(cfg.buckets, self.vae.latent_shape) if cfg.buckets.enabled else None
 
     @torch.no_grad()
     def encode(self, video: torch.Tensor, caption: str) -> tuple[torch.Tensor, Any]:
@@ -288,7 +296,7 @@ def _encode_sample(
     """
     if clip.start == "whole":
         video = decode_whole(sample, clip, rng, frame_step=enc.frame_step,
-                             chunk=enc.chunk_frames or WHOLE_CHUNK)  # fmt: skip
+                             chunk=enc.chunk_frames or WHOLE_CHUNK, fit=enc.fit)  # fmt: skip
         latents, text, frames = enc.encode_whole(video)
         meta = video.meta
         if frames < video.frames:
@@ -298,7 +306,7 @@ def _encode_sample(
         meta.update(fps=video.fps, source_frames=video.source_frames)
         caption = video.caption
     else:
-        pixels, caption, meta = decode_clip(sample, clip, rng)
+        pixels, caption, meta = decode_clip(sample, clip, rng, fit=enc.fit)
         latents, text = enc.encode(to_pixels(pixels), caption)
     meta["latent_frames"] = int(latents.shape[1])
     return latents, text, caption, meta
@@ -458,7 +466,7 @@ def _export_mine(
                          "config_hash": fmt.config_hash(cfg.text_encoder), "dim": enc.text.dim,
                          "pooled_dim": enc.text.pooled_dim,
                          "context_length": enc.text.context_length},
-        "clip": asdict(cfg.clip),
+        "clip": asdict(cfg.clip) | ({"buckets": asdict(cfg.buckets)} if enc.fit else {}),
         "latent": {"posterior": "mean", "dtype": "float32", "normalised": True},
         "source": {"input": str(src), "plan_info": plan.get("info", {})},
     }  # fmt: skip
