@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cinemamba.data.bucket_config import FITS, SAMPLINGS, BucketConfig
 from cinemamba.data.video import VideoDecodeError, VideoInfo, probe_video
 from cinemamba.latents import format as fmt
 from cinemamba.latents.clips import ClipChoice, ClipConfig, SampleError
@@ -45,41 +46,7 @@ from cinemamba.latents.stream import SampleStream, ShardList, batch_loader, fill
 
 log = logging.getLogger(__name__)
 
-SAMPLINGS = ("data", "uniform", "weights")
-FITS = ("center", "random", "resize")
 BLOCK = 4096  # micro-batches per seeded schedule block
-
-
-@dataclass
-class BucketConfig:
-    """Which buckets exist, how big each batch is, how often each is drawn, how clips fit.
-
-    buckets: `[height, width, frames]` (pixel frames) or `[height, width, frames, batch_size]`
-        per bucket; empty, with `aspects` empty too: buckets are off.
-    aspects / area / frames: generated buckets (when `buckets` is empty): for each aspect ratio
-        (width / height) the size of about `area` pixels, rounded to the model's size multiple,
-        once per entry of `frames`.
-    tokens: token budget per micro-batch (sets each bucket's batch size; required unless every
-        bucket gives its own).
-    sampling: "data" (each sample equally often), "uniform" (each bucket equally often) or
-        "weights" (`weights`, one per bucket, in bucket order).
-    fit: how a video becomes its bucket's size: "center" / "random" crop after resizing the
-        short side (aspect kept), or "resize" (squashed to the bucket's aspect ratio).
-    """
-
-    buckets: list[list[int]] = field(default_factory=list)
-    aspects: list[float] = field(default_factory=list)
-    area: int = 0
-    frames: list[int] = field(default_factory=list)
-    tokens: int = 0
-    sampling: str = "data"
-    weights: list[float] = field(default_factory=list)
-    fit: str = "center"
-
-    @property
-    def enabled(self) -> bool:
-        """Whether buckets are configured at all."""
-        return bool(self.buckets or self.aspects)
 
 
 @dataclass(frozen=True)

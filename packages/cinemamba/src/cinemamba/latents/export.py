@@ -35,7 +35,7 @@ import webdataset as wds
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from cinemamba.data.buckets import BucketConfig, export_fit
+from cinemamba.data.bucket_config import BucketConfig
 from cinemamba.latents import format as fmt
 from cinemamba.latents.clips import (
     EXPORT_STARTS,
@@ -144,7 +144,10 @@ class _Encoders:
         self.frame_step = getattr(
             self.vae.config, "frame_step", self.vae.config.temporal_compression
         )
-        # Per-video clip choice (bucket size) or None.
+        # Per-video clip choice (bucket size) or None. Imported here: the bucket sampler
+        # imports the latents package, which imports this module.
+        from cinemamba.data.buckets import export_fit
+
         self.fit = export_fit(cfg.buckets, self.vae.latent_shape) if cfg.buckets.enabled else None
 
     @torch.no_grad()
