@@ -365,12 +365,20 @@ def test_flop_counter_closed_form() -> None:
     backward (grad of input and of weight); the selective scans add 27·b·d·l·n each."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from cinemamba.ablate.cost import count_flops, train_flops
+    from cinemamba.ablate.cost import ATTENTION_FLOPS, count_flops, train_flops
 
     batch, fan_in, fan_out = 5, 7, 3
     layer = torch.nn.Linear(fan_in, fan_out)
     x = torch.randn(batch, fan_in, requires_grad=True)
     assert count_flops(lambda: layer(x).sum().backward()) == 6 * batch * fan_in * fan_out
+    # scaled-dot-product attention on CPU: Q·K^T and P·V, 2·b·h·Lq·Lk·d each forward; the
+    # backward recomputes Q·K^T and forms dV, dP, dQ, dK: five such products (FlopCounterMode
+    # alone counts this CPU kernel as 0)
+    b, h, lq, lk, d = 2, 3, 5, 7, 4
+    q = torch.randn(b, h, lq, d, requires_grad=True)
+    k, v = (torch.randn(b, h, lk, d, requires_grad=True) for _ in range(2))
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    assert count_flops(lambda: sdpa(q, k, v).sum().backward()) == 7 * 2 * b * h * lq * lk * d
     # bimamba: per block two scans (both directions) over (b·h·w, d_inner, t) with d_state n.
     arch = BackboneConfig.from_preset("tiny", in_channels=4, text_dim=16, sample_size=4,
                                       mixer="bimamba", d_state=4, expand=1)  # fmt: skip
@@ -379,7 +387,7 @@ def test_flop_counter_closed_form() -> None:
     torch.manual_seed(0)
     model = VideoDiT(arch)
     x = torch.randn(1, 4, 3, 4, 4)
-    with FlopCounterMode(display=False) as mode:
+    with FlopCounterMode(display=False, custom_mapping=ATTENTION_FLOPS) as mode:
         model(x, torch.rand(1), torch.randn(1, 5, 16), torch.ones(1, 5, dtype=torch.bool),
               torch.randn(1, 16)).pow(2).mean().backward()  # fmt: skip
     tokens = (4 // arch.patch_size) ** 2  # b·h·w sequences of the temporal mixer

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from cinemamba.config import ConfigError
 from cinemamba_backbone import BackboneConfig, VideoDiT
@@ -82,10 +82,37 @@ def _inputs(arch: BackboneConfig, shapes: Shapes, batch: int) -> tuple[torch.Ten
     )
 
 
+def _sdpa_cpu_flops(query_shape, key_shape, value_shape, *args, **kwargs) -> int:  # noqa: ANN001
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def _sdpa_cpu_backward_flops(
+    grad_shape, query_shape, key_shape, value_shape, *args, **kwargs
+) -> int:  # noqa: ANN001, E501
+    return sdpa_backward_flop_count(grad_shape, query_shape, key_shape, value_shape)
+
+
+# FlopCounterMode has formulas for the CUDA attention kernels but not for the CPU flash kernel
+# SDPA takes here, whose calls it would count as 0 (the attention core of every attention
+# mixer, the spatial attention and the full-3D block went uncounted): the same formulas as
+# for the CUDA kernels (4·b·h·Lq·Lk·d forward; backward 10·b·h·Lq·Lk·d, as flash attention
+# recomputes Q·K^T).
+ATTENTION_FLOPS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_flops,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: (
+        _sdpa_cpu_backward_flops
+    ),
+}
+
+
 def count_flops(fn: Callable[[], None]) -> int:
-    """FLOPs FlopCounterMode counts in `fn()`, plus the selective scans' (`scan_flops`)."""
+    """FLOPs FlopCounterMode counts in `fn()` (with `ATTENTION_FLOPS`), plus the selective
+    scans' (`scan_flops`)."""
     scans = [0]
-    with FlopCounterMode(display=False) as mode, _counting_scans(scans):
+    with (
+        FlopCounterMode(display=False, custom_mapping=ATTENTION_FLOPS) as mode,
+        _counting_scans(scans),
+    ):
         fn()
     return int(mode.get_total_flops()) + scans[0]
 
