@@ -348,7 +348,7 @@ def conv_forward(
     sizes, rev, threads = _conv_args(x, weight, reverse)
     b, d, groups, length, _ = sizes
     y = torch.empty(b, groups * d, length)
-    work = torch.empty(threads, length)
+    work = torch.empty(threads, length + 2 * (weight.shape[-1] - 1))  # a padded row each
     _call(
         "cm_conv_forward", x.data_ptr(), *x.stride(), weight.data_ptr(), _ptr_of(bias),
         rev.data_ptr(), y.data_ptr(), int(activation), *sizes, work.data_ptr(), threads,
@@ -373,7 +373,7 @@ def conv_backward(
     gx = torch.empty(b, d, length)
     gw_rows = torch.empty(b, groups, d, k)
     gb_rows = None if bias is None else torch.empty(b, groups, d)
-    work = torch.empty(threads, 2, length)
+    work = torch.empty(threads, 2, length + 2 * (k - 1))  # padded x and gradient rows
     _call(
         "cm_conv_backward", x.data_ptr(), *x.stride(), weight.data_ptr(), _ptr_of(bias),
         rev.data_ptr(), grad.data_ptr(), int(activation), gx.data_ptr(), gw_rows.data_ptr(),

@@ -304,8 +304,9 @@ int cm_scan_backward(const float *u, const float *delta, const float *A, const f
  *                  bias[g, c] + Σ_j w[g, c, j] · x[c, t + s_j]   (rev[g]: anti-causal)
  *   y = SiLU(pre) (or pre),  s_j = k - 1 - j,  x outside [0, l) is 0.
  *
- * Each (b, c) row of x is gathered once into a contiguous buffer and serves all G groups.
- * The backward recomputes pre from x (nothing but x is saved) and writes gx (b, d, l)
+ * Each (b, c) row of x is gathered once into a buffer with k - 1 zeros on both sides, so
+ * every output is one branch-free pass over t (k loads, one store) and the row serves all G
+ * groups. The backward recomputes pre from x (nothing but x is saved) and writes gx (b, d, l)
  * contiguous and per-batch partial sums gw_rows (b, G, d, k), gb_rows (b, G, d); the caller
  * sums those over b. */
 #define MAX_CONV_K 16
@@ -326,18 +327,26 @@ INLINE float dot_f(const float *restrict a, const float *restrict b, int64_t n) 
     return ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7])) + tail;
 }
 
-/* pre-activation of one output row from the gathered input row xr (l). */
-INLINE void conv_row(const float *restrict xr, const float *restrict w, float bias,
-                     int rev, int64_t l, int k, float *restrict pre) {
-    for (int64_t t = 0; t < l; t++) pre[t] = bias + w[k - 1] * xr[t];
-    for (int j = 0; j < k - 1; j++) {
-        const int64_t s = k - 1 - j;
-        if (s >= l) continue;
-        const float wj = w[j];
-        if (rev)
-            for (int64_t t = 0; t < l - s; t++) pre[t] += wj * xr[t + s];
-        else
-            for (int64_t t = s; t < l; t++) pre[t] += wj * xr[t - s];
+/* Gather row x[0..l) (stride sx) into xp with P = k - 1 zeros before and after. */
+INLINE void gather_padded(const float *restrict x, int64_t sx, int64_t l, int P,
+                          float *restrict xp) {
+    for (int i = 0; i < P; i++) xp[i] = xp[P + l + i] = 0.0f;
+    for (int64_t t = 0; t < l; t++) xp[P + t] = x[t * sx];
+}
+
+/* pre[t] = bias + Σ_j w[j] xp[t + j] (causal) or xp[t + 2P - j] (anti-causal): xp padded.
+ * K is the kernel width, a constant at the common call sites. */
+INLINE void conv_row(const float *restrict xp, const float *restrict w, float bias, int rev,
+                     int64_t l, const int K, float *restrict pre) {
+    const int P = K - 1;
+    float wr[MAX_CONV_K];
+    for (int j = 0; j < K; j++) wr[j] = w[rev ? P - j : j]; /* anti-causal: mirrored taps */
+    /* causal: Σ_j w[j] xp[t + j]; anti-causal: Σ_j w[j] xp[t + 2P - j] = Σ_m w[P - m] xp[P + t + m] */
+    const float *restrict base = xp + (rev ? P : 0);
+    for (int64_t t = 0; t < l; t++) {
+        float acc = bias;
+        for (int j = 0; j < K; j++) acc += wr[j] * base[t + j];
+        pre[t] = acc;
     }
 }
 
@@ -347,20 +356,24 @@ int cm_conv_forward(const float *x, int64_t sxb, int64_t sxd, int64_t sxl, const
                     float *work, int threads) {
     if (k < 1 || k > MAX_CONV_K || l < 1 || groups < 1) return -1;
     const float lo = exp_lo, hi = exp_hi;
+    const int P = (int)k - 1;
 #pragma omp parallel for collapse(2) num_threads(threads) if (threads > 1) schedule(static)
     for (int64_t bi = 0; bi < batch; bi++) {
         for (int64_t c = 0; c < dim; c++) {
 #ifdef _OPENMP
-            float *xr = work + (int64_t)omp_get_thread_num() * l;
+            float *xp = work + (int64_t)omp_get_thread_num() * (l + 2 * P);
 #else
-            float *xr = work;
+            float *xp = work;
 #endif
-            const float *xs = x + bi * sxb + c * sxd;
-            for (int64_t t = 0; t < l; t++) xr[t] = xs[t * sxl];
+            gather_padded(x + bi * sxb + c * sxd, sxl, l, P, xp);
             for (int64_t g = 0; g < groups; g++) {
-                float *out = y + ((bi * groups + g) * dim + c) * l;
-                conv_row(xr, w + (g * dim + c) * k, bias ? bias[g * dim + c] : 0.0f,
-                         (int)rev[g], l, (int)k, out);
+                float *restrict out = y + ((bi * groups + g) * dim + c) * l;
+                const float *wg = w + (g * dim + c) * k;
+                const float bg = bias ? bias[g * dim + c] : 0.0f;
+                if (k == 4)
+                    conv_row(xp, wg, bg, (int)rev[g], l, 4, out);
+                else
+                    conv_row(xp, wg, bg, (int)rev[g], l, (int)k, out);
                 if (activation)
                     for (int64_t t = 0; t < l; t++) out[t] *= sigmoid_f(out[t], lo, hi);
             }
@@ -375,25 +388,28 @@ int cm_conv_backward(const float *x, int64_t sxb, int64_t sxd, int64_t sxl, cons
                      int64_t groups, int64_t l, int64_t k, float *work, int threads) {
     if (k < 1 || k > MAX_CONV_K || l < 1 || groups < 1) return -1;
     const float lo = exp_lo, hi = exp_hi;
+    const int P = (int)k - 1;
+    const int64_t lp = l + 2 * P;
 #pragma omp parallel for collapse(2) num_threads(threads) if (threads > 1) schedule(static)
     for (int64_t bi = 0; bi < batch; bi++) {
         for (int64_t c = 0; c < dim; c++) {
 #ifdef _OPENMP
-            float *xr = work + (int64_t)omp_get_thread_num() * 2 * l;
+            float *xp = work + (int64_t)omp_get_thread_num() * 2 * lp;
 #else
-            float *xr = work;
+            float *xp = work;
 #endif
-            float *gp = xr + l; /* dL/dpre of the current group */
-            const float *xs = x + bi * sxb + c * sxd;
-            for (int64_t t = 0; t < l; t++) xr[t] = xs[t * sxl];
+            float *gpp = xp + lp; /* dL/dpre of the current group, padded like xp */
+            gather_padded(x + bi * sxb + c * sxd, sxl, l, P, xp);
+            for (int i = 0; i < P; i++) gpp[i] = gpp[P + l + i] = 0.0f;
+            float *restrict gp = gpp + P;
             float *restrict gxr = gx + (bi * dim + c) * l;
             for (int64_t t = 0; t < l; t++) gxr[t] = 0.0f;
             for (int64_t g = 0; g < groups; g++) {
-                const float *wr = w + (g * dim + c) * k;
+                const float *wg = w + (g * dim + c) * k;
                 const float *gyr = gy + ((bi * groups + g) * dim + c) * l;
                 const int r = (int)rev[g];
                 if (activation) {
-                    conv_row(xr, wr, bias ? bias[g * dim + c] : 0.0f, r, l, (int)k, gp);
+                    conv_row(xp, wg, bias ? bias[g * dim + c] : 0.0f, r, l, (int)k, gp);
                     for (int64_t t = 0; t < l; t++) {
                         const float p = gp[t], s = sigmoid_f(p, lo, hi);
                         gp[t] = gyr[t] * s * (1.0f + p * (1.0f - s));
@@ -401,24 +417,21 @@ int cm_conv_backward(const float *x, int64_t sxb, int64_t sxd, int64_t sxl, cons
                 } else {
                     memcpy(gp, gyr, l * sizeof(float));
                 }
-                float *gwr = gw_rows + ((bi * groups + g) * dim + c) * k;
-                for (int64_t t = 0; t < l; t++) gxr[t] += wr[k - 1] * gp[t];
-                gwr[k - 1] = dot_f(gp, xr, l);
-                for (int j = 0; j < k - 1; j++) {
-                    const int64_t s = k - 1 - j;
-                    const float wj = wr[j];
-                    if (s >= l) {
-                        gwr[j] = 0.0f; /* the tap sees only the zero padding */
-                    } else if (r) {
-                        for (int64_t t = 0; t < l - s; t++) gxr[t + s] += wj * gp[t];
-                        gwr[j] = dot_f(gp, xr + s, l - s);
-                    } else {
-                        for (int64_t t = s; t < l; t++) gxr[t - s] += wj * gp[t];
-                        gwr[j] = dot_f(gp + s, xr, l - s);
-                    }
+                /* The adjoint of pre[t] += w_j x[t - s_j] is gx[t] += w_j gp[t + s_j]
+                 * (anti-causal: gp[t - s_j]): the transposed conv, the other direction. */
+                /* causal: Σ_m w[P - m] gpp[P + t + m]; anti-causal: Σ_j w[j] gpp[t + j] */
+                float wr[MAX_CONV_K];
+                for (int j = 0; j < k; j++) wr[j] = wg[r ? j : P - j];
+                const float *restrict gbase = gpp + (r ? 0 : P);
+                for (int64_t t = 0; t < l; t++) {
+                    float acc = 0.0f;
+                    for (int j = 0; j < k; j++) acc += wr[j] * gbase[t + j];
+                    gxr[t] += acc;
                 }
-                const float gb = dot_f(gp, NULL, l);
-                if (gb_rows) gb_rows[(bi * groups + g) * dim + c] = gb;
+                float *gwr = gw_rows + ((bi * groups + g) * dim + c) * k;
+                for (int j = 0; j < k; j++) /* Σ_t gp[t] x[t ∓ s_j], x padded */
+                    gwr[j] = dot_f(gp, xp + (r ? 2 * P - j : j), l);
+                if (gb_rows) gb_rows[(bi * groups + g) * dim + c] = dot_f(gp, NULL, l);
             }
         }
     }
