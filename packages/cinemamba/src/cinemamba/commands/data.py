@@ -10,6 +10,9 @@ from cinemamba.data.inspection import contact_sheet, format_report, inspect_shar
 
 NAME = "data"
 HELP = "inspect WebDataset video shards (statistics, bad samples, contact sheet)"
+EXAMPLES = """
+    cinemamba data inspect data/synth/train --contact sheet.png --clips 6 --frames 8
+"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -17,6 +17,10 @@ from cinemamba.latents.lock import ExportLockedError
 
 NAME = "export-latents"
 HELP = "encode video shards into latent shards (VAE latents + text embeddings) for fast training"
+EXAMPLES = """
+    cinemamba export-latents input=data/synth/train output=data/latents vae=runs/vae/vae \\
+        text_encoder.random_init_seed=0 clip.frames=17
+"""
 log = logging.getLogger(__name__)
 
 
@@ -30,6 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "overrides",
         nargs="*",
+        default=[],
         help="key=value, e.g. input=data/raw output=data/latents vae=runs/vae/export "
         "text_encoder.random_init_seed=0 clip.frames=17",
     )

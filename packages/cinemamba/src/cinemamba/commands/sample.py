@@ -40,6 +40,10 @@ from cinemamba_vae import VideoAutoencoder, load_vae, vae_preset
 
 NAME = "sample"
 HELP = "generate videos from text with a trained VAE + backbone (oneshot, rolling or streaming)"
+EXAMPLES = """
+    cinemamba sample runs/backbone_tiny/pipeline --prompt "a red circle moves up" --frames 65 \\
+        --mode rolling --out out/v.mp4
+"""
 log = logging.getLogger(__name__)
 
 
@@ -100,7 +104,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     # key=value overrides may come anywhere: cli.main hands the ones argparse leaves over
     # (after an option) to this list too.
     parser.add_argument(
-        "overrides", nargs="*", help="key=value config overrides, e.g. pipeline.window=16"
+        "overrides",
+        nargs="*",
+        default=[],
+        help="key=value config overrides, e.g. pipeline.window=16",
     )
     parser.add_argument(
         "--set",

@@ -13,6 +13,10 @@ from cinemamba.tasks.backbone import load_backbone_experiment, train_backbone
 
 NAME = "train"
 HELP = "train the video diffusion backbone (from latent shards or raw video shards)"
+EXAMPLES = """
+    cinemamba train configs/experiment/backbone_tiny.yaml task.vae=runs/vae/vae \\
+        task.data.path=data/latents train.run_dir=runs/backbone_tiny
+"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,7 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--resume", help="auto | never | a checkpoint path (same as train.resume=...)"
     )
     parser.add_argument(
-        "overrides", nargs="*", help="key=value, e.g. train.steps=500 task.data.path=data/latents"
+        "overrides",
+        nargs="*",
+        default=[],
+        help="key=value, e.g. train.steps=500 task.data.path=data/latents",
     )
 
 

@@ -13,6 +13,9 @@ from cinemamba.tasks.vae import load_vae_experiment, train_vae
 
 NAME = "train-vae"
 HELP = "train the causal video VAE (reconstruction + LPIPS + KL, optional 3D patch GAN)"
+EXAMPLES = """
+    cinemamba train-vae configs/vae/tiny.yaml task.data.path=data/synth/train
+"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,7 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--resume", help="auto | never | a checkpoint path (same as train.resume=...)"
     )
     parser.add_argument(
-        "overrides", nargs="*", help="key=value, e.g. train.steps=500 task.data.path=data/train"
+        "overrides",
+        nargs="*",
+        default=[],
+        help="key=value, e.g. train.steps=500 task.data.path=data/train",
     )
 
 
