@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,6 +115,26 @@ def _load_weights(model: nn.Module, path: Path) -> None:
         )
 
 
+def _drop_random_init_warning(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("No pretrained weights loaded for model")
+
+
+@contextmanager
+def _quiet_random_init_warning() -> Iterator[None]:
+    """Drop open_clip's "No pretrained weights loaded ... initialized randomly" while building.
+
+    We always build the architecture empty and then load our own file (or keep the seeded random
+    tower on purpose), so the warning is true of every encoder and alarms users (issue 18). It is
+    logged on the root logger (`logging.warning`); other records pass.
+    """
+    root = logging.getLogger()
+    root.addFilter(_drop_random_init_warning)
+    try:
+        yield
+    finally:
+        root.removeFilter(_drop_random_init_warning)
+
+
 class OpenCLIPTextEncoder(nn.Module):
     """Frozen open_clip text tower: `encode(prompts)` -> `TextEmbedding`.
 
@@ -126,7 +148,7 @@ class OpenCLIPTextEncoder(nn.Module):
         self.cfg = cfg
         dtype = PRECISIONS[cfg.precision]
         # Random init inside a forked RNG so building the encoder never moves the global seed.
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), _quiet_random_init_warning():
             torch.manual_seed(cfg.random_init_seed or 0)
             model = open_clip.create_model(
                 cfg.model,
