@@ -18,6 +18,7 @@ import sys
 from collections.abc import Sequence
 
 from cinemamba import __version__, commands
+from cinemamba.logs import quiet_expected_warnings
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -100,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments and run one subcommand; returns the process exit code."""
+    quiet_expected_warnings()  # before the command modules import DeepSpeed (and torch's warning)
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # argparse fills a `nargs="*"` positional from the first run of positionals only, so a

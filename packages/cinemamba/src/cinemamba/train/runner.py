@@ -8,6 +8,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from cinemamba.logs import quiet_expected_warnings
 from cinemamba.train import distributed
 from cinemamba.train.config import load_experiment
 from cinemamba.train.task import Task
@@ -41,6 +42,7 @@ def main(
     schema: Any, make_task: Callable[[Any], Task], argv: Sequence[str] | None, prog: str
 ) -> int:
     """Parse `argv`, train, and return an exit code (0 also after a clean preemption stop)."""
+    quiet_expected_warnings()
     parser = argparse.ArgumentParser(prog=prog, description="Train with the cinemamba engine.")
     add_train_arguments(parser)
     result = run_experiment(schema, make_task, parser.parse_args(argv))
