@@ -247,3 +247,17 @@ def test_resumed_gan_run_continues_exactly(shards, tmp_path):
     assert a.keys() == b.keys() and any(k.startswith("ema.") for k in a)
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def test_train_vae_ends_with_a_summary(shards, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train-vae", TINY, *overrides(shards, run, 2)]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    rows = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    train = [r for r in rows if r["kind"] == "train"][-1]
+    evaluation = [r for r in rows if r["kind"] == "eval"][-1]
+    assert line.startswith("cinemamba train-vae: done at step 2/2 in ")
+    assert f"vae/loss {train['vae/loss']:.4g};" in line
+    assert f"psnr {evaluation['psnr']:.4g} dB" in line
+    assert line.endswith(f"; model {run / 'vae'}")
+    VideoAutoencoder.from_pretrained(run / "vae")  # the named model loads

@@ -8,8 +8,10 @@ on one process, or under torchrun / the deepspeed launcher / SLURM for several.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from cinemamba.tasks.vae import load_vae_experiment, train_vae
+from cinemamba.train.runner import print_summary
 
 NAME = "train-vae"
 HELP = "train the causal video VAE (reconstruction + LPIPS + KL, optional 3D patch GAN)"
@@ -37,5 +39,7 @@ def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.resume:
         overrides.append(f"train.resume={args.resume}")
-    result = train_vae(load_vae_experiment(args.config, overrides))
+    experiment = load_vae_experiment(args.config, overrides)
+    result = train_vae(experiment)
+    print_summary(result, "cinemamba train-vae", Path(experiment.train.run_dir) / "vae")
     return 0 if result.reason in ("done", "signal") else 1

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
@@ -38,6 +40,13 @@ def run_experiment(
     return train(experiment.train, make_task(experiment), full_config=cfg)
 
 
+def print_summary(result: TrainResult, prog: str, model: Path | None = None) -> None:
+    """Rank 0 prints the run's last line: how it ended, final loss / metrics, wall time, model."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        shown = model if model is not None and model.exists() else None
+        print(result.summary(prog, shown), flush=True)
+
+
 def main(
     schema: Any, make_task: Callable[[Any], Task], argv: Sequence[str] | None, prog: str
 ) -> int:
@@ -46,5 +55,6 @@ def main(
     parser = argparse.ArgumentParser(prog=prog, description="Train with the cinemamba engine.")
     add_train_arguments(parser)
     result = run_experiment(schema, make_task, parser.parse_args(argv))
+    print_summary(result, prog)
     distributed.shutdown()  # now, not at interpreter exit, where ZeRO-3 ranks can abort
     return 0 if result.reason in ("done", "signal") else 1

@@ -1,0 +1,60 @@
+"""Every training command ends with one summary line (issue 18): how it ended, the final losses
+(those of the last step in log.jsonl), the last evaluation, the wall time, the saved model."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from cinemamba.train.toy import main as toy_main
+from cinemamba.train.trainer import TrainResult
+
+pytestmark = pytest.mark.distributed
+TOY = Path(__file__).parents[3] / "configs" / "experiment" / "toy.yaml"
+
+
+def last_records(run_dir: Path) -> tuple[dict, dict]:
+    """The last train and the last eval record of a run's log.jsonl."""
+    rows = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    return (
+        [r for r in rows if r["kind"] == "train"][-1],
+        [r for r in rows if r["kind"] == "eval"][-1],
+    )
+
+
+def shown(line: str, key: str) -> float:
+    """The number printed after `key` in a summary line."""
+    return float(re.search(rf"\b{re.escape(key)} ([-\d.e+]+)", line).group(1))
+
+
+def test_toy_trainer_ends_with_a_summary(tmp_path, capsys):
+    run = tmp_path / "toy"
+    code = toy_main(["--config", str(TOY), f"train.run_dir={run}", "train.steps=4",
+                     "train.log_every=1", "train.eval_every=2", "train.progress=false"])  # fmt: skip
+    assert code == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    train, evaluation = last_records(run)
+    assert line.startswith("python -m cinemamba.train.toy: done at step 4/4 in ")
+    for key in ("regressor/loss", "critic/loss"):
+        assert shown(line, key) == pytest.approx(train[key], rel=1e-3)  # printed to 4 digits
+    assert shown(line, "mse") == pytest.approx(evaluation["mse"], rel=1e-3)
+    assert line.endswith(f"checkpoint {run / 'checkpoints' / 'step_00000004'}")
+    assert (run / "checkpoints" / "step_00000004").is_dir()
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"), [(3.04, "3.0s"), (59.6, "1m00s"), (125, "2m05s"), (7325, "2h02m")]
+)
+def test_wall_time_reads_like_a_clock(seconds, text):
+    result = TrainResult(5, "done", None, {"m/loss": 0.5}, steps=5, seconds=seconds)
+    assert result.summary("x") == f"x: done at step 5/5 in {text}; m/loss 0.5"
+
+
+def test_a_stopped_run_says_how_to_resume():
+    result = TrainResult(3, "signal", Path("r/c"), steps=9, seconds=1)
+    assert result.summary("x") == (
+        "x: stopped by a signal (resume: same command) at step 3/9 in 1.0s; checkpoint r/c"
+    )
