@@ -58,3 +58,20 @@ def test_a_stopped_run_says_how_to_resume():
     assert result.summary("x") == (
         "x: stopped by a signal (resume: same command) at step 3/9 in 1.0s; checkpoint r/c"
     )
+
+
+def test_tensorboard_tags_are_the_documented_ones(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "toy"
+    assert toy_main(["--config", str(TOY), f"train.run_dir={run}", "train.steps=2",
+                     "train.log_every=1", "train.progress=false"]) == 0  # fmt: skip
+    tags = set(EventAccumulator(str(run / "tensorboard")).Reload().Tags()["scalars"])
+    train, evaluation = last_records(run)
+    # Every log.jsonl name appears in TensorBoard under its record's kind, as docs/training.md says.
+    names = {k for k in train if k not in ("kind", "step", "time")}
+    assert {f"train/{k}" for k in names} | {f"eval/{k}" for k in evaluation if k == "mse"} <= tags
+    assert {"train/regressor/loss", "train/regressor/lr", "train/perf/samples_per_s"} <= tags
+    doc = (TOY.parents[2] / "docs" / "training.md").read_text()
+    for tag in ("`train/<phase>/loss`", "`train/perf/samples_per_s`", "`eval/<metric>`"):
+        assert tag in doc
