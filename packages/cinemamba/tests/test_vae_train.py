@@ -261,3 +261,21 @@ def test_train_vae_ends_with_a_summary(shards, tmp_path, capsys):
     assert f"psnr {evaluation['psnr']:.4g} dB" in line
     assert line.endswith(f"; model {run / 'vae'}")
     VideoAutoencoder.from_pretrained(run / "vae")  # the named model loads
+
+
+def test_reconstruction_picture_shows_every_validation_clip(shards, tmp_path):
+    from PIL import Image
+
+    from cinemamba.tasks.vae import VAETask
+
+    run = tmp_path / "run"
+    experiment = load_vae_experiment(TINY, [*overrides(shards, run, 1), "task.data.val_clips=2"])
+    assert train_vae(experiment).reason == "done"
+    clips = VAETask(experiment.task).val_clips().numpy()  # (2, T, H, W, 3): the task's own pick
+    assert clips.shape[:2] == (2, 5) and not np.array_equal(clips[0], clips[1])
+    sheet = np.asarray(Image.open(run / "samples" / "recon_step0000001.png"))
+    n, t, h, w, _ = clips.shape
+    assert sheet.shape == (n * 2 * h, t * w, 3)  # per clip: originals row + reconstructions row
+    for i in range(n):
+        originals = sheet[2 * i * h : (2 * i + 1) * h]
+        assert np.array_equal(originals, np.concatenate(list(clips[i]), axis=1))
