@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "overrides",
         nargs="*",
         default=[],
-        help="key=value, e.g. input=data/raw output=data/latents vae=runs/vae/export "
+        help="key=value, e.g. input=data/raw output=data/latents vae=runs/vae/vae "
         "text_encoder.random_init_seed=0 clip.frames=17",
     )
 
