@@ -246,7 +246,10 @@ def run(args: argparse.Namespace) -> int:
     )
     for frames, path, prompt in zip(to_uint8(video), outputs, args.prompt, strict=True):
         write_video(path, frames, fps=cfg.fps)
-        sheet = save_png(path.with_suffix(".png"), contact_sheet(frames))
+        title = f"{prompt} | {cfg.mode} | {len(frames)} frames | seed {cfg.seed}"
+        sheet = save_png(
+            path.with_suffix(".png"), contact_sheet(frames, title=title, frame_numbers=True)
+        )
         path.with_suffix(".txt").write_text(prompt + "\n")  # the sidecar `eval` reads
         log.info("wrote %s (%d frames), %s and its prompt", path, frames.shape[0], sheet)
     return 0
