@@ -242,7 +242,7 @@ def test_help_texts_name_real_files():
 )  # fmt: skip
 def test_the_checker_finds_what_is_wrong(text, expected):
     found = problems(Block("x.md", 1, text + "\n"))
-    assert any(expected in f.replace("unknown command", "invalid choice") for f in found), found
+    assert any(expected in f for f in found), found
 
 
 def _work_tree(tmp_path: Path) -> Path:

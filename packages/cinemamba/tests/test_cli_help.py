@@ -26,7 +26,7 @@ def test_misspelled_command_suggests_the_right_one(typo, meant, capsys):
         main([typo])
     assert exit_.value.code == 2
     err = capsys.readouterr().err
-    assert f"unknown command {typo!r}; did you mean {meant!r}" in err
+    assert f"invalid choice: {typo!r}; did you mean {meant!r}" in err
 
 
 def test_unrelated_word_gets_no_suggestion_but_the_list(capsys):

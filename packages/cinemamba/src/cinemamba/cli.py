@@ -59,7 +59,7 @@ class ArgumentParser(argparse.ArgumentParser):
             hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
             raise argparse.ArgumentError(
                 action,
-                f"unknown command {value!r}{hint} (commands: {', '.join(action.choices)})",
+                f"invalid choice: {value!r}{hint} (choose from {', '.join(action.choices)})",
             )
         super()._check_value(action, value)
 

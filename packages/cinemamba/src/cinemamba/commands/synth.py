@@ -33,9 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--samples-per-shard", type=int, default=256)
     parser.add_argument("--workers", type=int, default=1, help="processes writing shards")
-    parser.add_argument(
-        "--config", help="YAML of SceneConfig fields (the key=value names below)"
-    )
+    parser.add_argument("--config", help="YAML of SceneConfig fields (the key=value names below)")
     fields = ", ".join(f.name for f in dataclasses.fields(SceneConfig))
     parser.add_argument(
         "overrides", nargs="*", default=[], help=f"key=value scene settings: {fields}"
