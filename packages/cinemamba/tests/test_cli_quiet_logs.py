@@ -25,10 +25,16 @@ EXPECTED_NOISE = (
 
 # main() as the console script runs it, then an import of cpp_extension (what DeepSpeed does when
 # it builds an op), so torch's warning is produced whatever this machine's DeepSpeed does.
-RUN = (
-    "import sys; from cinemamba.cli import main; rc = main(sys.argv[1:]); "
-    "import torch.utils.cpp_extension; sys.exit(rc)"
-)
+RUN = """
+import sys
+from cinemamba.cli import main
+try:
+    rc = main(sys.argv[1:])
+except SystemExit as stop:  # --help
+    rc = stop.code
+import torch.utils.cpp_extension
+sys.exit(rc)
+"""
 
 pytestmark = pytest.mark.skipif(
     torch.cuda.is_available() or Path("/dev/nvidiactl").exists(),
