@@ -90,3 +90,24 @@ def test_the_filter_keeps_the_warning_where_a_gpu_is_present(monkeypatch):
     assert not logs._drop_no_cuda_runtime(record)
     monkeypatch.setattr(logs, "_gpu_device_present", lambda: True)
     assert logs._drop_no_cuda_runtime(record)
+
+
+TOY_RUN = """
+import sys
+from cinemamba.train.toy import main
+rc = main(sys.argv[1:])
+import torch.utils.cpp_extension
+sys.exit(rc)
+"""
+
+
+def test_task_entry_point_is_quiet_too(tmp_path):
+    toy = str(REPO_ROOT / "configs/experiment/toy.yaml")
+    args = ["--config", toy, f"train.run_dir={tmp_path / 'run'}", "train.steps=1",
+            "train.progress=false"]  # fmt: skip
+    env = {**os.environ, "CUDA_HOME": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", TOY_RUN, *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    for line in EXPECTED_NOISE:
+        assert line not in done.stderr, done.stderr
