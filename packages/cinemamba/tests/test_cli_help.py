@@ -67,3 +67,11 @@ def test_every_command_help_ends_with_a_parseable_example(command, capsys):
     args, extra = build_parser().parse_known_args(argv[1:])
     assert args.command == command
     assert all("=" in a and not a.startswith("-") for a in extra)
+
+
+def test_nested_action_help_shows_defaults_and_the_example(capsys):
+    with pytest.raises(SystemExit):
+        main(["data", "inspect", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--clips CLIPS clips on the contact sheet (default: 6)" in out
+    assert "example: cinemamba data inspect" in out
