@@ -527,6 +527,7 @@ class Trainer:
     def fit(self) -> TrainResult:
         """Train to `cfg.steps` (or a preemption signal); checkpoint; return how it ended."""
         cfg = self.cfg
+        distributed.choose_accelerator()  # before validate imports DeepSpeed
         validate(cfg, world_size_from_env(), None, distributed.on_cuda())
         call_optional(self.task, "validate")
         started = time.perf_counter()
