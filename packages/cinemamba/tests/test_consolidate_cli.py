@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,7 +11,6 @@ import torch
 from safetensors.torch import load_file
 
 from cinemamba.train.consolidate import main as consolidate
-from cinemamba.train.toy import main as toy_main
 
 pytestmark = pytest.mark.distributed
 TOY = Path(__file__).parents[3] / "configs" / "experiment" / "toy.yaml"
@@ -17,9 +18,14 @@ TOY = Path(__file__).parents[3] / "configs" / "experiment" / "toy.yaml"
 
 @pytest.fixture(scope="module")
 def toy_run(tmp_path_factory) -> Path:
+    # Its own process, as a user runs it (the entry point tears its process group down).
     run = tmp_path_factory.mktemp("toy") / "run"
-    assert toy_main(["--config", str(TOY), f"train.run_dir={run}", "train.steps=2",
-                     "train.progress=false"]) == 0  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "cinemamba.train.toy", "--config", str(TOY),
+         f"train.run_dir={run}", "train.steps=2", "train.progress=false"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
     return run
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from cinemamba.train.toy import main as toy_main
 from cinemamba.train.trainer import TrainResult
 
 pytestmark = pytest.mark.distributed
@@ -30,12 +31,24 @@ def shown(line: str, key: str) -> float:
     return float(re.search(rf"\b{re.escape(key)} ([-\d.e+]+)", line).group(1))
 
 
-def test_toy_trainer_ends_with_a_summary(tmp_path, capsys):
-    run = tmp_path / "toy"
-    code = toy_main(["--config", str(TOY), f"train.run_dir={run}", "train.steps=4",
-                     "train.log_every=1", "train.eval_every=2", "train.progress=false"])  # fmt: skip
-    assert code == 0
-    line = capsys.readouterr().out.strip().splitlines()[-1]
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory) -> tuple[Path, str]:
+    """The toy entry point run as a user runs it (its own process: the entry point tears the
+    process group down at its end, which an in-process caller could not start again)."""
+    run = tmp_path_factory.mktemp("toy") / "run"
+    done = subprocess.run(
+        [sys.executable, "-m", "cinemamba.train.toy", "--config", str(TOY),
+         f"train.run_dir={run}", "train.steps=4", "train.log_every=1", "train.eval_every=2",
+         "train.progress=false"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return run, done.stdout
+
+
+def test_toy_trainer_ends_with_a_summary(toy_run):
+    run, stdout = toy_run
+    line = stdout.strip().splitlines()[-1]
     train, evaluation = last_records(run)
     assert line.startswith("python -m cinemamba.train.toy: done at step 4/4 in ")
     for key in ("regressor/loss", "critic/loss"):
@@ -60,12 +73,10 @@ def test_a_stopped_run_says_how_to_resume():
     )
 
 
-def test_tensorboard_tags_are_the_documented_ones(tmp_path):
+def test_tensorboard_tags_are_the_documented_ones(toy_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    run = tmp_path / "toy"
-    assert toy_main(["--config", str(TOY), f"train.run_dir={run}", "train.steps=2",
-                     "train.log_every=1", "train.progress=false"]) == 0  # fmt: skip
+    run, _ = toy_run
     tags = set(EventAccumulator(str(run / "tensorboard")).Reload().Tags()["scalars"])
     train, evaluation = last_records(run)
     # Every log.jsonl name appears in TensorBoard under its record's kind, as docs/training.md says.
