@@ -272,3 +272,37 @@ def test_quick_blocks_run_as_written(page, tmp_path):
         )
         assert done.returncode == 0, f"{page}:{block.line}\n{block.text}\n{done.stderr[-3000:]}"
         assert "Traceback" not in done.stderr, done.stderr[-3000:]
+
+
+# Config files whose step budgets docs/configs.md states in its table, and where they live.
+STEP_KEYS = {
+    "configs/vae/tiny.yaml": ["train.steps"],
+    "configs/vae/base.yaml": ["train.steps"],
+    "configs/experiment/backbone_tiny.yaml": ["train.steps"],
+    "configs/experiment/demo.yaml": ["vae.train.steps", "backbone.train.steps"],
+    "configs/ablation/tiny.yaml": ["steps"],
+    "configs/experiment/toy.yaml": ["train.steps"],
+}
+
+
+def _numbers_before_steps(text: str) -> set[int]:
+    """Every "N steps" count in a text: 1,600 / 200k / 3000."""
+    found = set()
+    for number, k in re.findall(r"\b(\d[\d,]*)(k?) steps", text):
+        found.add(int(number.replace(",", "")) * (1000 if k else 1))
+    return found
+
+
+def test_configs_page_states_the_step_counts_of_the_configs():
+    from omegaconf import OmegaConf
+
+    rows = {
+        m.group(1): m.group(0)
+        for m in re.finditer(
+            r"^\| `(configs/[^`]+)` \|.*$", (REPO / "docs/configs.md").read_text(), re.M
+        )
+    }
+    for path, keys in STEP_KEYS.items():
+        cfg = OmegaConf.load(REPO / path)
+        wanted = {int(OmegaConf.select(cfg, key)) for key in keys}
+        assert wanted <= _numbers_before_steps(rows[path]), (path, wanted, rows[path])
