@@ -56,7 +56,13 @@ def test_sample_writes_video_and_contact_sheet(tmp_path):
         assert (info.frames, info.height, info.width) == (11, 16, 16)
         assert decode_video(mp4.read_bytes()).shape == (11, 16, 16, 3)
         sheet = np.asarray(Image.open(mp4.with_suffix(".png")))
-        assert sheet.shape == (2 * 16 + 2, 8 * 16 + 7 * 2, 3)  # 11 frames in rows of 8
+        assert sheet.shape[1] == 8 * 16 + 7 * 2  # 11 frames in rows of 8
+        # The labelled sheet: prompt, mode, frames and seed above, frame numbers under frames.
+        title = f"{['a red circle moving left', 'a blue square'][i]} | rolling | 11 frames | seed 3"
+        frames = decode_video(mp4.read_bytes())
+        labelled = contact_sheet(frames, title=title, frame_numbers=True)
+        assert sheet.shape == labelled.shape
+        assert sheet.shape[0] > 2 * 16 + 2  # taller than the bare grid: the labels
     # The prompt sidecars eval reads: each video with the prompt it was generated from.
     items = {it.key: it.prompt for it in iter_generated(out.parent, Counter())}
     assert items == {"video_0": "a red circle moving left", "video_1": "a blue square"}
@@ -90,8 +96,10 @@ def test_sample_output_is_the_seeded_pipeline_output(tmp_path):
         seed=7,
         mode=cfg.mode,
     )
+    title = f"a green star | {cfg.mode} | 5 frames | seed 7"
     np.testing.assert_array_equal(
-        np.asarray(Image.open(out.with_suffix(".png"))), contact_sheet(to_uint8(video)[0])
+        np.asarray(Image.open(out.with_suffix(".png"))),
+        contact_sheet(to_uint8(video)[0], title=title, frame_numbers=True),
     )
 
 

@@ -213,3 +213,18 @@ def test_experiment_takes_deepspeed_and_per_model_optimizer_overrides():
     )
     assert exp.train.deepspeed["zero_optimization"]["stage"] == 2
     assert exp.train.optimizers["backbone"]["lr"] == 0.5
+
+
+def test_train_command_ends_with_a_summary_naming_the_pipeline(made: dict[str, Path], capsys):
+    from cinemamba.cli import main
+    from cinemamba_sampling import is_saved_pipeline
+
+    run = made["root"] / "summary"
+    assert main(["train", str(CONFIG), f"train.run_dir={run}", "train.steps=2",
+                 "train.batch_size=2", "train.progress=false", f"task.vae={made['vae']}",
+                 f"task.data.path={made['lat']}", "task.samples.prompts=[]",
+                 "task.data.crop=first", "task.data.latent_frames=0"]) == 0  # fmt: skip
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("cinemamba train: done at step 2/2 in ")
+    assert f"backbone/loss {_losses(run)[-1]:.4g}" in line
+    assert line.endswith(f"; model {run / 'pipeline'}") and is_saved_pipeline(run / "pipeline")

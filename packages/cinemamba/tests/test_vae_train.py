@@ -247,3 +247,35 @@ def test_resumed_gan_run_continues_exactly(shards, tmp_path):
     assert a.keys() == b.keys() and any(k.startswith("ema.") for k in a)
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def test_train_vae_ends_with_a_summary(shards, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train-vae", TINY, *overrides(shards, run, 2)]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    rows = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    train = [r for r in rows if r["kind"] == "train"][-1]
+    evaluation = [r for r in rows if r["kind"] == "eval"][-1]
+    assert line.startswith("cinemamba train-vae: done at step 2/2 in ")
+    assert f"vae/loss {train['vae/loss']:.4g};" in line
+    assert f"psnr {evaluation['psnr']:.4g} dB" in line
+    assert line.endswith(f"; model {run / 'vae'}")
+    VideoAutoencoder.from_pretrained(run / "vae")  # the named model loads
+
+
+def test_reconstruction_picture_shows_every_validation_clip(shards, tmp_path):
+    from PIL import Image
+
+    from cinemamba.tasks.vae import VAETask
+
+    run = tmp_path / "run"
+    experiment = load_vae_experiment(TINY, [*overrides(shards, run, 1), "task.data.val_clips=2"])
+    assert train_vae(experiment).reason == "done"
+    clips = VAETask(experiment.task).val_clips().numpy()  # (2, T, H, W, 3): the task's own pick
+    assert clips.shape[:2] == (2, 5) and not np.array_equal(clips[0], clips[1])
+    sheet = np.asarray(Image.open(run / "samples" / "recon_step0000001.png"))
+    n, t, h, w, _ = clips.shape
+    assert sheet.shape == (n * 2 * h, t * w, 3)  # per clip: originals row + reconstructions row
+    for i in range(n):
+        originals = sheet[2 * i * h : (2 * i + 1) * h]
+        assert np.array_equal(originals, np.concatenate(list(clips[i]), axis=1))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import open_clip
 import pytest
 import torch
@@ -200,3 +202,27 @@ def test_cache_keys_on_identity_and_evicts(encoder):
     a.encode(["y"])  # evicts the least recently used entry ("enc-a", "x")
     assert len(shared) == 2
     assert shared.get("enc-a", "x") is None and shared.get("enc-b", "x") is not None
+
+
+def test_building_logs_no_open_clip_chatter_but_keeps_other_warnings(caplog, monkeypatch):
+    # open_clip always warns "No pretrained weights loaded" here (we load our own file after,
+    # or want the random tower) and narrates its factory at INFO: expected, so silenced; any
+    # other warning still reaches the user.
+    create = open_clip.create_model
+
+    def create_and_warn(*args, **kwargs):
+        model = create(*args, **kwargs)
+        logging.warning("something else the user must see")
+        return model
+
+    monkeypatch.setattr(open_clip, "create_model", create_and_warn)
+    with caplog.at_level(logging.INFO):
+        build_text_encoder(TextEncoderConfig(random_init_seed=0))
+    messages = [r.getMessage() for r in caplog.records]
+    assert not any("No pretrained weights" in m for m in messages)
+    assert not any("Parsing model identifier" in m for m in messages)  # open_clip's INFO steps
+    assert "something else the user must see" in messages
+    # The filter is gone after the build: the same warning outside it is logged.
+    with caplog.at_level(logging.WARNING):
+        logging.warning("No pretrained weights loaded for model 'x' (outside the build)")
+    assert "outside the build" in caplog.records[-1].getMessage()

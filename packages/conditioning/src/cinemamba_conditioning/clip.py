@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,6 +115,34 @@ def _load_weights(model: nn.Module, path: Path) -> None:
         )
 
 
+_OPEN_CLIP_DIR = str(Path(open_clip.__file__).parent)
+
+
+def _drop_open_clip_chatter(record: logging.LogRecord) -> bool:
+    if not record.pathname.startswith(_OPEN_CLIP_DIR):
+        return True
+    if record.levelno < logging.WARNING:
+        return False  # "Parsing model identifier ...": a step-by-step account of its factory
+    return not record.getMessage().startswith("No pretrained weights loaded for model")
+
+
+@contextmanager
+def _quiet_open_clip() -> Iterator[None]:
+    """Drop open_clip's INFO chatter and its "No pretrained weights loaded" while building.
+
+    We always build the architecture empty and then load our own file (or keep the seeded random
+    tower on purpose), so that warning is true of every encoder and alarms users (issue 18).
+    open_clip logs on the root logger (`logging.info`); its other warnings, and every record
+    from anywhere else, pass.
+    """
+    root = logging.getLogger()
+    root.addFilter(_drop_open_clip_chatter)
+    try:
+        yield
+    finally:
+        root.removeFilter(_drop_open_clip_chatter)
+
+
 class OpenCLIPTextEncoder(nn.Module):
     """Frozen open_clip text tower: `encode(prompts)` -> `TextEmbedding`.
 
@@ -126,7 +156,7 @@ class OpenCLIPTextEncoder(nn.Module):
         self.cfg = cfg
         dtype = PRECISIONS[cfg.precision]
         # Random init inside a forked RNG so building the encoder never moves the global seed.
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), _quiet_open_clip():
             torch.manual_seed(cfg.random_init_seed or 0)
             model = open_clip.create_model(
                 cfg.model,
@@ -139,7 +169,8 @@ class OpenCLIPTextEncoder(nn.Module):
             _load_weights(model, Path(cfg.weights))
         model.visual = nn.Identity()  # the image tower is never used; free its memory
         self.model = model.to(dtype).eval().requires_grad_(False)
-        self.tokenizer = open_clip.get_tokenizer(cfg.model, context_length=cfg.context_length)
+        with _quiet_open_clip():
+            self.tokenizer = open_clip.get_tokenizer(cfg.model, context_length=cfg.context_length)
         self.context_length = self.tokenizer.context_length
 
         text_cfg = model_cfg["text_cfg"]

@@ -339,7 +339,9 @@ def _save_examples(work: Path, tag: str, videos: list[np.ndarray], prompts: list
     for i, (frames, prompt) in enumerate(zip(videos[:count], prompts, strict=False)):
         write_video(work / f"{tag}_{i}.mp4", frames, fps=fps)
         (work / f"{tag}_{i}.txt").write_text(prompt + "\n")  # the `cinemamba eval` sidecar
-        save_png(work / f"{tag}_{i}.png", contact_sheet(frames, max_frames=32))
+        title = f"{prompt} | {tag} = {len(frames)} frames"
+        sheet = contact_sheet(frames, max_frames=32, title=title, frame_numbers=True)
+        save_png(work / f"{tag}_{i}.png", sheet)
 
 
 REAL_FEATURES = "real_features.npz"  # in the ceiling stage: FVD_16 per length + drift segments

@@ -168,8 +168,40 @@ def to_markdown(results: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# One look per mixer: lines that coincide stay visible (hollow markers of different shapes and
+# sizes, the first drawn largest, under the others; different dashes).
+_MARKERS = ["o", "s", "^", "D", "v", "P", "X"]
+_DASHES = ["-", "--", "-.", ":"]
+
+
+def draw_scores(ax: Any, head: str, frames: list[int], series: Mapping[str, list[float | None]],
+                ceiling: list[float | None]) -> None:  # fmt: skip
+    """One headline score vs generated frames on `ax`, the y-axis fitted to the mixers' values;
+    the real videos' ceiling is drawn where it fits that axis and otherwise named in the title
+    (a ceiling near 1 would squash mixers that all score under 0.2 into a flat band)."""
+    values = [v for vals in series.values() for v in vals if v is not None]
+    lo, hi = (min(values), max(values)) if values else (0.0, 1.0)
+    pad = max(0.08 * (hi - lo), 0.02)
+    ylim = (lo - pad, hi + pad)
+    for k, (name, vals) in enumerate(series.items()):
+        ax.plot(frames, [np.nan if v is None else v for v in vals], label=name,
+                marker=_MARKERS[k % len(_MARKERS)], linestyle=_DASHES[k % len(_DASHES)],
+                markersize=max(10 - 1.5 * k, 4), markerfacecolor="none", markeredgewidth=1.5,
+                zorder=2 + k)  # fmt: skip
+    real = [v for v in ceiling if v is not None]
+    title = head
+    if real and ylim[0] <= min(real) and max(real) <= ylim[1]:
+        ax.plot(frames, [np.nan if v is None else v for v in ceiling], "k--", lw=1, label="real")
+    elif real:
+        title = f"{head}\n(real videos {min(real):.2f}–{max(real):.2f}, off this axis)"
+    ax.set(xlabel="generated frames", ylabel=head, title=title, xscale="log", ylim=ylim)
+    ax.title.set_fontsize(9)
+    ax.minorticks_off()  # log axis: label only the generated lengths
+    ax.set_xticks(frames, [str(f) for f in frames])
+
+
 def plot(results: Mapping[str, Any], path: Path) -> Path:
-    """`ablation.png`: each headline score vs generated frames per mixer (ceiling dashed), and
+    """`ablation.png`: each headline score vs generated frames per mixer (`draw_scores`), and
     train time and memory per mixer."""
     import matplotlib
 
@@ -188,12 +220,10 @@ def plot(results: Mapping[str, Any], path: Path) -> Path:
     for ax in axes[len(heads) + 2 :]:
         ax.set_visible(False)
     for ax, head in zip(axes, heads, strict=False):
-        for n, m in mixers.items():
-            ax.plot(frames, [_score(m["lengths"][t]["scores"], head) for t in tags], "o-", label=n)
-        ax.plot(frames, [_score(ceiling[t]["scores"], head) for t in tags], "k--", label="real")
-        ax.set(xlabel="generated frames", ylabel=head, title=head, xscale="log", ylim=(-0.02, 1.02))
-        ax.minorticks_off()  # log axis: label only the generated lengths
-        ax.set_xticks(frames, [str(f) for f in frames])
+        series = {
+            n: [_score(m["lengths"][t]["scores"], head) for t in tags] for n, m in mixers.items()
+        }
+        draw_scores(ax, head, frames, series, [_score(ceiling[t]["scores"], head) for t in tags])
     axes[0].legend(fontsize=8)
     names = list(mixers)
     x = np.arange(len(names))

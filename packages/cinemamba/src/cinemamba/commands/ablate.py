@@ -14,6 +14,9 @@ from cinemamba.config import load_config, to_object
 
 NAME = "ablate"
 HELP = "train the same small experiment once per temporal mixer and compare them along length"
+EXAMPLES = """
+    cinemamba ablate configs/ablation/tiny.yaml steps=300 'mixers=[bimamba,attention]'
+"""
 log = logging.getLogger(__name__)
 
 
@@ -24,6 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "overrides",
         nargs="*",
+        default=[],
         help="key=value overrides, e.g. steps=200 'mixers=[mamba,attention]'",
     )
 

@@ -28,6 +28,9 @@ from cinemamba.bench.runner import write_atomic
 
 NAME = "bench"
 HELP = "benchmark data, VAE, scan, backbone, training step, sampling and cost growth"
+EXAMPLES = """
+    cinemamba bench --quick --only scan,backbone
+"""
 
 
 def _only(text: str) -> list[str]:

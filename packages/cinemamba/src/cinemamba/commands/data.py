@@ -10,12 +10,21 @@ from cinemamba.data.inspection import contact_sheet, format_report, inspect_shar
 
 NAME = "data"
 HELP = "inspect WebDataset video shards (statistics, bad samples, contact sheet)"
+EXAMPLES = """
+    cinemamba data inspect data/synth/train --contact sheet.png --clips 6 --frames 8
+"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The `inspect` action and its options."""
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-    p = sub.add_parser("inspect", help="statistics, bad-sample counts and a PNG contact sheet")
+    p = sub.add_parser(
+        "inspect",
+        help="statistics, bad-sample counts and a PNG contact sheet",
+        # the command's own help style (defaults shown) and example, one level down
+        formatter_class=parser.formatter_class,
+        epilog=parser.epilog,
+    )
     p.add_argument("shards", help="shard folder, brace pattern, comma list or pipe: command")
     p.add_argument("--contact", default="contact_sheet.png", help="PNG path (default: %(default)s)")
     p.add_argument("--clips", type=int, default=6, help="clips on the contact sheet")

@@ -14,6 +14,9 @@ from cinemamba.train.config import REPO_ROOT
 
 NAME = "demo"
 HELP = "train tiny models on the synthetic set and generate scored long videos (see docs/demo.md)"
+EXAMPLES = """
+    cinemamba demo backbone.train.steps=3200   # more backbone training, runs/demo
+"""
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "experiment" / "demo.yaml"
 STAGES = ("synth", "vae", "vae-stats", "export", "backbone", "generate", "evaluate", "fvd")
 
@@ -34,7 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"redo this stage and those after it that read it ({', '.join(STAGES)})",
     )
     parser.add_argument(
-        "overrides", nargs="*", help="key=value, e.g. backbone.train.steps=3200 generate.frames=513"
+        "overrides",
+        nargs="*",
+        default=[],
+        help="key=value, e.g. backbone.train.steps=3200 generate.frames=513",
     )
 
 

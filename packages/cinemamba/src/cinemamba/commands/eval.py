@@ -18,6 +18,9 @@ from cinemamba.eval.run import EvalConfig, evaluate, to_markdown, write_report
 
 NAME = "eval"
 HELP = "score videos: ground-truth detector scores, VAE reconstruction and FVD -> JSON + markdown"
+EXAMPLES = """
+    cinemamba eval --shards data/synth/val --out runs/eval/real
+"""
 log = logging.getLogger(__name__)
 
 
@@ -36,7 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vae", help="VAE directory for reconstruction metrics on --shards")
     parser.add_argument("--max-videos", type=int, help="videos per set (0 = all)")
     parser.add_argument("--out", help="report directory (eval.json, eval.md)")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. fvd.clip_frames=16")
+    parser.add_argument(
+        "overrides", nargs="*", default=[], help="key=value overrides, e.g. fvd.clip_frames=16"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -19,6 +19,9 @@ from cinemamba_vae import load_vae
 
 NAME = "eval-vae"
 HELP = "reconstruction PSNR / SSIM / LPIPS of a saved VAE over a shard set, per frame position"
+EXAMPLES = """
+    cinemamba eval-vae runs/vae/vae data/synth/val --out runs/eval_vae --max-videos 4
+"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -17,6 +17,10 @@ from cinemamba.latents.lock import ExportLockedError
 
 NAME = "export-latents"
 HELP = "encode video shards into latent shards (VAE latents + text embeddings) for fast training"
+EXAMPLES = """
+    cinemamba export-latents input=data/synth/train output=data/latents vae=runs/vae/vae \\
+        text_encoder.random_init_seed=0 clip.frames=17
+"""
 log = logging.getLogger(__name__)
 
 
@@ -30,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "overrides",
         nargs="*",
-        help="key=value, e.g. input=data/raw output=data/latents vae=runs/vae/export "
+        default=[],
+        help="key=value, e.g. input=data/raw output=data/latents vae=runs/vae/vae "
         "text_encoder.random_init_seed=0 clip.frames=17",
     )
 

@@ -15,6 +15,9 @@ from cinemamba.tasks.backbone import export_pipeline
 
 NAME = "export-pipeline"
 HELP = "make a saved pipeline directory from a backbone checkpoint (EMA or trained weights)"
+EXAMPLES = """
+    cinemamba export-pipeline runs/backbone_tiny --out models/tiny
+"""
 log = logging.getLogger(__name__)
 
 

@@ -40,6 +40,10 @@ from cinemamba_vae import VideoAutoencoder, load_vae, vae_preset
 
 NAME = "sample"
 HELP = "generate videos from text with a trained VAE + backbone (oneshot, rolling or streaming)"
+EXAMPLES = """
+    cinemamba sample runs/backbone_tiny/pipeline --prompt "a red circle moves up" --frames 65 \\
+        --mode rolling --out out/v.mp4
+"""
 log = logging.getLogger(__name__)
 
 
@@ -100,7 +104,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     # key=value overrides may come anywhere: cli.main hands the ones argparse leaves over
     # (after an option) to this list too.
     parser.add_argument(
-        "overrides", nargs="*", help="key=value config overrides, e.g. pipeline.window=16"
+        "overrides",
+        nargs="*",
+        default=[],
+        help="key=value config overrides, e.g. pipeline.window=16",
     )
     parser.add_argument(
         "--set",
@@ -239,7 +246,10 @@ def run(args: argparse.Namespace) -> int:
     )
     for frames, path, prompt in zip(to_uint8(video), outputs, args.prompt, strict=True):
         write_video(path, frames, fps=cfg.fps)
-        sheet = save_png(path.with_suffix(".png"), contact_sheet(frames))
+        title = f"{prompt} | {cfg.mode} | {len(frames)} frames | seed {cfg.seed}"
+        sheet = save_png(
+            path.with_suffix(".png"), contact_sheet(frames, title=title, frame_numbers=True)
+        )
         path.with_suffix(".txt").write_text(prompt + "\n")  # the sidecar `eval` reads
         log.info("wrote %s (%d frames), %s and its prompt", path, frames.shape[0], sheet)
     return 0

@@ -14,6 +14,9 @@ NAME = "shards"
 HELP = (
     "build WebDataset tar shards from a folder of videos and captions (.jsonl/.csv, .txt sidecars)"
 )
+EXAMPLES = """
+    cinemamba shards videos captions.jsonl shards --samples-per-shard 1000
+"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

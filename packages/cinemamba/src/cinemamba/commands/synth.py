@@ -16,6 +16,9 @@ from cinemamba.data.synth_video import write_synth
 
 NAME = "synth"
 HELP = "write the synthetic moving-shapes data set (train + val shards with ground truth)"
+EXAMPLES = """
+    cinemamba synth data/synth --train 64 --val 16 frames=33
+"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,11 +33,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--samples-per-shard", type=int, default=256)
     parser.add_argument("--workers", type=int, default=1, help="processes writing shards")
-    parser.add_argument(
-        "--config", help="YAML with SceneConfig fields (e.g. configs/data/synth64.yaml)"
-    )
+    parser.add_argument("--config", help="YAML of SceneConfig fields (the key=value names below)")
     fields = ", ".join(f.name for f in dataclasses.fields(SceneConfig))
-    parser.add_argument("overrides", nargs="*", help=f"key=value scene settings: {fields}")
+    parser.add_argument(
+        "overrides", nargs="*", default=[], help=f"key=value scene settings: {fields}"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

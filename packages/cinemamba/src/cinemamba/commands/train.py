@@ -8,11 +8,17 @@ torchrun / the deepspeed launcher / SLURM for several.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from cinemamba.tasks.backbone import load_backbone_experiment, train_backbone
+from cinemamba.train.runner import print_summary
 
 NAME = "train"
 HELP = "train the video diffusion backbone (from latent shards or raw video shards)"
+EXAMPLES = """
+    cinemamba train configs/experiment/backbone_tiny.yaml task.vae=runs/vae/vae \\
+        task.data.path=data/latents train.run_dir=runs/backbone_tiny
+"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,7 +28,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--resume", help="auto | never | a checkpoint path (same as train.resume=...)"
     )
     parser.add_argument(
-        "overrides", nargs="*", help="key=value, e.g. train.steps=500 task.data.path=data/latents"
+        "overrides",
+        nargs="*",
+        default=[],
+        help="key=value, e.g. train.steps=500 task.data.path=data/latents",
     )
 
 
@@ -31,5 +40,12 @@ def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.resume:
         overrides.append(f"train.resume={args.resume}")
-    result = train_backbone(load_backbone_experiment(args.config, overrides))
+    experiment = load_backbone_experiment(args.config, overrides)
+    result = train_backbone(experiment)
+    run_dir = Path(experiment.train.run_dir)
+    # A saved pipeline (samples with `cinemamba sample DIR`) when the run names its VAE.
+    pipeline = run_dir / "pipeline"
+    print_summary(
+        result, "cinemamba train", pipeline if pipeline.exists() else run_dir / "backbone"
+    )
     return 0 if result.reason in ("done", "signal") else 1

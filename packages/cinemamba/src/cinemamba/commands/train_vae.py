@@ -8,11 +8,16 @@ on one process, or under torchrun / the deepspeed launcher / SLURM for several.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from cinemamba.tasks.vae import load_vae_experiment, train_vae
+from cinemamba.train.runner import print_summary
 
 NAME = "train-vae"
 HELP = "train the causal video VAE (reconstruction + LPIPS + KL, optional 3D patch GAN)"
+EXAMPLES = """
+    cinemamba train-vae configs/vae/tiny.yaml task.data.path=data/synth/train
+"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,7 +27,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--resume", help="auto | never | a checkpoint path (same as train.resume=...)"
     )
     parser.add_argument(
-        "overrides", nargs="*", help="key=value, e.g. train.steps=500 task.data.path=data/train"
+        "overrides",
+        nargs="*",
+        default=[],
+        help="key=value, e.g. train.steps=500 task.data.path=data/train",
     )
 
 
@@ -31,5 +39,7 @@ def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.resume:
         overrides.append(f"train.resume={args.resume}")
-    result = train_vae(load_vae_experiment(args.config, overrides))
+    experiment = load_vae_experiment(args.config, overrides)
+    result = train_vae(experiment)
+    print_summary(result, "cinemamba train-vae", Path(experiment.train.run_dir) / "vae")
     return 0 if result.reason in ("done", "signal") else 1

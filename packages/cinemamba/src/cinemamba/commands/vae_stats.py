@@ -23,6 +23,9 @@ from cinemamba_vae import VideoAutoencoder, load_vae
 
 NAME = "vae-stats"
 HELP = "compute per-channel latent statistics over shards and store them in a saved VAE"
+EXAMPLES = """
+    cinemamba vae-stats runs/vae/vae data/synth/train --clip-frames 17
+"""
 
 log = logging.getLogger(__name__)
 

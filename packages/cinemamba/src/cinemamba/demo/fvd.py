@@ -92,7 +92,8 @@ def generate_1x(cfg: DemoConfig, inputs: Mapping[str, Path], work: Path) -> list
             mode="oneshot",
         )
         for i, (frames, prompt) in enumerate(zip(to_uint8(batch), gen.prompts, strict=True)):
-            save_media(work / "1x", f"s{k}_{video_name(i, prompt)}", frames, cfg.data.fps)
+            title = f"{prompt} | oneshot | seed {gen.seed + k}"
+            save_media(work / "1x", f"s{k}_{video_name(i, prompt)}", frames, cfg.data.fps, title)
             videos.append(frames)
     return videos
 

@@ -95,12 +95,16 @@ def finished(result: TrainResult, stage: str) -> TrainResult:
     return result
 
 
-def save_media(folder: Path, stem: str, frames: np.ndarray, fps: float) -> dict[str, str]:
-    """mp4, PNG contact sheet (frames sampled over the whole length) and raw uint8 frames."""
+def save_media(
+    folder: Path, stem: str, frames: np.ndarray, fps: float, title: str | None = None
+) -> dict[str, str]:
+    """mp4, PNG contact sheet (frames sampled over the whole length, `title` above, frame
+    numbers under) and raw uint8 frames."""
     folder.mkdir(parents=True, exist_ok=True)
     write_video(folder / f"{stem}.mp4", frames, fps=fps)
     big = frames.repeat(SHEET_ZOOM, axis=1).repeat(SHEET_ZOOM, axis=2)
-    save_png(folder / f"{stem}.png", contact_sheet(big, columns=8, max_frames=SHEET_FRAMES))
+    sheet = contact_sheet(big, columns=8, max_frames=SHEET_FRAMES, title=title, frame_numbers=True)
+    save_png(folder / f"{stem}.png", sheet)
     tmp = folder / f".{stem}.npy.tmp"
     with open(tmp, "wb") as fh:
         np.save(fh, frames)
@@ -325,7 +329,10 @@ def generate_stage(cfg: DemoConfig) -> Stage:
                 for i, (frames, prompt, spec) in enumerate(
                     zip(to_uint8(video), gen.prompts, specs, strict=True)
                 ):
-                    files = save_media(work / folder, video_name(i, prompt), frames, cfg.data.fps)
+                    title = f"{prompt} | {mode} | backbone step {step or exp.train.steps}"
+                    files = save_media(
+                        work / folder, video_name(i, prompt), frames, cfg.data.fps, title
+                    )
                     videos.append(
                         {
                             "variant": variant,

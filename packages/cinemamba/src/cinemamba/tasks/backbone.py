@@ -663,7 +663,8 @@ class BackboneTask:
             self._writer = SummaryWriter(str(Path(run_dir) / "tensorboard"))
         for i, frames in enumerate(to_uint8(video)):  # (T, H, W, 3)
             write_video(out / f"step{step:07d}_{i}.mp4", frames, s.fps)
-            sheet = contact_sheet(frames)
+            title = f"{s.prompts[i]} | {s.mode} | step {step}"
+            sheet = contact_sheet(frames, title=title, frame_numbers=True)
             save_png(out / f"step{step:07d}_{i}.png", sheet)
             # the tag carries the prompt; TensorBoard shows the step on the image's slider
             self._writer.add_image(f"samples/{i} {s.prompts[i]}", sheet, step, dataformats="HWC")

@@ -255,10 +255,16 @@ class VAETask:
         psnr, ssim = frames_psnr(video, recon), frames_ssim(video, recon)
         out = Path(run_dir) / "samples"
         out.mkdir(parents=True, exist_ok=True)
-        original, rebuilt = frames[0].numpy(), to_uint8(recon[0])
-        strip = reconstruction_strip(original, rebuilt)
+        # Every validation clip, one above the other (each: originals over reconstructions), so
+        # the picture shows what the PSNR/SSIM above average over.
+        originals, rebuilt = frames.numpy(), [to_uint8(r) for r in recon]  # (N, T, H, W, 3)
+        strip = np.concatenate(
+            [reconstruction_strip(o, r) for o, r in zip(originals, rebuilt, strict=True)], axis=0
+        )
         save_png(out / f"recon_step{step:07d}.png", strip)
-        side_by_side = np.concatenate([original, rebuilt], axis=2)  # (T, H, 2W, 3)
+        side_by_side = np.concatenate(
+            [np.concatenate(originals, axis=1), np.concatenate(rebuilt, axis=1)], axis=2
+        )  # (T, N*H, 2W, 3)
         write_video(out / f"recon_step{step:07d}.mp4", side_by_side, self.cfg.media_fps)
         if self._writer is None:
             from torch.utils.tensorboard import SummaryWriter

@@ -24,7 +24,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model", help="which model, when the run trains several")
     parser.add_argument("--no-ema", action="store_true", help="the trained weights, not the EMA")
     args = parser.parse_args(argv)
-    path = export_weights(args.source, args.out, ema=not args.no_ema, model=args.model)
+    try:
+        path = export_weights(args.source, args.out, ema=not args.no_ema, model=args.model)
+    except (ValueError, FileNotFoundError) as err:
+        # A wrong model name or path is the user's to fix: one line naming it, no traceback.
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 2
     print(path)
     return 0
 

@@ -29,6 +29,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def choose_accelerator() -> None:
+    """DS_ACCELERATOR=cpu where torch sees no GPU (unless the user chose one).
+
+    DeepSpeed picks its accelerator when first imported; left to guess on a CPU machine it warns
+    "Setting accelerator to CPU. If you have GPU or other accelerator, we were unable to detect
+    it" on every start (issue 18), so this runs before that import.
+    """
+    if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():
+        os.environ["DS_ACCELERATOR"] = "cpu"
+
+
 def prepare_environment() -> None:
     """Set what DeepSpeed needs before it starts: accelerator, op cache, rendezvous.
 
@@ -38,8 +49,7 @@ def prepare_environment() -> None:
     every later run, test and launcher reuses it (see `skip_shm_comm_op` for the CPU comm op,
     which training never builds).
     """
-    if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():
-        os.environ["DS_ACCELERATOR"] = "cpu"
+    choose_accelerator()
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(sys.prefix, "torch_extensions"))
     if "SLURM_STEP_ID" in os.environ and "RANK" not in os.environ:
         # srun starts one task per rank without a launcher; map its variables (only inside an
@@ -161,6 +171,7 @@ def session(backend: str = "") -> Iterator[tuple[int, int, torch.device]]:
     rendezvous variables the engine adds are removed again when the block ends, so that child
     processes started later do not inherit a port that is in use.
     """
+    choose_accelerator()
     import deepspeed
 
     before = {k: os.environ.get(k) for k in _RENDEZVOUS}

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
 
+from cinemamba.logs import quiet_expected_warnings
 from cinemamba.train import distributed
 from cinemamba.train.config import load_experiment
 from cinemamba.train.task import Task
@@ -37,12 +40,21 @@ def run_experiment(
     return train(experiment.train, make_task(experiment), full_config=cfg)
 
 
+def print_summary(result: TrainResult, prog: str, model: Path | None = None) -> None:
+    """Rank 0 prints the run's last line: how it ended, final loss / metrics, wall time, model."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        shown = model if model is not None and model.exists() else None
+        print(result.summary(prog, shown), flush=True)
+
+
 def main(
     schema: Any, make_task: Callable[[Any], Task], argv: Sequence[str] | None, prog: str
 ) -> int:
     """Parse `argv`, train, and return an exit code (0 also after a clean preemption stop)."""
+    quiet_expected_warnings()
     parser = argparse.ArgumentParser(prog=prog, description="Train with the cinemamba engine.")
     add_train_arguments(parser)
     result = run_experiment(schema, make_task, parser.parse_args(argv))
+    print_summary(result, prog)
     distributed.shutdown()  # now, not at interpreter exit, where ZeRO-3 ranks can abort
     return 0 if result.reason in ("done", "signal") else 1

@@ -65,6 +65,35 @@ class TrainResult:
     reason: str  # "done" | "signal"
     checkpoint: Path | None
     losses: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)  # the last evaluation (rank 0)
+    steps: int = 0  # the configured total
+    seconds: float = 0.0  # wall time of `fit`, building and checkpointing included
+
+    def summary(self, prog: str, model: Path | None = None) -> str:
+        """One line for the end of a run: how it ended, final losses and metrics, time, model."""
+        how = "done" if self.reason == "done" else "stopped by a signal (resume: same command)"
+        parts = [f"{prog}: {how} at step {self.step}/{self.steps} in {_duration(self.seconds)}"]
+        if self.losses:
+            parts.append(" ".join(f"{k} {v:.4g}" for k, v in sorted(self.losses.items())))
+        if self.metrics:
+            units = {"psnr": " dB"}
+            parts.append(
+                "eval "
+                + " ".join(f"{k} {v:.4g}{units.get(k, '')}" for k, v in self.metrics.items())
+            )
+        if model is not None:
+            parts.append(f"model {model}")
+        elif self.checkpoint is not None:
+            parts.append(f"checkpoint {self.checkpoint}")
+        return "; ".join(parts)
+
+
+def _duration(seconds: float) -> str:
+    minutes, sec = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{sec:02d}s" if minutes else f"{seconds:.1f}s"
 
 
 def seed_everything(seed: int) -> None:
@@ -492,15 +521,23 @@ class Trainer:
         for engine in self.engines.values():
             engine.train()
         if metrics:
-            self.monitor.log(step, {k: float(v) for k, v in metrics.items()}, kind="eval")
+            self.last_metrics = {k: float(v) for k, v in metrics.items()}
+            self.monitor.log(step, self.last_metrics, kind="eval")
 
     def fit(self) -> TrainResult:
         """Train to `cfg.steps` (or a preemption signal); checkpoint; return how it ended."""
         cfg = self.cfg
+        distributed.choose_accelerator()  # before validate imports DeepSpeed
         validate(cfg, world_size_from_env(), None, distributed.on_cuda())
         call_optional(self.task, "validate")
+        started = time.perf_counter()
+        self.last_metrics: dict[str, float] = {}
         with distributed.session(cfg.dist_backend) as (self.rank, self.world, self.device):
-            return self._fit()
+            result = self._fit()
+        result.metrics = self.last_metrics
+        result.steps = cfg.steps
+        result.seconds = time.perf_counter() - started
+        return result
 
     def _fit(self) -> TrainResult:
         cfg = self.cfg
