@@ -47,6 +47,7 @@ TRAINED = (
     "needs a trained model and exported latents from the steps before it (minutes of training)"
 )
 OWN = "needs your own videos or a pretrained VAE folder"
+BENCH = "a benchmark on a quiet machine (minutes to hours)"
 SKIP = {
     ("README.md", "scripts/demo.sh   # set up .venv if needed, then run the main job on the embedded data"): DEMO + "; the test suite itself",
     ("README.md", '.venv/bin/pip install --no-build-isolation -c scripts/constraints.txt -e "packages/backbone[cuda]"'): INSTALL + "; CUDA",
@@ -67,7 +68,9 @@ SKIP = {
     ("docs/latents.md", "cinemamba export-latents input=data/synth/train output=data/latents vae=runs/vae/vae \\"): TRAINED,
     ("docs/own-data.md", "cinemamba shards videos SIDECAR shards --samples-per-shard 1000"): OWN,
     ("docs/own-data.md", "cinemamba vae-stats wan-vae shards --clip-frames 17   # writes cinemamba_latent_stats.json into wan-vae"): OWN,
-    ("docs/own-data.md", "cinemamba export-latents input=shards output=latents vae=wan-vae clip.frames=17 \\"): OWN,
+    ("docs/own-data.md", "cinemamba export-latents input=shards output=latents vae=wan-vae \\"): OWN,
+    ("docs/training.md", "cinemamba export-latents input=shards output=latents vae=wan-vae     # whole videos"): OWN,
+    ("docs/training.md", ".venv/bin/python scripts/longest_window.py --markdown docs/training.md   # tiny and S, 32x32 latents"): BENCH,
     ("docs/own-data.md", "cinemamba train configs/experiment/backbone_tiny.yaml task.data.path=latents task.vae=wan-vae \\"): OWN,
     ("docs/own-data.md", 'cinemamba sample runs/mine/pipeline --prompt "a cat jumps onto a table" --frames 129 --mode rolling --out cat.mp4'): OWN,
     ("docs/training.md", "torchrun --nproc_per_node 8 -m cinemamba.train.toy --config configs/experiment/toy.yaml"): GPU,
