@@ -527,7 +527,7 @@ def mixer_stages(cfg: AblationConfig, demo: DemoConfig, shared: Mapping[str, Any
 
     stages: list[Stage] = [Stage("ceiling", ceiling_run,
                                  {"eval": asdict(cfg.eval), "shared": identity,
-                                  "data": plain(demo.data), **fvd_on},
+                                  "data": demo.data.record(), **fvd_on},
                                  description="score the same prompts as real videos (the ceiling)"
                                  + (" and featurize them for FVD" if fvd_on["fvd_available"] else ""))]  # fmt: skip
     for name in cfg.mixers:
