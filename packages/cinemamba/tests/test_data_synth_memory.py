@@ -172,14 +172,22 @@ def test_panorama_truth_matches_pixels(gap: int) -> None:
 @pytest.mark.parametrize("gap", [12, 33, 100])
 def test_periodic_truth_matches_pixels(gap: int) -> None:
     cfg = _cfg(frames=260, event_frames=5)
-    for seed in range(3):
-        video, truth = memory_video(MemorySpec("periodic", gap, ""), cfg, seed)
+    # Real videos (an event at frame 0) and set samples (random phase: may start mid-event).
+    scene = _cfg(frames=260, kinds={"periodic": 1.0}, gaps=(gap,), event_frames=5)
+    samples = [memory_video(MemorySpec("periodic", gap, ""), cfg, seed) for seed in range(3)]
+    samples += [
+        (v, m["memory"]) for v, _, m in (make_sample(i, "train", 0, scene) for i in range(8))
+    ]
+    # Some sample starts mid-event (P = 4/gap each) at the short periods.
+    assert any(truth["onsets"][0] < 0 for _, truth in samples) or gap >= 100
+    for video, truth in samples:
         fg = _foreground(video, truth["grey"])
         shown = fg.any((1, 2))
         assert shown.tolist() == truth["visible"]
         runs = _runs(shown)
-        assert [a for a, _ in runs] == [o for o in truth["onsets"] if o >= 0]
-        assert all(b - a == 5 for a, b in runs if b < len(video))
+        # An event already on at frame 0 began before it (a negative onset).
+        assert [a for a, _ in runs] == [max(o, 0) for o in truth["onsets"]]
+        assert all(b - a == 5 for a, b in runs if a > 0 and b < len(video))
         # The same object at the same place every time.
         ys, xs = np.nonzero(fg[runs[0][0]])
         assert abs(xs.mean() + 0.5 - truth["x"]) < 0.6 and abs(ys.mean() + 0.5 - truth["y"]) < 0.6
