@@ -224,7 +224,9 @@ def parse_caption(text: str) -> list[ObjectSpec]:
 
 
 SCENE_KINDS: tuple[str, ...] = ("objects", "occlusion", "panorama", "periodic")
-DEFAULT_KINDS: dict[str, float] = {"objects": 1.0}
+# Every kind has an entry (so a YAML / command-line override can set any of them).
+DEFAULT_KINDS: dict[str, float] = {"objects": 1.0, "occlusion": 0.0, "panorama": 0.0,
+                                   "periodic": 0.0}  # fmt: skip
 MEMORY_FIELDS = ("kinds", "gaps", "memory_speed", "pan_distance", "event_frames")
 
 
@@ -279,7 +281,7 @@ class SceneConfig:
                 f"kinds={kinds}: give probabilities >= 0 (not all 0) for one or more of "
                 f"{', '.join(SCENE_KINDS)}"
             )
-        object.__setattr__(self, "kinds", kinds)
+        object.__setattr__(self, "kinds", {k: kinds.get(k, 0.0) for k in SCENE_KINDS})
         gaps = tuple(int(g) for g in self.gaps)
         if not gaps or min(gaps) < 1:
             raise ValueError(f"gaps={list(gaps)}: give one or more gap lengths >= 1 frame")
@@ -290,11 +292,16 @@ class SceneConfig:
                 f"{self.memory_speed}, {self.pan_distance}, {self.event_frames}"
             )
 
+    @property
+    def memory(self) -> bool:
+        """Whether any memory scene kind can be drawn."""
+        return any(p > 0 for k, p in self.kinds.items() if k != "objects")
+
     def record(self) -> dict:
         """The config as plain data; the memory fields only when a memory kind is drawn, so a
         set of today's scenes keeps the record (and the stage hashes) it had before issue 21."""
         data = asdict(self)
-        if self.kinds == DEFAULT_KINDS:
+        if not self.memory:
             for name in MEMORY_FIELDS:
                 data.pop(name)
         return data

@@ -166,7 +166,7 @@ def make_sample(
 def scene_kind(index: int, split: str, seed: int, cfg: SceneConfig) -> str:
     """The kind of scene `index` of a split, drawn from `cfg.kinds` by its own random stream,
     so the scenes of each kind do not depend on the other kinds' probabilities."""
-    names = list(cfg.kinds)
+    names = [k for k, p in cfg.kinds.items() if p > 0]
     if len(names) == 1:
         return names[0]
     p = np.array([cfg.kinds[k] for k in names], np.float64)

@@ -86,7 +86,7 @@ class DemoDataConfig:
         """Plain data for stage hashes; the memory fields only when a memory kind is drawn, so
         a demo of today's scenes keeps the hashes (and finished stages) it had before."""
         data = plain(self)
-        if dict(self.kinds) == DEFAULT_KINDS:
+        if not any(p > 0 for k, p in self.kinds.items() if k != "objects"):
             for name in MEMORY_FIELDS:
                 data.pop(name)
         return data

@@ -11,7 +11,8 @@ the panorama is compared pixel to pixel.
   constant, `SceneConfig.memory_speed`) with the caption's direction and gap puts return k on
   the reference track shifted by k laps, `lap = W + w_obj + v * gap` pixels (w_obj: the object's
   measured width). Each return whose whole-object frames lie inside the video is
-  tested: `reid` = the object is there (in at least half of those frames) with the reference's
+  tested (a video long enough for one, whose reference comes too late for any, scores 0):
+  `reid` = the object is there (in at least half of those frames) with the reference's
   colour and shape; `position_accuracy` = there within `POSITION_TOLERANCE` of the frame size
   on average; `position_error` = that mean distance in pixels (returns where it is seen).
   Chance, for an object of random colour and shape at the right place: 1/6 (colour), 1/4
@@ -170,8 +171,13 @@ def occlusion_scores(frames: np.ndarray, spec: MemorySpec, speed: float) -> dict
             row["error"] = float(np.mean(err))
         rows.append(row)
     if not rows:
-        return {**empty, "reid": None, "reid_colour": None, "reid_shape": None,
-                "position_accuracy": None, "reference": True}  # fmt: skip
+        # A video too short for one whole lap says nothing (None); one long enough whose object
+        # is first seen whole too late for a return shows nothing it could have kept: a miss.
+        first_return_end = (w + width + speed * spec.gap + w) / speed
+        if n < first_return_end:
+            return {**empty, "reid": None, "reid_colour": None, "reid_shape": None,
+                    "position_accuracy": None, "reference": True}  # fmt: skip
+        return {**empty, "reference": True, "late_reference": True}
     tol = POSITION_TOLERANCE * min(h, w)
     return {
         "reid": _fraction([r["colour"] and r["shape"] for r in rows]),
