@@ -499,3 +499,60 @@ def test_memory_ablation_end_to_end(tmp_path) -> None:
     # A re-run reuses every stage.
     again = run_ablation(cfg)
     assert {s["status"] for s in again["stages"]} == {"reused"}
+
+
+def test_shipped_memory_config(tmp_path) -> None:
+    """configs/ablation/memory.yaml: memory scenes only, a caption per kind and gap, the mixers
+    at matched parameters, both modes, rolling's clean-context training switched on."""
+    from cinemamba.config import load_config, to_object
+    from cinemamba.data.synth_memory import parse_memory_caption
+
+    cfg = to_object(load_config(AblationConfig, REPO / "configs/ablation/memory.yaml"))
+    check_mixers(cfg)
+    demo = load_demo_config(cfg.demo, cfg.demo_overrides)
+    scene = demo.data.scene()
+    assert scene.memory and scene.kinds["objects"] == 0.0
+    specs = [parse_memory_caption(p) for p in cfg.memory.prompts]
+    assert {(s.kind, s.gap) for s in specs} == {
+        (k, g) for k in ("occlusion", "panorama", "periodic") for g in scene.gaps
+    }
+    # Gaps longer than the training clip are what is tested; the shortest fits in one.
+    assert min(scene.gaps) < demo.data.frames < max(scene.gaps)
+    assert 1 + max(cfg.memory.lengths) * (demo.data.frames - 1) > 2 * max(scene.gaps)
+    assert cfg.match == "params" and cfg.mixers[:2] == ["bimamba", "attention"]
+    assert set(cfg.memory.modes) == {"oneshot", "rolling"} and cfg.eval.lengths == []
+    exp = mixer_experiment(cfg, demo, "bimamba", tmp_path, tmp_path, tmp_path)
+    assert exp.task.per_frame_t and exp.task.context_prob > 0 and exp.train.steps == cfg.steps
+
+
+def test_memory_report_table_from_results(tmp_path) -> None:
+    """The "score vs gap" table: one row per mixer and mode, then real / VAE / chance, the
+    kind's headline per gap, from a results dict with known numbers."""
+    from cinemamba.ablate.memory import AblationMemory, check_memory, memory_markdown, summarise
+
+    rows = [{"kind": "occlusion", "gap": 16, "memory": 1.0, "reid": 1.0},
+            {"kind": "occlusion", "gap": 16, "memory": 0.0, "reid": 0.0},
+            {"kind": "occlusion", "gap": 64, "memory": None, "reid": None},
+            {"kind": "panorama", "gap": 16, "memory": 0.25, "revisit": 0.25}]  # fmt: skip
+    by_gap = summarise(rows)
+    assert by_gap["occlusion"]["16"]["memory"] == 0.5 and by_gap["occlusion"]["16"]["videos"] == 2
+    assert by_gap["occlusion"]["64"]["memory"] is None  # no scorable video: no mean
+    real = summarise([{**r, "memory": 1.0} for r in rows])
+    results = {
+        "config": {"mixers": ["bimamba"], "memory": asdict(AblationMemory(seeds=2))},
+        "mixers": {"bimamba": {"memory": {"8x": {"oneshot": {"by_gap": by_gap},
+                                                 "rolling": {"by_gap": real}}}}},
+        "memory_ceiling": {"8x": {"frames": 257, "train_frames": 33, "real": real, "vae": real,
+                                  "chance": by_gap}},
+    }  # fmt: skip
+    md = "\n".join(memory_markdown(results))
+    assert "## Memory: score vs gap length at 8x (257 frames)" in md
+    assert "|  | re-identification gap 16 | re-identification gap 64 | revisit gap 16 |" in md
+    assert "| bimamba (oneshot) | 0.5 | – | 0.25 |" in md
+    assert "| bimamba (rolling) | 1 | 1 | 1 |" in md
+    assert "| shuffled real videos (chance) | 0.5 | – | 0.25 |" in md
+    assert "training clips are 33 frames long" in md
+    with pytest.raises(ConfigError, match="not memory-scene captions"):
+        check_memory(AblationMemory(prompts=["a red circle moves up quickly"]))
+    with pytest.raises(ConfigError, match="memory.modes"):
+        check_memory(AblationMemory(prompts=["an object appears every 16 frames"], modes=["x"]))
