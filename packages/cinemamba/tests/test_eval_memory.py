@@ -67,6 +67,11 @@ def test_periodic_event_identity_and_timing() -> None:
     assert (ta["colour"], ta["shape"]) != (tb["colour"], tb["shape"])
     mixed = memory_scores(shuffle_segments([a, b], segment_cuts(a, spec, 8)[:1]), prompt, CFG)
     assert mixed["period_kept"] == 1.0 and mixed["event_kept"] == 0.0  # on time, wrong object
+    # A one-frame dropout inside an event (a decoder's flicker) is not a new event.
+    flicker = a.copy()
+    flicker[ta["onsets"][1] + 3] = a[ta["onsets"][1] - 1]
+    s = memory_scores(flicker, prompt, CFG)
+    assert (s["period_kept"], s["event_kept"], s["events"]) == (1.0, 1.0, len(ta["onsets"]))
     # One expected event missing: (expected - 1) / expected kept, timing matched the same way.
     n_exp = mixed["expected"]
     gone = a.copy()

@@ -52,6 +52,7 @@ from cinemamba.eval.groundtruth import CORE_ALPHA, _check_frames, colour_maps, d
 POSITION_TOLERANCE = 0.1  # of min(height, width): a return / event "at the right place"
 STATIC_LEVEL = 2.0  # grey levels: a panorama video changing less than this shows nothing
 SPREAD_SAMPLES = 16  # in-between views a(t) is averaged over
+BRIDGE = 2  # frames: a detection dropout this short inside a sighting is not a gap
 FULL_AREA = 0.85  # a frame shows the object whole at this share of its run's largest area
 HEADLINE = {"occlusion": "reid", "panorama": "revisit", "periodic": "event_kept"}
 # Chance of the identity scores for a random object at the right time and place (closed form).
@@ -97,11 +98,19 @@ def _unit_area(shape: str) -> float:
     return float(inside.mean() * 9)
 
 
-def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
-    """[start, end) of each run of True."""
+def _runs(mask: np.ndarray, bridge: int = 0) -> list[tuple[int, int]]:
+    """[start, end) of each run of True; runs apart by at most `bridge` frames are one (a
+    decoded object can drop out for a frame: that is not a gap)."""
     padded = np.concatenate([[False], mask, [False]]).astype(np.int8)
     edges = np.flatnonzero(np.diff(padded))
-    return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2], strict=True)]
+    runs = [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2], strict=True)]
+    merged: list[tuple[int, int]] = []
+    for a, b in runs:
+        if merged and a - merged[-1][1] <= bridge:
+            merged[-1] = (merged[-1][0], b)
+        else:
+            merged.append((a, b))
+    return merged
 
 
 def _mode(values: list[str]) -> str:
@@ -125,11 +134,12 @@ def occlusion_scores(frames: np.ndarray, spec: MemorySpec, speed: float) -> dict
     present = seen.area >= max(3.0, 0.002 * h * w)
     # Whole-object frames, per run: another object (a forgetful model's) may be larger.
     full = np.zeros(n, bool)
-    for a, b in _runs(present):
+    runs = _runs(present, BRIDGE)
+    for a, b in runs:
         full[a:b] = seen.area[a:b] >= FULL_AREA * seen.area[a:b].max()
     empty = {"reid": 0.0, "reid_colour": 0.0, "reid_shape": 0.0, "position_accuracy": 0.0,
              "position_error": None, "returns": 0, "reference": False}  # fmt: skip
-    ref = next(((a, b) for a, b in _runs(present) if full[a:b].sum() >= 3), None)
+    ref = next(((a, b) for a, b in runs if full[a:b].sum() >= 3), None)
     if ref is None:
         return empty
     idx = np.arange(ref[0], ref[1])[full[ref[0] : ref[1]]]
@@ -221,7 +231,8 @@ def periodic_scores(frames: np.ndarray, spec: MemorySpec, event_frames: int) -> 
     n, h, w, _ = frames.shape
     seen = _seen(frames)
     present = seen.area >= max(3.0, 0.002 * h * w)
-    events = _runs(present)
+    # Bridging dropouts must not merge two real events: they are gap - event_frames apart.
+    events = _runs(present, min(BRIDGE, spec.gap - event_frames - 1))
     if not events:
         return {"period_kept": 0.0, "event_kept": 0.0, "events": 0, "expected": 0,
                 "reference": False}  # fmt: skip
