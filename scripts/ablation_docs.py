@@ -33,10 +33,7 @@ SECTIONS = {
         "<!-- scripts/ablation_docs.py memory: generated from here -->",
         "<!-- scripts/ablation_docs.py memory: generated to here -->",
         "### Memory ablation: one real run",
-        {
-            "ablation.png": "ablations_memory_cost.png",
-            "ablation_memory.png": "ablations_memory.png",
-        },
+        {"ablation_memory.png": "ablations_memory.png"},
     ),
 }
 
