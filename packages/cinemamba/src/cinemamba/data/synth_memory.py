@@ -88,6 +88,8 @@ def check_memory_spec(spec: MemorySpec, cfg: SceneConfig) -> None:
 
 
 # ------------------------------------------------------------------------------- rendering
+# `synth_video` imports this module (its `make_sample` dispatches the memory kinds), so its
+# shape helpers are imported inside the functions below.
 
 
 def reach(shape: str, size: float) -> float:
@@ -116,11 +118,14 @@ def object_alpha(shape: str, size: float, x: np.ndarray, y: np.ndarray, h: int, 
 
     half = size / 2
     alpha = np.zeros((len(x), h, w), np.float32)
-    for sy in (0.25, 0.75):  # 2x2 supersampling, as synth_video
-        for sx in (0.25, 0.75):
-            u = (np.arange(w)[None, None, :] + sx - x[:, None, None]) / half  # (T, 1, W)
-            v = (np.arange(h)[None, :, None] + sy - y[:, None, None]) / half  # (T, H, 1)
-            alpha += shape_inside(shape, *np.broadcast_arrays(u, v))
+    chunk = max(1, (1 << 20) // (h * w))  # bound the float64 working set (~50 MB)
+    for t0 in range(0, len(x), chunk):
+        xs, ys = x[t0 : t0 + chunk], y[t0 : t0 + chunk]
+        for sy in (0.25, 0.75):  # 2x2 supersampling, as synth_video
+            for sx in (0.25, 0.75):
+                u = (np.arange(w)[None, None, :] + sx - xs[:, None, None]) / half  # (t, 1, W)
+                v = (np.arange(h)[None, :, None] + sy - ys[:, None, None]) / half  # (t, H, 1)
+                alpha[t0 : t0 + chunk] += shape_inside(shape, *np.broadcast_arrays(u, v))
     return alpha / 4
 
 
