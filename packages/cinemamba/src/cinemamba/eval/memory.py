@@ -174,11 +174,8 @@ def occlusion_scores(frames: np.ndarray, spec: MemorySpec, speed: float) -> dict
             continue  # cut by the video's start or end: not a whole return
         there = where[present[where]]
         row = {"present": len(there) >= len(where) / 2}
-        # Identity from the views seen clear of the edges (a cut object is another shape).
-        whole = there[(seen.x[there] - width / 2 >= 1) & (seen.x[there] + width / 2 <= w - 1)]
-        whole = whole if len(whole) else there
-        row["colour"] = row["present"] and _mode([seen.colour[i] for i in whole]) == colour
-        row["shape"] = row["present"] and _mode([seen.shape[i] for i in whole]) == shape
+        row["colour"] = row["present"] and _mode([seen.colour[i] for i in there]) == colour
+        row["shape"] = row["present"] and _mode([seen.shape[i] for i in there]) == shape
         if len(there):
             err = np.hypot(seen.x[there] - pred[there], seen.y[there] - y_ref)
             row["error"] = float(np.mean(err))
