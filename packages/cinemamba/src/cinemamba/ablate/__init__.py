@@ -8,7 +8,9 @@ and peak RSS are its own; only the temporal mixer differs. Each trained backbone
 same prompts at 1x, 4x and 8x the training length (`frames = 1 + m * (F - 1)` for a training
 clip of F frames: m times as many latent frames for the causal VAE), and the ground-truth
 detector scores every video overall and per quarter. The same prompts rendered as real
-synthetic videos are the ceiling. With the I3D weights (the eval extra), FVD_16 of every mixer
+synthetic videos are the ceiling. With a `memory` section (issue 21; `configs/ablation/memory.yaml`),
+memory-scene captions are also generated in each of its modes and scored per scene kind and gap
+length (`cinemamba.ablate.memory`). With the I3D weights (the eval extra), FVD_16 of every mixer
 at every length is computed against real videos of the same length (featurized once, in the
 ceiling stage, which runs first), and the drift curve at the longest length. Results: `ablation.json`, and `ablation.md` + `ablation.png` from `cinemamba.ablate.report`.
 
@@ -40,9 +42,9 @@ from cinemamba.ablate.cost import check_match, match_cost, step_seconds, train_f
 from cinemamba.ablate.memory import (
     MEMORY_FILE,
     AblationMemory,
+    ceiling_rows,
     check_memory,
     evaluate_memory,
-    memory_ceiling,
 )
 from cinemamba.ablate.report import write_report
 from cinemamba.config import ConfigError, _merge
@@ -554,7 +556,7 @@ def mixer_stages(cfg: AblationConfig, demo: DemoConfig, shared: Mapping[str, Any
         result = evaluate_ceiling(cfg, demo, frames0, scorer, i3d, work)
         write_json(work / "eval.json", result)
         if cfg.memory.prompts:
-            write_json(work / MEMORY_FILE, memory_ceiling(cfg.memory, demo.data.scene(), frames0,
+            write_json(work / MEMORY_FILE, ceiling_rows(cfg.memory, demo.data.scene(), frames0,
                                                           shared_vae, seed=cfg.eval.seed))  # fmt: skip
         return {"lengths": list(result)}
 

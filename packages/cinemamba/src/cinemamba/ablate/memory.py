@@ -129,7 +129,7 @@ def _scene_at(scene: SceneConfig, frames: int) -> SceneConfig:
     return replace(scene, frames=frames)
 
 
-def memory_ceiling(memory: AblationMemory, scene: SceneConfig, frames0: int, vae=None,
+def ceiling_rows(memory: AblationMemory, scene: SceneConfig, frames0: int, vae=None,
                    seed: int = 0) -> dict[str, Any]:  # fmt: skip
     """Per length: the memory prompts' real videos, the same through `vae` (the ceiling a
     generator reaches) and shuffled real videos (chance), each summarised per kind and gap."""
