@@ -118,3 +118,13 @@ def test_ceiling_through_a_vae_is_scored() -> None:
     out = memory_ceiling(memory_caption(_spec("panorama", 16)), cfg, 0, vae=vae)
     assert out["real"]["memory"] == 1.0
     assert 0.0 <= out["vae"]["memory"] <= 1.0 and out["vae"]["pairs"] == 65 - 16
+
+
+def test_occlusion_speed_follows_the_video_size() -> None:
+    """The scenes' speed is a fraction of the frame: a 48x48 video scored with a config of
+    another size still scores 1."""
+    big = SceneConfig(frames=257, height=48, width=48, background="plain", size_min=0.42,
+                      size_max=0.5)  # fmt: skip
+    spec = _spec("occlusion", 32)
+    video, _ = memory_video(spec, big, 0)
+    assert memory_scores(video, memory_caption(spec), CFG)["memory"] == 1.0

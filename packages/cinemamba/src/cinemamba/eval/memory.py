@@ -293,7 +293,9 @@ def memory_scores(frames: np.ndarray, prompt: str, cfg: SceneConfig) -> dict:
     if spec is None:
         raise ValueError(f"not a memory-scene caption: {prompt!r}")
     if spec.kind == "occlusion":
-        out = occlusion_scores(frames, spec, cfg.memory_speed * min(cfg.height, cfg.width))
+        # The speed is a fraction of the frame: the video's own size, whatever cfg's.
+        side = min(np.shape(frames)[1:3]) if np.ndim(frames) == 4 else 0
+        out = occlusion_scores(frames, spec, cfg.memory_speed * side)
     elif spec.kind == "panorama":
         out = panorama_scores(frames, spec)
     else:
