@@ -128,3 +128,22 @@ def test_occlusion_speed_follows_the_video_size() -> None:
     spec = _spec("occlusion", 32)
     video, _ = memory_video(spec, big, 0)
     assert memory_scores(video, memory_caption(spec), CFG)["memory"] == 1.0
+
+
+def test_an_object_that_never_leaves_is_not_reidentified() -> None:
+    """Frozen where it was last seen whole instead of leaving: present with the right colour
+    and shape at every return window, but there was no gap to remember across."""
+    spec = _spec("occlusion", 32)
+    video, truth = memory_video(spec, CFG, 0)
+    frozen = video.copy()
+    visible = np.array(truth["visible"])
+    x = np.array(truth["x"])
+    whole = np.flatnonzero(visible & (x - truth["x_reach"] >= 0) & (x + truth["x_reach"] <= 32))
+    last = whole[0]
+    for t in range(len(video)):  # keep the last whole view until the next one
+        if t in set(whole.tolist()):
+            last = t
+        else:
+            frozen[t] = video[last]
+    s = memory_scores(frozen, memory_caption(spec), CFG)
+    assert s["reid"] == 0.0 and s["returns"] >= 1, s

@@ -12,7 +12,8 @@ the panorama is compared pixel to pixel.
   the reference track shifted by k laps, `lap = W + w_obj + v * gap` pixels (w_obj: the object's
   measured width). Each return whose whole-object frames lie inside the video is
   tested (a video long enough for one, whose reference comes too late for any, scores 0):
-  `reid` = the object is there (in at least half of those frames) with the reference's
+  `reid` = the object left the view since its last sighting and is there again (in at least
+  half of those frames) with the reference's
   colour and shape; `position_accuracy` = there within `POSITION_TOLERANCE` of the frame size
   on average; `position_error` = that mean distance in pixels (returns where it is seen).
   Chance, for an object of random colour and shape at the right place: 1/6 (colour), 1/4
@@ -164,6 +165,7 @@ def occlusion_scores(frames: np.ndarray, spec: MemorySpec, speed: float) -> dict
     t = np.arange(n, dtype=np.float64)
     half = width / 2
     rows = []
+    since = ref[1]  # end of the last sighting the next return must be separated from
     for k in range(1, n):
         pred = icpt + slope * t - np.sign(slope) * k * lap  # (T,) where return k's centre should be
         inside = (pred >= half) & (pred <= w - half)
@@ -173,7 +175,11 @@ def occlusion_scores(frames: np.ndarray, spec: MemorySpec, speed: float) -> dict
         if where[0] == 0 or where[-1] == n - 1:
             continue  # cut by the video's start or end: not a whole return
         there = where[present[where]]
-        row = {"present": len(there) >= len(where) / 2}
+        # Re-identified *after a gap*: the object must have been out of view in between (an
+        # object that never leaves is not remembered, it is just still there).
+        left = bool((~present[since : where[0]]).any())
+        since = max(since, int(where[-1]) + 1)
+        row = {"present": left and len(there) >= len(where) / 2}
         row["colour"] = row["present"] and _mode([seen.colour[i] for i in there]) == colour
         row["shape"] = row["present"] and _mode([seen.shape[i] for i in there]) == shape
         if len(there):
