@@ -5,7 +5,9 @@ attribute a caption states (colour, shape, motion, speed) is fixed for the whole
 long-range coherence can be checked against the per-frame ground truth stored in `KEY.json`.
 Linear motions live on a torus (an object leaving on the left re-enters on the right), so a
 "moves to the left" video can last any number of frames with constant speed and size.
-Rendering and shard writing are in `cinemamba.data.synth_video`.
+Rendering and shard writing are in `cinemamba.data.synth_video`; the memory scene kinds
+(`SceneConfig.kinds`: an object hidden for a gap, a revisited panorama, a periodic event) are in
+`cinemamba.data.synth_memory`.
 """
 
 from __future__ import annotations
