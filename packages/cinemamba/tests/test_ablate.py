@@ -447,3 +447,120 @@ def test_match_skips_widths_that_fail_a_forward(monkeypatch) -> None:
     other = cost.match_cost(ref, cand, "params", shapes).arch
     assert other.hidden_size != first
     assert abs(_params(other) / _params(ref) - 1) <= 0.02
+
+
+@pytest.mark.slow
+def test_memory_ablation_end_to_end(tmp_path) -> None:
+    """The memory ablation's wiring, end to end on a tiny random VAE and 2 training steps per
+    mixer: memory prompts generated in both modes and scored per kind and gap, the ceiling's
+    real videos scoring 1, the "score vs gap" table and plot in the report."""
+    from cinemamba.ablate.memory import AblationMemory
+    from cinemamba.data.synth_video import write_synth
+    from cinemamba.latents import ClipConfig, ExportConfig, export_latents
+    from cinemamba_conditioning import TextEncoderConfig
+    from cinemamba_vae import VideoAutoencoder, vae_preset
+
+    # Fast objects (3.2 px / frame) and short gaps: every kind returns within 65 frames.
+    data = ["data.kinds.objects=0", "data.kinds.occlusion=1", "data.kinds.panorama=1",
+            "data.kinds.periodic=1", "data.gaps=[12,20]", "data.memory_speed=0.1",
+            "data.frames=9"]  # fmt: skip
+    demo = load_demo_config(DEMO, data)
+    write_synth(tmp_path / "raw", "train", 4, demo.data.scene(), samples_per_shard=2)
+    torch.manual_seed(0)
+    VideoAutoencoder(vae_preset("tiny")).save_pretrained(tmp_path / "vae")
+    export_latents(ExportConfig(
+        input=str(tmp_path / "raw"), output=str(tmp_path / "lat"), vae=str(tmp_path / "vae"),
+        text_encoder=TextEncoderConfig(random_init_seed=0), clip=ClipConfig(frames=9, start="first"),
+        progress=False))  # fmt: skip
+    prompts = ["an object moves to the right, leaves the frame and comes back after 12 frames",
+               "the view pans to the left and back every 20 frames",
+               "an object appears every 12 frames"]  # fmt: skip
+    cfg = AblationConfig(
+        out=str(tmp_path / "out"), demo=DEMO, demo_overrides=data, mixers=["bimamba", "attention"],
+        steps=2, vae=str(tmp_path / "vae"), latents=str(tmp_path / "lat"), threads=1,
+        overrides=["train.batch_size=2", "train.log_every=1", "train.checkpoint_every=0"],
+        eval=AblationEval(lengths=[], steps=2, batch=3, fvd=False, drift=False),
+        memory=AblationMemory(prompts=prompts, lengths=[8], seeds=1, chance_samples=2,
+                              save_videos=1))  # fmt: skip
+    results = run_ablation(cfg)
+    ceiling = results["memory_ceiling"]["8x"]
+    assert ceiling["frames"] == 65 and ceiling["train_frames"] == 9
+    for kind, gap in (("occlusion", "12"), ("panorama", "20"), ("periodic", "12")):
+        assert ceiling["real"][kind][gap]["memory"] == 1.0  # real videos: 1 by construction
+        # A random VAE's garbage may hold no scorable return (None), else a score in [0, 1].
+        through = ceiling["vae"][kind][gap]["memory"]
+        assert through is None or 0.0 <= through <= 1.0
+        assert ceiling["chance"][kind][gap]["memory"] is not None
+    for name in cfg.mixers:
+        mem = results["mixers"][name]["memory"]["8x"]
+        assert set(mem) == {"oneshot", "rolling"}
+        for mode in mem.values():
+            assert mode["frames"] == 65 and mode["videos"] == 3
+            assert [r["kind"] for r in mode["rows"]] == ["occlusion", "panorama", "periodic"]
+    out = Path(cfg.out)
+    assert (out / "eval-bimamba" / "memory_8x_rolling_0.mp4").is_file()
+    md = (out / "ablation.md").read_text()
+    assert "## Memory: score vs gap length at 8x (65 frames)" in md
+    assert "| bimamba (rolling) |" in md and "| shuffled real videos (chance) |" in md
+    assert "re-identification gap 12" in md and "## Scores by generated length" not in md
+    assert (out / "ablation_memory.png").is_file()
+    # A re-run reuses every stage.
+    again = run_ablation(cfg)
+    assert {s["status"] for s in again["stages"]} == {"reused"}
+
+
+def test_shipped_memory_config(tmp_path) -> None:
+    """configs/ablation/memory.yaml: memory scenes only, a caption per kind and gap, the mixers
+    at matched parameters, both modes, rolling's clean-context training switched on."""
+    from cinemamba.config import load_config, to_object
+    from cinemamba.data.synth_memory import parse_memory_caption
+
+    cfg = to_object(load_config(AblationConfig, REPO / "configs/ablation/memory.yaml"))
+    check_mixers(cfg)
+    demo = load_demo_config(cfg.demo, cfg.demo_overrides)
+    scene = demo.data.scene()
+    assert scene.memory and scene.kinds["objects"] == 0.0
+    specs = [parse_memory_caption(p) for p in cfg.memory.prompts]
+    assert {(s.kind, s.gap) for s in specs} == {
+        (k, g) for k in ("occlusion", "panorama", "periodic") for g in scene.gaps
+    }
+    # Gaps longer than the training clip are what is tested; the shortest fits in one.
+    assert min(scene.gaps) < demo.data.frames < max(scene.gaps)
+    assert 1 + max(cfg.memory.lengths) * (demo.data.frames - 1) > 2 * max(scene.gaps)
+    assert cfg.match == "params" and cfg.mixers[:2] == ["bimamba", "attention"]
+    assert set(cfg.memory.modes) == {"oneshot", "rolling"} and cfg.eval.lengths == []
+    exp = mixer_experiment(cfg, demo, "bimamba", tmp_path, tmp_path, tmp_path)
+    assert exp.task.per_frame_t and exp.task.context_prob > 0 and exp.train.steps == cfg.steps
+
+
+def test_memory_report_table_from_results(tmp_path) -> None:
+    """The "score vs gap" table: one row per mixer and mode, then real / VAE / chance, the
+    kind's headline per gap, from a results dict with known numbers."""
+    from cinemamba.ablate.memory import AblationMemory, check_memory, memory_markdown, summarise
+
+    rows = [{"kind": "occlusion", "gap": 16, "memory": 1.0, "reid": 1.0},
+            {"kind": "occlusion", "gap": 16, "memory": 0.0, "reid": 0.0},
+            {"kind": "occlusion", "gap": 64, "memory": None, "reid": None},
+            {"kind": "panorama", "gap": 16, "memory": 0.25, "revisit": 0.25}]  # fmt: skip
+    by_gap = summarise(rows)
+    assert by_gap["occlusion"]["16"]["memory"] == 0.5 and by_gap["occlusion"]["16"]["videos"] == 2
+    assert by_gap["occlusion"]["64"]["memory"] is None  # no scorable video: no mean
+    real = summarise([{**r, "memory": 1.0} for r in rows])
+    results = {
+        "config": {"mixers": ["bimamba"], "memory": asdict(AblationMemory(seeds=2))},
+        "mixers": {"bimamba": {"memory": {"8x": {"oneshot": {"by_gap": by_gap},
+                                                 "rolling": {"by_gap": real}}}}},
+        "memory_ceiling": {"8x": {"frames": 257, "train_frames": 33, "real": real, "vae": real,
+                                  "chance": by_gap}},
+    }  # fmt: skip
+    md = "\n".join(memory_markdown(results))
+    assert "## Memory: score vs gap length at 8x (257 frames)" in md
+    assert "|  | re-identification gap 16 | re-identification gap 64 | revisit gap 16 |" in md
+    assert "| bimamba (oneshot) | 0.5 | – | 0.25 |" in md
+    assert "| bimamba (rolling) | 1 | 1 | 1 |" in md
+    assert "| shuffled real videos (chance) | 0.5 | – | 0.25 |" in md
+    assert "training clips are 33 frames long" in md
+    with pytest.raises(ConfigError, match="not memory-scene captions"):
+        check_memory(AblationMemory(prompts=["a red circle moves up quickly"]))
+    with pytest.raises(ConfigError, match="memory.modes"):
+        check_memory(AblationMemory(prompts=["an object appears every 16 frames"], modes=["x"]))

@@ -99,9 +99,7 @@ def _sdpa_cpu_backward_flops(
 # recomputes Q·K^T).
 ATTENTION_FLOPS = {
     torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_flops,
-    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: (
-        _sdpa_cpu_backward_flops
-    ),
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _sdpa_cpu_backward_flops,
 }
 
 

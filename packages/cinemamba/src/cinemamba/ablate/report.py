@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from cinemamba.ablate.memory import memory_markdown, plot_memory
 from cinemamba.demo.runner import write_json
 from cinemamba.eval.run import flat_scores, markdown_table
 
@@ -120,20 +121,33 @@ def to_markdown(results: Mapping[str, Any]) -> str:
     frames = {t: ceiling[t]["frames"] for t in tags}
     first = next(iter(mixers.values()))
     rows_of = {**{n: m["lengths"] for n, m in mixers.items()}, "real videos (ceiling)": ceiling}
-    found = [k for k, _ in flat_scores(ceiling[tags[0]]["scores"]) if not k.startswith("quarters/")]
+    found = [k for k, _ in flat_scores(ceiling[tags[0]]["scores"])
+             if not k.startswith("quarters/")] if tags else []  # fmt: skip
     keys = [k for k in cfg["eval"]["headline"] if k in found] + [
         k for k in found if k not in cfg["eval"]["headline"]
     ]
     e = cfg["eval"]
+    generated = (
+        f"{first['lengths'][tags[0]]['videos']} prompts generated at "
+        + ", ".join(f"{t} = {frames[t]} frames" for t in tags)
+        + f" ({e['steps']} solver steps, guidance {e['guidance']}, mode `{e['mode']}`)."
+        if tags
+        else ""
+    )
+    mem = cfg.get("memory") or {}
+    if mem.get("prompts"):
+        generated += (
+            f" {len(mem['prompts'])} memory prompts generated at "
+            + ", ".join(f"{m}x" for m in mem["lengths"])
+            + f" in modes {', '.join(mem['modes'])} ({e['steps']} solver steps, guidance "
+            f"{e['guidance']})."
+        )
     lines = [
         "# Temporal mixer ablation",
         "",
         f"Demo config `{cfg['demo']}` (overrides: {cfg['demo_overrides'] or 'none'}); every mixer "
         f"trains {cfg['steps']} steps of batch {first['batch_size']} on the same latents with seed "
-        f"{cfg['seed']} (backbone overrides: {cfg['overrides'] or 'none'}). "
-        f"{first['lengths'][tags[0]]['videos']} prompts generated at "
-        + ", ".join(f"{t} = {frames[t]} frames" for t in tags)
-        + f" ({e['steps']} solver steps, guidance {e['guidance']}, mode `{e['mode']}`).",
+        f"{cfg['seed']} (backbone overrides: {cfg['overrides'] or 'none'}). " + generated.strip(),
         "",
         "## Cost",
         "",
@@ -148,6 +162,12 @@ def to_markdown(results: Mapping[str, Any]) -> str:
               *[m["lengths"][t]["sample_peak_mib"] for t in tags]] for n, m in mixers.items()],
         ),
         "",
+    ]  # fmt: skip
+    if results.get("memory_ceiling"):
+        lines += memory_markdown(results)
+    if not tags:  # a memory-only ablation (eval.lengths empty)
+        return "\n".join(lines) + "\n"
+    lines += [
         "## Scores by generated length (whole video)",
         "",
         markdown_table(
@@ -210,8 +230,8 @@ def plot(results: Mapping[str, Any], path: Path) -> Path:
 
     ceiling = results["ceiling"]
     mixers = {n: results["mixers"][n] for n in results["config"]["mixers"]}  # config order
-    heads = list(results["config"]["eval"]["headline"])
     tags = list(ceiling)
+    heads = list(results["config"]["eval"]["headline"]) if tags else []
     frames = [ceiling[t]["frames"] for t in tags]
     cols = 3
     rows = -(-(len(heads) + 2) // cols)
@@ -224,7 +244,8 @@ def plot(results: Mapping[str, Any], path: Path) -> Path:
             n: [_score(m["lengths"][t]["scores"], head) for t in tags] for n, m in mixers.items()
         }
         draw_scores(ax, head, frames, series, [_score(ceiling[t]["scores"], head) for t in tags])
-    axes[0].legend(fontsize=8)
+    if heads:
+        axes[0].legend(fontsize=8)
     names = list(mixers)
     x = np.arange(len(names))
     ax = axes[len(heads)]
@@ -254,6 +275,8 @@ def plot_drift(results: Mapping[str, Any], path: Path) -> Path | None:
     """`ablation_drift.png`: segment FVD and flicker along the longest videos, one curve per
     mixer, the real videos' flicker dashed; None when no mixer has a drift table."""
     tags = list(results["ceiling"])
+    if not tags:
+        return None
     mixers = {n: results["mixers"][n] for n in results["config"]["mixers"]}
     drifts = {n: m["lengths"][tags[-1]].get("drift") for n, m in mixers.items()}
     drifts = {n: d for n, d in drifts.items() if d and d.get("rows")}
@@ -294,4 +317,5 @@ def write_report(results: Mapping[str, Any], out: Path) -> tuple[Path, Path, Pat
     tmp.write_text(to_markdown(results))
     os.replace(tmp, md)
     plot_drift(results, out / "ablation_drift.png")
+    plot_memory(results, out / "ablation_memory.png")
     return out / "ablation.json", md, plot(results, out / "ablation.png")

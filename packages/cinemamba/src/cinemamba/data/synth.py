@@ -5,14 +5,16 @@ attribute a caption states (colour, shape, motion, speed) is fixed for the whole
 long-range coherence can be checked against the per-frame ground truth stored in `KEY.json`.
 Linear motions live on a torus (an object leaving on the left re-enters on the right), so a
 "moves to the left" video can last any number of frames with constant speed and size.
-Rendering and shard writing are in `cinemamba.data.synth_video`.
+Rendering and shard writing are in `cinemamba.data.synth_video`; the memory scene kinds
+(`SceneConfig.kinds`: an object hidden for a gap, a revisited panorama, a periodic event) are in
+`cinemamba.data.synth_memory`.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -223,6 +225,13 @@ def parse_caption(text: str) -> list[ObjectSpec]:
 # ------------------------------------------------------------------------- scene sampling
 
 
+SCENE_KINDS: tuple[str, ...] = ("objects", "occlusion", "panorama", "periodic")
+# Every kind has an entry (so a YAML / command-line override can set any of them).
+DEFAULT_KINDS: dict[str, float] = {"objects": 1.0, "occlusion": 0.0, "panorama": 0.0,
+                                   "periodic": 0.0}  # fmt: skip
+MEMORY_FIELDS = ("kinds", "gaps", "memory_speed", "pan_distance", "event_frames")
+
+
 @dataclass(frozen=True)
 class SceneConfig:
     """Knobs of the synthetic set (sizes are fractions of min(height, width))."""
@@ -243,6 +252,16 @@ class SceneConfig:
     # Synonyms and varied templates in captions; False: one word per attribute (for a text
     # encoder that cannot know synonyms, e.g. a random frozen one).
     caption_synonyms: bool = True
+    # Scene kinds and their probabilities: "objects" (the scenes above) and the memory scenes of
+    # `cinemamba.data.synth_memory` ("occlusion", "panorama", "periodic"; issue 21).
+    kinds: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_KINDS))
+    # Memory scenes: gap / period lengths in frames (one drawn per video), the occluded object's
+    # speed (fraction of min(height, width) per frame), how far the panorama pans (frame widths)
+    # and how many frames a periodic event lasts.
+    gaps: tuple[int, ...] = (16, 32, 64, 128)
+    memory_speed: float = 0.04
+    pan_distance: float = 1.0
+    event_frames: int = 8
 
     def __post_init__(self):
         if self.background not in ("texture", "plain"):
@@ -257,6 +276,37 @@ class SceneConfig:
             object.__setattr__(self, name, tuple(chosen))  # OmegaConf hands over lists
         if self.frames < 1 or self.height < 8 or self.width < 8:
             raise ValueError(f"need frames >= 1 and a size >= 8x8, got {self}")
+        kinds = {str(k): float(p) for k, p in dict(self.kinds).items()}
+        bad = [k for k in kinds if k not in SCENE_KINDS]
+        if bad or not kinds or min(kinds.values()) < 0 or sum(kinds.values()) <= 0:
+            raise ValueError(
+                f"kinds={kinds}: give probabilities >= 0 (not all 0) for one or more of "
+                f"{', '.join(SCENE_KINDS)}"
+            )
+        object.__setattr__(self, "kinds", {k: kinds.get(k, 0.0) for k in SCENE_KINDS})
+        gaps = tuple(int(g) for g in self.gaps)
+        if not gaps or min(gaps) < 1:
+            raise ValueError(f"gaps={list(gaps)}: give one or more gap lengths >= 1 frame")
+        object.__setattr__(self, "gaps", gaps)
+        if self.memory_speed <= 0 or self.pan_distance <= 0 or self.event_frames < 1:
+            raise ValueError(
+                f"need memory_speed > 0, pan_distance > 0 and event_frames >= 1, got "
+                f"{self.memory_speed}, {self.pan_distance}, {self.event_frames}"
+            )
+
+    @property
+    def memory(self) -> bool:
+        """Whether any memory scene kind can be drawn."""
+        return any(p > 0 for k, p in self.kinds.items() if k != "objects")
+
+    def record(self) -> dict:
+        """The config as plain data; the memory fields only when a memory kind is drawn, so a
+        set of today's scenes keeps the record (and the stage hashes) it had before issue 21."""
+        data = asdict(self)
+        if not self.memory:
+            for name in MEMORY_FIELDS:
+                data.pop(name)
+        return data
 
 
 @dataclass

@@ -9,7 +9,6 @@ may scroll. Everything is a pure function of (seed, split, index).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from cinemamba.data.synth import (
     make_caption,
     sample_scene,
 )
+from cinemamba.data.synth_memory import make_memory_sample
 from cinemamba.data.video import encode_video
 
 # Polygon vertices (angle, radius) in units of size/2; y grows downwards, so -90 deg is "up".
@@ -138,6 +138,9 @@ def make_sample(
     index: int, split: str, seed: int, cfg: SceneConfig
 ) -> tuple[np.ndarray, str, dict]:
     """Frames, caption and KEY.json metadata (with per-frame ground truth) of one scene."""
+    kind = scene_kind(index, split, seed, cfg)
+    if kind != "objects":
+        return make_memory_sample(kind, index, split, seed, cfg)
     objects = sample_scene(index, split, seed, cfg)
     rng = np.random.default_rng([seed, SPLITS.index(split), index, 1])
     caption = make_caption([o.spec for o in objects], rng, cfg.caption_synonyms)
@@ -158,6 +161,17 @@ def make_sample(
         "objects": [o.ground_truth() for o in objects],
     }
     return video, caption, meta
+
+
+def scene_kind(index: int, split: str, seed: int, cfg: SceneConfig) -> str:
+    """The kind of scene `index` of a split, drawn from `cfg.kinds` by its own random stream,
+    so the scenes of each kind do not depend on the other kinds' probabilities."""
+    names = [k for k, p in cfg.kinds.items() if p > 0]
+    if len(names) == 1:
+        return names[0]
+    p = np.array([cfg.kinds[k] for k in names], np.float64)
+    rng = np.random.default_rng([seed, SPLITS.index(split), index, 2])
+    return names[int(rng.choice(len(names), p=p / p.sum()))]
 
 
 def synth_key(split: str, index: int) -> str:
@@ -194,7 +208,7 @@ def write_synth(
         groups,
         partial(_tar_sample, split=split, seed=seed, cfg=cfg),
         keys=[[synth_key(split, i) for i in g] for g in groups],
-        info={"source": "synth", "seed": seed, "count": count, "config": asdict(cfg)},
+        info={"source": "synth", "seed": seed, "count": count, "config": cfg.record()},
         workers=workers,
         desc=f"synth {split}",
     )

@@ -17,7 +17,9 @@ from omegaconf import OmegaConf
 
 from cinemamba.config import ConfigError
 from cinemamba.data.synth import (
+    DEFAULT_KINDS,
     HELDOUT_PAIRS,
+    MEMORY_FIELDS,
     MOTIONS,
     SPEEDS,
     ObjectSpec,
@@ -51,6 +53,12 @@ class DemoDataConfig:
     motions: list[str] = field(default_factory=lambda: list(MOTIONS))
     speeds: list[str] = field(default_factory=lambda: list(SPEEDS))
     caption_synonyms: bool = True  # False: one word per attribute in the training captions
+    # Scene kinds with probabilities, and the memory scenes' knobs (SceneConfig, issue 21).
+    kinds: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_KINDS))
+    gaps: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
+    memory_speed: float = 0.04
+    pan_distance: float = 1.0
+    event_frames: int = 8
 
     def scene(self, frames: int | None = None) -> SceneConfig:
         """The synth scene config, optionally at another length (real reference videos)."""
@@ -67,7 +75,21 @@ class DemoDataConfig:
             motions=tuple(self.motions),
             speeds=tuple(self.speeds),
             caption_synonyms=self.caption_synonyms,
+            kinds=dict(self.kinds),
+            gaps=tuple(self.gaps),
+            memory_speed=self.memory_speed,
+            pan_distance=self.pan_distance,
+            event_frames=self.event_frames,
         )
+
+    def record(self) -> dict[str, Any]:
+        """Plain data for stage hashes; the memory fields only when a memory kind is drawn, so
+        a demo of today's scenes keeps the hashes (and finished stages) it had before."""
+        data = plain(self)
+        if not any(p > 0 for k, p in self.kinds.items() if k != "objects"):
+            for name in MEMORY_FIELDS:
+                data.pop(name)
+        return data
 
 
 @dataclass

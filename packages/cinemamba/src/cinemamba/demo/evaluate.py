@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from cinemamba.demo.config import SCORES, DemoConfig, plain
+from cinemamba.demo.config import SCORES, DemoConfig
 from cinemamba.demo.runner import Stage, write_json
 from cinemamba.demo.stages import VAE_DIR, real_video
 from cinemamba.eval.run import Scorer, default_scorer, flat_scores
@@ -138,7 +138,7 @@ def evaluate_stage(cfg: DemoConfig, scorer: Scorer | None = None) -> Stage:
             "frames": gen.frames,
             "prompts": list(gen.prompts),
             "vae_ceiling": True,
-            "data": plain(cfg.data),
+            "data": cfg.data.record(),
         },
         needs=["vae-stats", "generate"],
         description="ground-truth detector scores, overall and per quarter",

@@ -152,7 +152,7 @@ def fvd_stage(cfg: DemoConfig) -> Stage:
         # a reused "skipped".
         "available": f.enabled and i3d_available(f.i3d),
         "train_frames": cfg.data.frames,
-        "data": plain(cfg.data),
+        "data": cfg.data.record(),
     }
 
     def run(work: Path, inputs: Mapping[str, Path]) -> dict[str, Any]:

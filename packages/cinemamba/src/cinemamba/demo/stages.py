@@ -131,7 +131,7 @@ def synth_stage(cfg: DemoConfig) -> Stage:
         return {"videos": data.videos, "shards": len(paths)}
 
     desc = f"{data.videos} videos of {data.frames} frames at {data.size}x{data.size}"
-    return Stage("synth", run, plain(data), description=desc)
+    return Stage("synth", run, data.record(), description=desc)
 
 
 def vae_stage(cfg: DemoConfig) -> Stage:
