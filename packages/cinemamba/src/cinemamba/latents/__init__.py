@@ -14,9 +14,23 @@ from cinemamba.latents.dataset import (
     open_latent_set,
     window_start,
 )
-from cinemamba.latents.export import ExportConfig, ExportReport, export_latents
 from cinemamba.latents.format import LatentFormatError, check_identity, read_manifest, vae_identity
 from cinemamba.latents.stream import SampleStream, ShardList, micro_batches
+
+# export.py needs cinemamba.data.buckets, which reads latent shards through this package's
+# modules; importing export here made `import cinemamba.data.buckets` (before this package) a
+# circular ImportError, and the CLI did not start. It is loaded on first use (PEP 562).
+_FROM_EXPORT = ("ExportConfig", "ExportReport", "export_latents")
+
+
+def __getattr__(name: str) -> object:
+    """Load `ExportConfig`, `ExportReport`, `export_latents` from `export` on first use."""
+    if name in _FROM_EXPORT:
+        from cinemamba.latents import export
+
+        return getattr(export, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "ClipConfig",
