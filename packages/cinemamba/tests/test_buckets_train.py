@@ -189,6 +189,15 @@ def test_latent_buckets_group_same_shape_latents_and_resume_exactly(made):
         assert all(torch.equal(got[k], want_batch[k]) for k in got)
 
 
+def test_latent_buckets_ignore_latent_frames(made, caplog):
+    """With buckets the window is each bucket's (docs/data.md), so task.data.latent_frames,
+    here longer than every stored sequence (3 latent frames), is neither an error nor a
+    warning about skipped sequences."""
+    with caplog.at_level("WARNING"):
+        _latent_task(made, "task.data.latent_frames=16", "task.data.buckets.tokens=100")
+    assert "latent_frames" not in caplog.text
+
+
 def test_engine_resume_with_buckets_continues_exactly(made):
     """Through the training engine: 4 steps in one go, and 2 steps + a resume from the step-2
     checkpoint, give the same losses bit for bit (the same computation on the same batches)."""

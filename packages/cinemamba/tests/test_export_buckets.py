@@ -74,3 +74,23 @@ def test_other_buckets_into_the_same_export_are_refused(raw: Path) -> None:
     export_latents(_config(raw, "lat2", BUCKETS))
     with pytest.raises(ValueError, match="buckets"):
         export_latents(_config(raw, "lat2", BUCKETS[:2]))
+
+
+def test_generated_buckets_export_at_the_sizes_training_rounds_to(raw: Path) -> None:
+    """Generated buckets (aspects/area) are rounded to the token grid, VAE compression x the
+    backbone's patch (4 x 2 = 8 pixels here), at export as in training, and a token budget
+    counts patch-2 tokens."""
+    # by hand, step 8: aspect 1 -> 32x32; aspect 2 -> sqrt(1024 / 2) = 22.6 -> 24 high,
+    # sqrt(1024 * 2) = 45.3 -> 48 wide (a 4-pixel grid would give 24x44: latent 6x11, which no
+    # training bucket takes). "wide" (w/h 1.67) is nearer 2 than 1, "tall" (0.625) nearer 1.
+    # Whole videos: 17 -> 5 latent frames, 13 -> 4. Tokens at patch 2: 24x48x9 -> 3 x 3 x 6 =
+    # 54, 32x32x9 -> 48 (216 and 192 at patch 1).
+    cfg = _config(raw, "lat_gen", [])
+    cfg.buckets = BucketConfig(aspects=[1.0, 2.0], area=1024, frames=[9], tokens=64)
+    cfg.patch_size = 2
+    report = export_latents(cfg)
+    assert report.samples == 3 and report.skipped == {"no_bucket": 1}  # "short"
+    shapes = {s["__key__"]: npy_shape(bytes(s["latent.npy"]))[1:]
+              for p in sorted((raw / "lat_gen").glob("*.tar")) for s in read_tar(str(p))}  # fmt: skip
+    assert shapes == {"sq": (5, 8, 8), "wide": (4, 6, 12), "tall": (5, 8, 8)}
+    assert json.loads(report.manifest.read_text())["clip"]["patch_size"] == 2

@@ -37,3 +37,15 @@ def test_every_module_imports_first() -> None:
     out = subprocess.run([sys.executable, "-c", CHECK, *modules], capture_output=True,
                          text=True, timeout=600)  # fmt: skip
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+
+
+def test_cli_help_starts() -> None:
+    """`cinemamba --help` runs (it imports every command module)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "cinemamba.cli", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "export-latents" in proc.stdout

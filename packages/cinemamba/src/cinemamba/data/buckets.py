@@ -190,15 +190,16 @@ def bucket_clip(bucket: Bucket, clip: ClipConfig, fit: str) -> ClipConfig:
     )  # fmt: skip
 
 
-def export_fit(cfg: BucketConfig, latent_shape: LatentShape) -> ClipChoice:
+def export_fit(cfg: BucketConfig, latent_shape: LatentShape, patch: int) -> ClipChoice:
     """The per-video clip choice of latent export with buckets: each video is cut to the
     height x width of its bucket (`assign_bucket`: nearest aspect ratio, then the longest
     window it fills, then the nearest area; `cfg.fit` crops or resizes), so the latent set
-    holds exactly the latent sizes the training buckets take. Batch sizes do not matter here
-    (a missing `tokens` is not an error). A video no bucket takes raises
-    SampleError("no_bucket"), a counted skip."""
+    holds exactly the latent sizes the training buckets take. `patch` is the backbone's patch
+    size: generated sizes are rounded to its token grid as training rounds them (and `tokens`
+    counts its tokens). Batch sizes do not matter here (a missing `tokens` is not an error).
+    A video no bucket takes raises SampleError("no_bucket"), a counted skip."""
     budget = replace(cfg, tokens=cfg.tokens or 2**62) if cfg.buckets or cfg.aspects else cfg
-    buckets = build_buckets(budget, latent_shape)
+    buckets = build_buckets(budget, latent_shape, patch)
 
     def choose(info: VideoInfo, clip: ClipConfig) -> ClipConfig:
         frames = usable_frames(info.frames, info.fps, clip)

@@ -76,6 +76,9 @@ class ExportConfig:
         `task.data.buckets`): each video is cut to its bucket's height x width (`fit`), so
         its latents have a size the buckets take; videos no bucket takes are counted
         ("no_bucket"). Off by default: every video at `clip.height` x `clip.width`.
+    patch_size: the backbone's `patch_size` the latents will train (`task.backbone.patch_size`,
+        2 in every shipped config): generated buckets (`aspects` / `area`) round their sides
+        to the VAE's spatial compression x patch, as training does, so both get one size.
     """
 
     input: str = ""
@@ -86,6 +89,7 @@ class ExportConfig:
     device: str = "auto"
     chunk_frames: int = 0
     buckets: BucketConfig = field(default_factory=BucketConfig)
+    patch_size: int = 2
     progress: bool = True
 
 
@@ -148,7 +152,11 @@ class _Encoders:
         # imports the latents package, which imports this module.
         from cinemamba.data.buckets import export_fit
 
-        self.fit = export_fit(cfg.buckets, self.vae.latent_shape) if cfg.buckets.enabled else None
+        self.fit = (
+            export_fit(cfg.buckets, self.vae.latent_shape, cfg.patch_size)
+            if cfg.buckets.enabled
+            else None
+        )
 
     @torch.no_grad()
     def encode(self, video: torch.Tensor, caption: str) -> tuple[torch.Tensor, Any]:
@@ -469,7 +477,8 @@ def _export_mine(
                          "config_hash": fmt.config_hash(cfg.text_encoder), "dim": enc.text.dim,
                          "pooled_dim": enc.text.pooled_dim,
                          "context_length": enc.text.context_length},
-        "clip": asdict(cfg.clip) | ({"buckets": asdict(cfg.buckets)} if enc.fit else {}),
+        "clip": asdict(cfg.clip)
+                | ({"buckets": asdict(cfg.buckets), "patch_size": cfg.patch_size} if enc.fit else {}),
         "latent": {"posterior": "mean", "dtype": "float32", "normalised": True},
         "source": {"input": str(src), "plan_info": plan.get("info", {})},
     }  # fmt: skip

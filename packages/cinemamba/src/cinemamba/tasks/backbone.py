@@ -294,7 +294,8 @@ class BackboneTask:
                 text_encoder=cfg.text_encoder,
                 url_prefix=data.url_prefix,
             )
-            check_window(self.latent_set.manifest, data.latent_frames, data.path)
+            if not data.buckets.enabled:  # with buckets each bucket sets its own window
+                check_window(self.latent_set.manifest, data.latent_frames, data.path)
         except fmt.LatentFormatError as err:
             raise ConfigError(str(err)) from None
         width = self.latent_set.manifest["text_encoder"]["dim"]
