@@ -48,6 +48,7 @@ TRAINED = (
 )
 OWN = "needs your own videos or a pretrained VAE folder"
 BENCH = "a benchmark on a quiet machine (minutes to hours)"
+RENDER = "renders a whole data set of long videos (minutes)"
 SKIP = {
     ("README.md", "scripts/demo.sh   # set up .venv if needed, then run the main job on the embedded data"): DEMO + "; the test suite itself",
     ("README.md", '.venv/bin/pip install --no-build-isolation -c scripts/constraints.txt -e "packages/backbone[cuda]"'): INSTALL + "; CUDA",
@@ -66,12 +67,15 @@ SKIP = {
     ("docs/gpu.md", "bash scripts/gpu_wheels.sh .whl          # where PyPI is reachable: ~45 MB of wheels into .whl/"): GPU,
     ("docs/gpu.md", "cinemamba bench --gpu --full --out docs/benchmarks.md --json gpu.json   # on the GPU"): GPU,
     ("docs/latents.md", "cinemamba export-latents input=data/synth/train output=data/latents vae=runs/vae/vae \\"): TRAINED,
-    ("docs/own-data.md", "cinemamba shards videos SIDECAR shards --samples-per-shard 1000"): OWN,
+    ("docs/own-data.md", "cinemamba shards videos SIDECAR shards --samples-per-shard 1000   # sidecars only"): OWN,
+    ("docs/own-data.md", "cp configs/experiment/backbone_tiny.yaml mine.yaml   # your copy (buckets go in it, below)"): OWN,
+    ("docs/ablations.md", "cinemamba ablate configs/ablation/memory.yaml                        # out: runs/ablation-memory"): DEMO,
+    ("docs/ablations.md", "cinemamba ablate configs/ablation/memory.yaml threads=0"): DEMO,
+    ("docs/data.md", "cinemamba synth data/memory frames=257 height=32 width=32 background=plain \\"): RENDER,
     ("docs/own-data.md", "cinemamba vae-stats wan-vae shards --clip-frames 17   # writes cinemamba_latent_stats.json into wan-vae"): OWN,
     ("docs/own-data.md", "cinemamba export-latents input=shards output=latents vae=wan-vae \\"): OWN,
     ("docs/training.md", "cinemamba export-latents input=shards output=latents vae=wan-vae     # whole videos"): OWN,
     ("docs/training.md", ".venv/bin/python scripts/longest_window.py --markdown docs/training.md   # tiny and S, 32x32 latents"): BENCH,
-    ("docs/own-data.md", "cinemamba train configs/experiment/backbone_tiny.yaml task.data.path=latents task.vae=wan-vae \\"): OWN,
     ("docs/own-data.md", 'cinemamba sample runs/mine/pipeline --prompt "a cat jumps onto a table" --frames 129 --mode rolling --out cat.mp4'): OWN,
     ("docs/training.md", "torchrun --nproc_per_node 8 -m cinemamba.train.toy --config configs/experiment/toy.yaml"): GPU,
     ("docs/training.md", "deepspeed --hostfile hostfile --master_addr node-01 --master_port 29500 \\"): GPU,
