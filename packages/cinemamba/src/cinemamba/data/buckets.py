@@ -255,6 +255,16 @@ def usable_frames(frames: int, fps: float, clip: ClipConfig) -> int:
 def index_raw_shards(shards: ShardList, buckets: list[Bucket], clip: ClipConfig) -> BucketIndex:
     """Read every shard once, probe each video's header and assign it a bucket; samples left
     out are counted by reason ("no_video", "undecodable", "too_short", "unreadable_shard")."""
+    return _index_shards(
+        shards, buckets, lambda sample, skipped: _sample_bucket(sample, buckets, clip, skipped)
+    )
+
+
+def _index_shards(
+    shards: ShardList, buckets: list[Bucket], assign: Callable[[dict[str, Any], Counter], int]
+) -> BucketIndex:
+    """Read every shard once and `assign(sample, skipped)` each sample a bucket index (-1 and
+    a count in `skipped` for one left out); an unreadable rest of a shard is left out too."""
     of: list[list[int]] = []
     skipped: Counter = Counter()
     for url, expected in zip(shards.urls, shards.counts, strict=True):
@@ -263,7 +273,7 @@ def index_raw_shards(shards: ShardList, buckets: list[Bucket], clip: ClipConfig)
             for sample in read_tar(url):
                 if len(shard) >= expected:
                     break
-                shard.append(_sample_bucket(sample, buckets, clip, skipped))
+                shard.append(assign(sample, skipped))
         except Exception as err:  # truncated tar, vanished file, failed pipe
             log.warning(
                 "bucket index: shard %s unreadable after %d samples: %s", url, len(shard), err
@@ -446,34 +456,22 @@ def index_latent_shards(
     """Read every latent shard once, take each sample's latent shape from its `.npy` header and
     assign it a bucket; left out, by reason: "bad_latent", "no_bucket" (no bucket of its latent
     size with a window it can fill), "unreadable_shard"."""
-    of: list[list[int]] = []
-    skipped: Counter = Counter()
-    for url, expected in zip(shards.urls, shards.counts, strict=True):
-        shard: list[int] = []
+
+    def assign(sample: dict[str, Any], skipped: Counter) -> int:
         try:
-            for sample in read_tar(url):
-                if len(shard) >= expected:
-                    break
-                try:
-                    shape = npy_shape(bytes(sample["latent.npy"]))
-                    if len(shape) != 4:
-                        raise ValueError(f"latent shape {shape} is not (C, t, h, w)")
-                except (KeyError, ValueError) as err:
-                    log.warning("bucket index: sample %s: %s", sample.get("__key__"), err)
-                    skipped["bad_latent"] += 1
-                    shard.append(-1)
-                    continue
-                k = assign_latent_bucket(buckets, latent_shape, *shape[1:])
-                if k is None:
-                    skipped["no_bucket"] += 1
-                shard.append(-1 if k is None else k)
-        except Exception as err:  # truncated tar, vanished file, failed pipe
-            log.warning(
-                "bucket index: shard %s unreadable after %d samples: %s", url, len(shard), err
-            )
-            skipped["unreadable_shard"] += 1
-        of.append(shard + [-1] * (expected - len(shard)))
-    return _report(BucketIndex(shards, buckets, of, skipped))
+            shape = npy_shape(bytes(sample["latent.npy"]))
+            if len(shape) != 4:
+                raise ValueError(f"latent shape {shape} is not (C, t, h, w)")
+        except (KeyError, ValueError) as err:
+            log.warning("bucket index: sample %s: %s", sample.get("__key__"), err)
+            skipped["bad_latent"] += 1
+            return -1
+        k = assign_latent_bucket(buckets, latent_shape, *shape[1:])
+        if k is None:
+            skipped["no_bucket"] += 1
+        return -1 if k is None else k
+
+    return _index_shards(shards, buckets, assign)
 
 
 def bucketed_latent_batches(

@@ -399,3 +399,19 @@ def sample_scene(index: int, split: str, seed: int, cfg: SceneConfig) -> list[Sc
         x, y = trajectory(motion, speed, size, cfg, rng)
         objects.append(SceneObject(ObjectSpec(colour, shape, motion, speed), size, x, y))
     return objects
+
+
+def scene_meta(cfg: SceneConfig, split: str, seed: int, index: int, caption: str) -> dict:
+    """The KEY.json fields every synthetic scene has (its kind adds its own ground truth)."""
+    return {
+        "fps": cfg.fps,
+        "frames": cfg.frames,
+        "height": cfg.height,
+        "width": cfg.width,
+        "duration": cfg.frames / cfg.fps,
+        "source": f"synth:{split}:{seed}:{index}",
+        "split": split,
+        "index": index,
+        "seed": seed,
+        "caption": caption,
+    }

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cinemamba.data.synth import COLOUR_NAMES, COLOURS, SHAPES, SPLITS, SceneConfig
+from cinemamba.data.synth import COLOUR_NAMES, COLOURS, SHAPES, SPLITS, SceneConfig, scene_meta
 
 MEMORY_KINDS: tuple[str, ...] = ("occlusion", "panorama", "periodic")
 PAN_BLOBS_PER_PIXEL = 1 / 6  # blobs per panorama column: every view holds several
@@ -305,16 +305,7 @@ def make_memory_sample(kind: str, index: int, split: str, seed: int,
     video, truth = render_memory(spec, cfg, rng)
     caption = memory_caption(spec)
     meta = {
-        "fps": cfg.fps,
-        "frames": cfg.frames,
-        "height": cfg.height,
-        "width": cfg.width,
-        "duration": cfg.frames / cfg.fps,
-        "source": f"synth:{split}:{seed}:{index}",
-        "split": split,
-        "index": index,
-        "seed": seed,
-        "caption": caption,
+        **scene_meta(cfg, split, seed, index, caption),
         "kind": kind,
         "memory": {"kind": kind, "gap": spec.gap, "direction": spec.direction, **truth},
     }

@@ -24,6 +24,7 @@ from cinemamba.data.synth import (
     SceneObject,
     make_caption,
     sample_scene,
+    scene_meta,
 )
 from cinemamba.data.synth_memory import make_memory_sample
 from cinemamba.data.video import encode_video
@@ -146,16 +147,7 @@ def make_sample(
     caption = make_caption([o.spec for o in objects], rng, cfg.caption_synonyms)
     video, background = render_scene(objects, cfg, rng)
     meta = {
-        "fps": cfg.fps,
-        "frames": cfg.frames,
-        "height": cfg.height,
-        "width": cfg.width,
-        "duration": cfg.frames / cfg.fps,
-        "source": f"synth:{split}:{seed}:{index}",
-        "split": split,
-        "index": index,
-        "seed": seed,
-        "caption": caption,
+        **scene_meta(cfg, split, seed, index, caption),
         "heldout": any((o.spec.colour, o.spec.shape) in HELDOUT_PAIRS for o in objects),
         "background": background,
         "objects": [o.ground_truth() for o in objects],
