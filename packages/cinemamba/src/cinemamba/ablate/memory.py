@@ -256,9 +256,17 @@ def plot_memory(results: Mapping[str, Any], path: Path) -> Path | None:
         ax.minorticks_off()
         ax.set_xticks(x, [str(g) for g in x])
     axes[0][0].legend(fontsize=7)
+    return save_figure(fig, path)
+
+
+def save_figure(fig: Any, path: Path, dpi: int = 110) -> Path:
+    """Lay out, write and close a matplotlib figure; atomic (a temporary file renamed into
+    place), so a crash never leaves a half-written picture under `path`."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    fig.savefig(tmp, dpi=dpi)
     plt.close(fig)
     os.replace(tmp, path)
     return path

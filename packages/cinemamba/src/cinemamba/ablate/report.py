@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from cinemamba.ablate.memory import memory_markdown, plot_memory
+from cinemamba.ablate.memory import memory_markdown, plot_memory, save_figure
 from cinemamba.demo.runner import write_json
 from cinemamba.eval.run import flat_scores, markdown_table
 
@@ -263,12 +263,7 @@ def plot(results: Mapping[str, Any], path: Path) -> Path:
     ax.set(title="peak tensor memory", ylabel="MiB")
     ax.set_xticks(x, names, rotation=20, fontsize=8)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def plot_drift(results: Mapping[str, Any], path: Path) -> Path | None:
@@ -300,12 +295,7 @@ def plot_drift(results: Mapping[str, Any], path: Path) -> Path | None:
     ax_flick.set(xlabel="segment start frame", ylabel="mean |Δframe| ([0, 1])", title="flicker")
     ax_fvd.legend(fontsize=8)
     ax_flick.legend(fontsize=8)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 def write_report(results: Mapping[str, Any], out: Path) -> tuple[Path, Path, Path]:
