@@ -167,12 +167,7 @@ def occlusion_scene(spec: MemorySpec, cfg: SceneConfig, rng: np.random.Generator
     video = _paint(grey, COLOURS[colour], object_alpha(shape, size, x, ys, h, w))
     visible = (x > -rx) & (x < w + rx)
     truth = {
-        "colour": colour,
-        "colour_id": COLOUR_NAMES.index(colour),
-        "rgb": list(COLOURS[colour]),
-        "shape": shape,
-        "shape_id": SHAPES.index(shape),
-        "size": round(float(size), 2),
+        **_object_truth(colour, shape, size),
         "x_reach": round(float(rx), 4),
         "speed": round(float(v), 6),
         "lap": round(float(lap), 4),
@@ -261,12 +256,7 @@ def periodic_scene(spec: MemorySpec, cfg: SceneConfig, rng: np.random.Generator,
     if start % spec.gap != 0 and on[0]:
         onsets.insert(0, int(start % spec.gap - spec.gap))
     truth = {
-        "colour": colour,
-        "colour_id": COLOUR_NAMES.index(colour),
-        "rgb": list(COLOURS[colour]),
-        "shape": shape,
-        "shape_id": SHAPES.index(shape),
-        "size": round(float(size), 2),
+        **_object_truth(colour, shape, size),
         "grey": round(float(grey), 2),
         "x": round(float(x), 2),
         "y": round(float(y), 2),
@@ -295,6 +285,18 @@ def sample_memory_spec(kind: str, rng: np.random.Generator, cfg: SceneConfig) ->
     gap = int(gaps[rng.integers(len(gaps))])
     direction = ("left", "right")[rng.integers(2)] if kind != "periodic" else ""
     return MemorySpec(kind, gap, direction)
+
+
+def _object_truth(colour: str, shape: str, size: float) -> dict:
+    """The ground-truth fields of the one object of an occlusion or periodic scene."""
+    return {
+        "colour": colour,
+        "colour_id": COLOUR_NAMES.index(colour),
+        "rgb": list(COLOURS[colour]),
+        "shape": shape,
+        "shape_id": SHAPES.index(shape),
+        "size": round(float(size), 2),
+    }
 
 
 def make_memory_sample(kind: str, index: int, split: str, seed: int,
