@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from cinemamba.data.video import write_video
-from cinemamba.eval.run import iter_shards
+from cinemamba.eval.sources import iter_shards
 
 out = Path("shuffled")
 out.mkdir()

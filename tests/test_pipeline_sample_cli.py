@@ -13,7 +13,7 @@ from cinemamba.cli import main
 from cinemamba.commands.sample import SampleConfig, build_pipeline
 from cinemamba.config import load_config, to_object
 from cinemamba.data.video import decode_video, probe_video
-from cinemamba.eval.run import iter_generated
+from cinemamba.eval.sources import iter_generated
 from cinemamba_sampling import contact_sheet, to_uint8
 
 REPO = Path(__file__).resolve().parents[1]

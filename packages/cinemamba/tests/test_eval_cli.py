@@ -17,18 +17,9 @@ from cinemamba.cli import main
 from cinemamba.data.synth import SceneConfig
 from cinemamba.data.synth_video import write_synth
 from cinemamba.data.video import decode_video, write_video
-from cinemamba.eval.run import (
-    EvalConfig,
-    FVDConfig,
-    evaluate,
-    iter_generated,
-    iter_shards,
-    mean_scores,
-    read_prompts,
-    score_with_quarters,
-    shard_paths,
-    to_markdown,
-)
+from cinemamba.eval.run import EvalConfig, FVDConfig, evaluate, score_with_quarters, to_markdown
+from cinemamba.eval.sources import iter_generated, iter_shards, read_prompts, shard_paths
+from cinemamba.eval.tables import mean_scores
 
 SCENE = SceneConfig(frames=20, height=32, width=32, fps=8.0)
 

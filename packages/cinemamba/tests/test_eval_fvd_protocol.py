@@ -25,7 +25,8 @@ from cinemamba.eval.fvd import (
     parse_protocol,
     prepare_clips,
 )
-from cinemamba.eval.run import EvalConfig, evaluate, iter_shards
+from cinemamba.eval.run import EvalConfig, evaluate
+from cinemamba.eval.sources import iter_shards
 
 
 def _indexed_video(frames: int, size: int = 4) -> np.ndarray:

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from cinemamba.cli import main
 from cinemamba.config import ConfigError
-from cinemamba.eval.run import iter_generated
+from cinemamba.eval.sources import iter_generated
 from cinemamba.tasks.backbone import BackboneTask, load_backbone_experiment, train_backbone
 from cinemamba.train import checkpoint as ckpt_io
 from cinemamba_backbone import VideoDiT

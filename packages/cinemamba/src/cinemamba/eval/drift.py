@@ -27,6 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from cinemamba.eval.fvd import FeatureStats, frechet_distance
+from cinemamba.eval.tables import markdown_table
 
 log = logging.getLogger(__name__)
 
@@ -137,8 +138,6 @@ def drift_table(
 
 def drift_markdown(table: dict) -> str:
     """The drift table as markdown (one row per segment, the real reference on top)."""
-    from cinemamba.eval.run import markdown_table
-
     real = table["real"]
     rows = [["real (pooled)", "–", real["segments"], None, real["flicker"]]]
     rows += [

@@ -22,7 +22,8 @@ from einops import rearrange
 from PIL import Image
 from tqdm import tqdm
 
-from cinemamba.eval.run import markdown_table, shard_paths
+from cinemamba.eval.sources import shard_paths
+from cinemamba.eval.tables import markdown_table
 from cinemamba.latents.clips import ClipConfig, SampleError, decode_clip, to_pixels
 from cinemamba.latents.stream import read_tar
 from cinemamba_vae import VideoAutoencoder, load_vae

@@ -9,7 +9,8 @@ Two kinds of video set can be evaluated, alone or together:
   per line (`caption`/`text` are accepted for `prompt`, `file`/`path`/`key` for `video`).
   A video without a prompt still counts for FVD and is counted as `no_prompt` for the scores.
 
-Each set is read once; every frame goes through the ground-truth scorer
+Reading the sets is `cinemamba.eval.sources`; averaging and tabulating scores is
+`cinemamba.eval.tables`. Each set is read once; every frame goes through the ground-truth scorer
 (`cinemamba.eval.groundtruth`), the FVD feature accumulators (when an I3D file is configured)
 and, for shard sets, nothing else: VAE reconstruction is run by `cinemamba.eval.reconstruction`
 over the same shards. Results go to `eval.json` and a markdown table `eval.md`.
@@ -19,21 +20,16 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
-import tarfile
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
-from glob import glob
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from braceexpand import braceexpand
 from tqdm import tqdm
 
-from cinemamba.data.video import VideoDecodeError, decode_video
 from cinemamba.eval.fvd import (
     FeatureCache,
     FVDAccumulator,
@@ -42,10 +38,10 @@ from cinemamba.eval.fvd import (
     load_i3d,
     parse_protocol,
 )
+from cinemamba.eval.sources import VideoItem, iter_generated, iter_shards, shard_paths
+from cinemamba.eval.tables import flat_scores, markdown_table, mean_scores
 
 log = logging.getLogger(__name__)
-
-PROMPTS_FILE = "prompts.jsonl"
 
 
 # ------------------------------------------------------------------------------------ config
@@ -93,162 +89,6 @@ class EvalConfig:
     groundtruth: bool = True
     reconstruction: ReconstructionConfig = field(default_factory=ReconstructionConfig)
     fvd: FVDConfig = field(default_factory=FVDConfig)
-
-
-# ----------------------------------------------------------------------------------- sources
-
-
-@dataclass
-class VideoItem:
-    """One video of a set: uint8 frames `(T, H, W, 3)`, its prompt (or None) and metadata."""
-
-    key: str
-    frames: np.ndarray
-    prompt: str | None
-    meta: dict = field(default_factory=dict)
-
-
-def shard_paths(spec: str) -> list[Path]:
-    """Shard files of a set: a directory (its `*.tar`), a file, a glob or a brace pattern."""
-    path = Path(spec)
-    if path.is_dir():
-        found = sorted(p for p in path.glob("*.tar"))
-    else:
-        found = sorted({Path(p) for s in braceexpand(spec) for p in (glob(s) or [s])})
-        found = [p for p in found if p.is_file()]
-    if not found:
-        raise FileNotFoundError(f"no shard (.tar) found for {spec!r}")
-    return found
-
-
-def iter_shards(spec: str, skipped: Counter, max_frames: int = 0) -> Iterator[VideoItem]:
-    """Videos of a raw shard set in order; undecodable samples are logged and counted."""
-    for path in shard_paths(spec):
-        with tarfile.open(path) as tar:
-            # WebDataset keeps the files of one sample adjacent: group them by key as they come
-            # (the key is the path up to the first dot of the file name).
-            key, group = None, {}
-            for member in tar:
-                if not member.isfile():
-                    continue
-                folder, _, base = member.name.rpartition("/")
-                stem, _, ext = base.partition(".")
-                k = f"{folder}/{stem}" if folder else stem
-                if k != key and key is not None:
-                    item = _shard_item(key, group, path, skipped, max_frames)
-                    if item is not None:
-                        yield item
-                    group = {}
-                key = k
-                group[ext] = tar.extractfile(member).read()
-            if key is not None:
-                item = _shard_item(key, group, path, skipped, max_frames)
-                if item is not None:
-                    yield item
-
-
-def _shard_item(
-    key: str, files: dict[str, bytes], path: Path, skipped: Counter, max_frames: int
-) -> VideoItem | None:
-    if "mp4" not in files:
-        if not any(ext.endswith("npy") for ext in files):  # latent samples carry no video
-            log.warning("skipping %s in %s: no .mp4", key, path.name)
-        skipped["no_video"] += 1
-        return None
-    try:
-        frames = decode_video(files["mp4"], count=max_frames or None)
-    except VideoDecodeError as err:
-        log.warning("skipping %s in %s: %s", key, path.name, err)
-        skipped["undecodable"] += 1
-        return None
-    meta = json.loads(files["json"]) if "json" in files else {}
-    prompt = files["txt"].decode("utf-8").strip() if "txt" in files else None
-    return VideoItem(key, frames, prompt or None, meta)
-
-
-def read_prompts(folder: Path) -> dict[str, str]:
-    """Prompts of a generated folder from `prompts.jsonl` ({video name: prompt}); may be empty."""
-    path = folder / PROMPTS_FILE
-    if not path.is_file():
-        return {}
-    table = {}
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{n}: not valid JSON: {err}") from None
-        name = next((rec[k] for k in ("video", "file", "path", "key") if rec.get(k)), None)
-        text = next((rec[k] for k in ("prompt", "caption", "text") if rec.get(k)), None)
-        if name is None or text is None:
-            raise ValueError(
-                f"{path}:{n}: needs a video name (video/file/path/key) and a prompt "
-                f"(prompt/caption/text), got fields {sorted(rec)}"
-            )
-        table[str(name)] = str(text)
-    return table
-
-
-def iter_generated(
-    folder: str | Path, skipped: Counter, max_frames: int = 0
-) -> Iterator[VideoItem]:
-    """Generated mp4s of a folder (sorted) with their prompts from the sidecars; a shard set
-    (a folder of .tar, a .tar, a glob or a brace pattern) is read as shards instead."""
-    folder = Path(folder)
-    if not folder.is_dir() or (not any(folder.glob("*.mp4")) and any(folder.glob("*.tar"))):
-        if folder.is_file() or any(ch in str(folder) for ch in "*?{") or folder.is_dir():
-            yield from iter_shards(str(folder), skipped, max_frames)
-            return
-        raise FileNotFoundError(f"generated video folder {str(folder)!r} does not exist")
-    table = read_prompts(folder)
-    files = sorted(folder.glob("*.mp4"))
-    if not files:
-        raise FileNotFoundError(f"no .mp4 files in {str(folder)!r}")
-    for path in files:
-        sidecar = path.with_suffix(".txt")
-        if sidecar.is_file():
-            prompt = sidecar.read_text().strip() or None
-        else:
-            prompt = table.get(path.name) or table.get(path.stem)
-        try:
-            frames = decode_video(path, count=max_frames or None)
-        except VideoDecodeError as err:
-            log.warning("skipping %s: %s", path.name, err)
-            skipped["undecodable"] += 1
-            continue
-        yield VideoItem(path.stem, frames, prompt)
-
-
-# ------------------------------------------------------------------------------- aggregation
-
-
-def mean_scores(rows: list[dict]) -> dict:
-    """Mean of every numeric leaf over per-video score dicts (NaN / None leaves are left out),
-    with the same nesting; `n` counts the videos that contributed to each leaf."""
-    sums: dict[str, list[float]] = {}
-    for row in rows:
-        for key, value in flat_scores(row):
-            if value is not None and not (isinstance(value, float) and math.isnan(value)):
-                sums.setdefault(key, []).append(float(value))
-    out: dict = {}
-    for key, values in sums.items():
-        node = out
-        *parents, leaf = key.split("/")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = float(np.mean(values))
-    return out
-
-
-def flat_scores(d: dict, prefix: str = "") -> Iterator[tuple[str, Any]]:
-    """(`a/b` path, value) of every scalar leaf of a nested score dict, in order."""
-    for k, v in d.items():
-        name = f"{prefix}{k}"
-        if isinstance(v, dict):
-            yield from flat_scores(v, name + "/")
-        elif isinstance(v, bool | int | float) or v is None:
-            yield name, v
 
 
 # -------------------------------------------------------------------------------- evaluation
@@ -496,24 +336,6 @@ def run_reconstruction(shards: str, cfg: ReconstructionConfig) -> dict:
 
 
 # ------------------------------------------------------------------------------------ report
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.0f}"
-    return str(value)
-
-
-def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
-    """A GitHub markdown table (first column left-aligned, the rest right-aligned)."""
-    lines = [
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join([":--", *["--:"] * (len(header) - 1)]) + "|",
-    ]
-    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def to_markdown(report: dict) -> str:
