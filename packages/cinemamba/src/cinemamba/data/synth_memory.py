@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cinemamba.data.shapes import _POLYGONS, _REACH, shape_inside
 from cinemamba.data.synth import COLOUR_NAMES, COLOURS, SHAPES, SPLITS, SceneConfig, scene_meta
 
 MEMORY_KINDS: tuple[str, ...] = ("occlusion", "panorama", "periodic")
@@ -88,21 +89,15 @@ def check_memory_spec(spec: MemorySpec, cfg: SceneConfig) -> None:
 
 
 # ------------------------------------------------------------------------------- rendering
-# `synth_video` imports this module (its `make_sample` dispatches the memory kinds), so its
-# shape helpers are imported inside the functions below.
 
 
 def reach(shape: str, size: float) -> float:
     """Distance from a shape's centre to its farthest point, in pixels."""
-    from cinemamba.data.synth_video import _REACH
-
     return size / 2 * _REACH[shape]
 
 
 def x_reach(shape: str, size: float) -> float:
     """Half the horizontal extent of a shape, in pixels (its polygon's widest vertex)."""
-    from cinemamba.data.synth_video import _POLYGONS
-
     if shape not in _POLYGONS:
         return size / 2  # the disc
     angles, radii = _POLYGONS[shape]
@@ -114,8 +109,6 @@ def object_alpha(shape: str, size: float, x: np.ndarray, y: np.ndarray, h: int, 
 
     Unlike `synth_video._coverage` nothing wraps around: an object past an edge is out of view.
     """
-    from cinemamba.data.synth_video import shape_inside
-
     half = size / 2
     alpha = np.zeros((len(x), h, w), np.float32)
     chunk = max(1, (1 << 20) // (h * w))  # bound the float64 working set (~50 MB)

@@ -134,7 +134,7 @@ class Blob:
 @lru_cache(maxsize=1)
 def _reference_moments() -> dict[str, np.ndarray]:
     """I3, I4, I5 of each ideal shape, from a high-resolution rendering."""
-    from cinemamba.data.synth_video import shape_inside
+    from cinemamba.data.shapes import shape_inside
 
     n = 240
     yy, xx = np.mgrid[0:n, 0:n] + 0.5 - n / 2

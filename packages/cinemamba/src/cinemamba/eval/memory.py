@@ -91,7 +91,7 @@ def _seen(frames: np.ndarray) -> _Seen:
 @cache
 def _unit_area(shape: str) -> float:
     """Area of a shape of size 2 (half-size 1), from a fine rendering."""
-    from cinemamba.data.synth_video import shape_inside
+    from cinemamba.data.shapes import shape_inside
 
     n = 400
     u = (np.arange(n) + 0.5) / n * 3 - 1.5  # [-1.5, 1.5): every shape's reach is below 1.3
