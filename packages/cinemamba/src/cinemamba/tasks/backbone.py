@@ -9,6 +9,9 @@ does, so both sources give bit-identical inputs for the same clips.
 Per micro-batch, all randomness of the loss (diffusion times, noise, caption dropout) comes
 from a CPU generator seeded by (train.seed, rank, micro-batch index): a resumed run, and a run
 from the other source, draws the same.
+
+The config dataclasses are in `cinemamba.tasks.backbone_config`; raw shards become micro-batches
+in `cinemamba.tasks.backbone_data`.
 """
 
 from __future__ import annotations
@@ -18,11 +21,10 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from omegaconf import OmegaConf
 from torch import nn
@@ -30,40 +32,33 @@ from torch import nn
 from cinemamba.config import ConfigError
 from cinemamba.data.buckets import (
     Bucket,
-    BucketConfig,
-    bucket_clip,
-    bucket_probabilities,
     bucketed_latent_batches,
-    bucketed_micro_batches,
     build_buckets,
     config_latent_shape,
-    index_raw_shards,
 )
-from cinemamba.data.loader import resolve_shards
 from cinemamba.data.video import write_video
 from cinemamba.latents import format as fmt
-from cinemamba.latents.clips import ClipConfig, decode_clip, to_pixels
+from cinemamba.latents.clips import to_pixels
 from cinemamba.latents.dataset import (
     CROPS,
     LatentSet,
     check_window,
     latent_batches,
-    noise_seed,
     open_latent_set,
 )
-from cinemamba.latents.stream import SampleStream, ShardList, batch_loader, micro_batches
+from cinemamba.tasks.backbone_config import SOURCES, BackboneExperiment, BackboneTaskConfig
+from cinemamba.tasks.backbone_data import raw_batches
 from cinemamba.tasks.context import CleanContext
 from cinemamba.train import (
     DataSpec,
     LossOutput,
-    TrainConfig,
     TrainResult,
     load_experiment,
     train,
 )
-from cinemamba_backbone import BackboneConfig, LoraSettings, VideoDiT, add_lora, save_lora
+from cinemamba_backbone import BackboneConfig, VideoDiT, add_lora, save_lora
 from cinemamba_backbone.lora import weights_hash
-from cinemamba_conditioning import TextEmbedding, TextEncoderConfig, build_text_encoder
+from cinemamba_conditioning import TextEmbedding, build_text_encoder
 from cinemamba_sampling import (
     MODES,
     PipelineConfig,
@@ -82,131 +77,6 @@ from cinemamba_sampling import (
 from cinemamba_vae import VideoAutoencoder, load_vae
 
 log = logging.getLogger(__name__)
-
-SOURCES = ("latents", "raw")
-
-
-@dataclass
-class BackboneDataConfig:
-    """Where training clips come from.
-
-    source: "latents" (a latent shard set from export-latents) or "raw" (video shards).
-    path: the shard directory (latents: with `latents.json`; raw: with `PREFIX.plan.json`).
-    url_prefix: stream the shards from here instead (`pipe:...`, http); metadata stays in path.
-    clip: raw only, the frames taken from each video (see ClipConfig).
-    latent_frames / crop: latents only, the training window: this many latent frames (0:
-        the whole stored sequence) from each sample, at a start seeded by (seed, rank, stream
-        position) and uniform over the valid starts ("random") or from the first frame
-        ("first"). Whole-video latents give windows of any length up to the video's; a
-        sequence shorter than the window is skipped, counted and logged.
-    workers: DataLoader worker processes (0: decode in the training process).
-    shuffle: samples per seeded shuffle block of the stream (0/1: read order). Shards hold
-        videos in the order they were written; a block of N samples spanning several shards
-        is permuted, so one batch mixes them. Memory holds one block (raw: N encoded videos);
-        resume stays exact.
-    buckets: clip shapes by aspect ratio and length, each micro-batch from one, its size set
-        by a token budget (latent t x h x w / patch^2); `train.batch_size` is then unused
-        (`cinemamba.data.buckets`, docs/data.md). Latents: a sample joins the buckets of its
-        stored latent size, with the longest window it can fill (`latent_frames` unused).
-    """
-
-    source: str = "latents"
-    path: str = ""
-    url_prefix: str = ""
-    clip: ClipConfig = field(default_factory=ClipConfig)
-    latent_frames: int = 0
-    crop: str = "random"
-    workers: int = 0
-    shuffle: int = 0
-    buckets: BucketConfig = field(default_factory=BucketConfig)
-
-
-@dataclass
-class PeriodicSamples:
-    """Videos generated with the EMA weights at every `train.eval_every` steps and at the end
-    (rank 0; mp4 + PNG contact sheet in RUN_DIR/samples/, images in TensorBoard). Needs
-    `task.vae`. An empty prompt list turns them off."""
-
-    prompts: list[str] = field(default_factory=list)
-    frames: int = 17
-    height: int = 32
-    width: int = 32
-    steps: int = 20
-    guidance: float = 4.0
-    seed: int = 0
-    mode: str = "oneshot"
-    fps: float = 8.0
-
-
-@dataclass
-class ValidationConfig:
-    """A held-out loss at every `train.eval_every` step and at the end (rank 0, EMA weights),
-    logged as `eval/val_loss` and `eval/val_loss_t<t>` (TensorBoard and log.jsonl).
-
-    path: a latent shard set kept out of training ("": off); checked against the task's VAE
-        and text encoder like the training set. The first `samples` clips of its seeded stream
-        (`seed`, first-frame crop to `task.data.latent_frames`) are scored at each diffusion time
-        in `t`, with the noise of clip i drawn from a generator seeded `seed + i`: the same
-        inputs at every evaluation, so the curve moves only with the weights.
-    """
-
-    path: str = ""
-    samples: int = 8
-    t: list[float] = field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7, 0.9])
-    seed: int = 0
-
-
-@dataclass
-class BackboneTaskConfig:
-    """The backbone task: model, frozen encoders, noise process, data and loss options.
-
-    init_from: start from these weights (a saved pipeline directory or a backbone
-        `save_pretrained` directory) with a fresh optimizer; the architecture must equal
-        `backbone`, and a pipeline's process and text encoder those of this task.
-    lora: `lora.rank > 0` trains LoRA adapters (peft) on the backbone's block linear layers
-        with every other weight frozen; they are saved on their own in RUN_DIR/lora.
-    """
-
-    backbone: BackboneConfig = field(default_factory=lambda: BackboneConfig.from_preset("tiny"))
-    vae: str = ""  # our VAE or a diffusers VAE directory (load_vae); checked against latents
-    text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
-    process: ProcessConfig = field(default_factory=ProcessConfig)
-    data: BackboneDataConfig = field(default_factory=BackboneDataConfig)
-    caption_dropout: float = 0.1  # P(text -> empty-prompt embedding), for classifier-free guidance
-    per_frame_t: bool = False  # one diffusion time per latent frame (rolling / streaming)
-    # Clean-context training (needs per_frame_t): with this probability a clip starts with
-    # 1..context_frames clean latent frames (t = 0, no loss), as rolling generation's windows
-    # start with the previous window's last frames (tasks/context.py, docs/training.md).
-    context_prob: float = 0.0
-    context_frames: int = 3  # at most this many: sampling's rolling `context`
-    vae_sample: bool = False  # raw only: sample the posterior instead of its mean
-    kernels: str = "auto"  # backbone kernels: "auto" | "torch"
-    samples: PeriodicSamples = field(default_factory=PeriodicSamples)
-    init_from: str = ""
-    lora: LoraSettings = field(default_factory=LoraSettings)
-    validation: ValidationConfig = field(default_factory=ValidationConfig)
-
-
-@dataclass
-class BackboneExperiment:
-    """`cinemamba train` schema: the engine config next to the task's."""
-
-    train: TrainConfig = field(default_factory=TrainConfig)
-    task: BackboneTaskConfig = field(default_factory=BackboneTaskConfig)
-
-
-def _collate_raw(items: list[dict], seed: int, rank: int, b: int) -> dict[str, Any]:
-    shapes = {tuple(it["frames"].shape) for it in items}
-    if len(shapes) > 1:
-        raise ValueError(
-            f"clips of different sizes {sorted(shapes)} in one batch; set task.data.clip.height"
-            " and width to resize them to one size"
-        )
-    return {
-        "frames": torch.stack([it["frames"] for it in items]),  # (B, T, H, W, 3) uint8
-        "captions": [it["caption"] for it in items],
-        "noise_seed": torch.tensor(noise_seed(seed, rank, b), dtype=torch.int64),
-    }
 
 
 class BackboneTask:
@@ -465,7 +335,7 @@ class BackboneTask:
                 shuffle=data.shuffle,
             )  # fmt: skip
         else:
-            batches = self._raw_batches(spec)
+            batches = raw_batches(data, spec, self._buckets, self.counts)
         for batch, skipped in batches:
             self.counts.update(skipped)
             yield batch
@@ -478,57 +348,6 @@ class BackboneTask:
             patch = self.cfg.backbone.patch_size
             self._bucket_list = build_buckets(self.cfg.data.buckets, vae.latent_shape, patch)
         return self._bucket_list
-
-    def _raw_batches(self, spec: DataSpec) -> Iterator[tuple[dict[str, Any], dict[str, int]]]:
-        data = self.cfg.data
-        try:
-            # A raw shard set: its plan names the shards (streamed from url_prefix if set).
-            shards = resolve_shards(data.path, url_prefix=data.url_prefix or f"{data.path}/")
-        except FileNotFoundError as err:
-            raise ConfigError(f"task.data.path: {err} (a raw shard set)") from None
-        seed, rank = spec.seed, spec.rank
-        if data.buckets.enabled:
-            return self._bucketed_raw_batches(spec, shards)
-
-        def decode(sample: dict, position: int) -> dict:
-            rng = np.random.default_rng([seed, rank, position, 3])
-            frames, caption, meta = decode_clip(sample, data.clip, rng)
-            # counted by the batcher (e.g. "aspect_squashed"); the sample is still used
-            return {"frames": frames, "caption": caption, "warnings": meta.get("warnings", [])}
-
-        def make(every: int, phase: int):
-            return micro_batches(
-                SampleStream(shards, seed, rank, window=data.shuffle), decode,
-                lambda items, b: _collate_raw(items, seed, rank, b),
-                batch_size=spec.micro_batch_size, start_batch=spec.start_batch,
-                every=every, phase=phase,
-            )  # fmt: skip
-
-        return batch_loader(make, data.workers)
-
-    def _bucketed_raw_batches(
-        self, spec: DataSpec, shards: ShardList
-    ) -> Iterator[tuple[dict[str, Any], dict[str, int]]]:
-        """Raw micro-batches each from one bucket, with that bucket's batch size."""
-        data, seed, rank = self.cfg.data, spec.seed, spec.rank
-        index = index_raw_shards(shards, self._buckets(), data.clip)
-        self.counts.update(index.skipped)  # samples no bucket takes, counted once
-        probs = bucket_probabilities(data.buckets, index.buckets, index.sizes())
-        clips = [bucket_clip(b, data.clip, data.buckets.fit) for b in index.buckets]
-
-        def decode(sample: dict, position: int, k: int) -> dict:
-            rng = np.random.default_rng([seed, rank, k, position, 3])
-            frames, caption, meta = decode_clip(sample, clips[k], rng)
-            return {"frames": frames, "caption": caption, "warnings": meta.get("warnings", [])}
-
-        def make(every: int, phase: int):
-            return bucketed_micro_batches(
-                index, probs, decode, lambda items, b, _k: _collate_raw(items, seed, rank, b),
-                seed=seed, rank=rank, start_batch=spec.start_batch, shuffle=data.shuffle,
-                every=every, phase=phase,
-            )  # fmt: skip
-
-        return batch_loader(make, data.workers)
 
     def skipped(self) -> Mapping[str, int]:
         """Bad samples dropped on this rank so far, by reason."""
