@@ -88,10 +88,10 @@ def test_resume_with_changed_settings_warns_with_old_and_new(
     changes that do not alter training (logging cadence, steps to keep) are not reported."""
     run = tmp_path / "run"
     run_toy(run, "train.steps=2")
-    with caplog.at_level(logging.WARNING, logger="cinemamba.train.trainer"):
+    with caplog.at_level(logging.WARNING, logger="cinemamba.train.resume"):
         run_toy(run, "train.steps=2", "train.log_every=2", "train.keep_last=3")
     assert not [r for r in caplog.records if "changed setting" in r.getMessage()]
-    with caplog.at_level(logging.WARNING, logger="cinemamba.train.trainer"):
+    with caplog.at_level(logging.WARNING, logger="cinemamba.train.resume"):
         run_toy(run, "train.steps=4", "train.batch_size=16", "train.optimizer.lr=0.1")
     warned = [r.getMessage() for r in caplog.records if "changed setting" in r.getMessage()]
     assert len(warned) == 1, warned
@@ -144,7 +144,7 @@ def test_disk_full_while_checkpointing(
     assert [r["step"] for r in records(run)] == [1, 2, 3, 4]
 
     monkeypatch.setattr(ckpt_io, "save_rng", real_save_rng)
-    with caplog.at_level(logging.WARNING, logger="cinemamba.train.trainer"):
+    with caplog.at_level(logging.WARNING, logger="cinemamba.train.resume"):
         assert run_toy(run).step == 6
     warned = [r.getMessage() for r in caplog.records]
     assert any(
