@@ -11,17 +11,14 @@ import pytest
 import torch
 import webdataset as wds
 
-from cinemamba.data import buckets as bk
-from cinemamba.data.buckets import (
-    Bucket,
-    BucketConfig,
-    BucketIndex,
+from cinemamba.data import bucket_batches as bb
+from cinemamba.data.bucket_batches import (
     BucketSchedule,
-    assign_bucket,
     bucket_probabilities,
     bucketed_micro_batches,
-    build_buckets,
 )
+from cinemamba.data.bucket_index import BucketIndex
+from cinemamba.data.buckets import Bucket, BucketConfig, assign_bucket, build_buckets
 from cinemamba.data.loader import LoaderConfig, VideoLoader
 from cinemamba.data.shards import sample_to_tar_entries
 from cinemamba.data.video import encode_video
@@ -191,19 +188,19 @@ def test_worker_interleaving_and_resume_match_one_pass():
             start_batch=start, every=every, phase=phase,
         )  # fmt: skip
 
-    orig = bk.read_tar
-    bk.read_tar = read
+    orig = bb.read_tar
+    bb.read_tar = read
     try:
-        ref = [b for _, (b, _) in zip(range(bk.BLOCK + 20), batches(0), strict=False)]
+        ref = [b for _, (b, _) in zip(range(bb.BLOCK + 20), batches(0), strict=False)]
         for _, k, keys in ref:  # every key is of the batch's bucket
             assert all(of["ab".index(key[0])][int(key.split(":")[1])] == k for key in keys)
         w0, w1 = batches(3, 2, 0), batches(3, 2, 1)
         for i in range(3, 40):
             assert next(w0 if (i - 3) % 2 == 0 else w1)[0] == ref[i]
-        late = batches(bk.BLOCK + 5)  # resumed in the second schedule block
-        assert [next(late)[0] for _ in range(10)] == ref[bk.BLOCK + 5 : bk.BLOCK + 15]
+        late = batches(bb.BLOCK + 5)  # resumed in the second schedule block
+        assert [next(late)[0] for _ in range(10)] == ref[bb.BLOCK + 5 : bb.BLOCK + 15]
     finally:
-        bk.read_tar = orig
+        bb.read_tar = orig
 
 
 # ------------------------------------------------------------------------ probabilities
@@ -227,7 +224,7 @@ def test_bucket_draws_follow_the_configured_probabilities(sampling):
         "weights": [0.25, 0.75, 0.0],
     }[sampling]
     np.testing.assert_allclose(probs, want, rtol=1e-12)
-    n = 2 * bk.BLOCK + 100
+    n = 2 * bb.BLOCK + 100
     schedule = BucketSchedule(probs, seed=4, rank=0)
     draws = np.array([schedule.bucket(b) for b in range(n)])
     assert _binomial_ok(np.bincount(draws, minlength=3), np.array(want), n)
@@ -236,7 +233,7 @@ def test_bucket_draws_follow_the_configured_probabilities(sampling):
     other = BucketSchedule(probs, seed=5, rank=0)
     assert any(other.bucket(b) != draws[b] for b in range(50))
     np.testing.assert_array_equal(schedule.before(n), np.bincount(draws, minlength=3))
-    assert not np.array_equal(draws[: bk.BLOCK], draws[bk.BLOCK : 2 * bk.BLOCK])  # blocks differ
+    assert not np.array_equal(draws[: bb.BLOCK], draws[bb.BLOCK : 2 * bb.BLOCK])  # blocks differ
 
 
 # ------------------------------------------------------------------------ squash warning

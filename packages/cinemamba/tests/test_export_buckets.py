@@ -12,7 +12,8 @@ import pytest
 import torch
 import webdataset as wds
 
-from cinemamba.data.buckets import BucketConfig, npy_shape
+from cinemamba.data.bucket_index import npy_shape
+from cinemamba.data.buckets import BucketConfig
 from cinemamba.data.shards import sample_to_tar_entries
 from cinemamba.data.video import encode_video
 from cinemamba.latents import ClipConfig, ExportConfig, export_latents

@@ -41,16 +41,9 @@ import torch
 from braceexpand import braceexpand
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from cinemamba.data.buckets import (
-    BucketConfig,
-    BucketIndex,
-    LatentShape,
-    bucket_clip,
-    bucket_probabilities,
-    bucketed_micro_batches,
-    build_buckets,
-    index_raw_shards,
-)
+from cinemamba.data.bucket_batches import bucket_probabilities, bucketed_micro_batches
+from cinemamba.data.bucket_index import BucketIndex, index_raw_shards
+from cinemamba.data.buckets import BucketConfig, LatentShape, bucket_clip, build_buckets
 from cinemamba.latents.clips import ClipConfig, decode_clip, to_pixels
 from cinemamba.latents.stream import (
     SampleStream,

@@ -30,12 +30,8 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from cinemamba.config import ConfigError
-from cinemamba.data.buckets import (
-    Bucket,
-    bucketed_latent_batches,
-    build_buckets,
-    config_latent_shape,
-)
+from cinemamba.data.bucket_batches import bucketed_latent_batches
+from cinemamba.data.buckets import Bucket, build_buckets, config_latent_shape
 from cinemamba.data.video import write_video
 from cinemamba.latents import format as fmt
 from cinemamba.latents.clips import to_pixels

@@ -1,7 +1,7 @@
 """Raw video shards as backbone micro-batches: uint8 clips and captions, one seed per batch.
 
 The latent source needs no code here (`cinemamba.latents.dataset.latent_batches`,
-`cinemamba.data.buckets.bucketed_latent_batches`); raw shards are decoded to clips here and
+`cinemamba.data.bucket_batches.bucketed_latent_batches`); raw shards are decoded to clips here and
 encoded by the frozen VAE and text encoder inside the task's `loss`. Every random choice is a
 function of (seed, rank, stream position), so a resumed run reads the same clips.
 """
@@ -16,13 +16,9 @@ import numpy as np
 import torch
 
 from cinemamba.config import ConfigError
-from cinemamba.data.buckets import (
-    Bucket,
-    bucket_clip,
-    bucket_probabilities,
-    bucketed_micro_batches,
-    index_raw_shards,
-)
+from cinemamba.data.bucket_batches import bucket_probabilities, bucketed_micro_batches
+from cinemamba.data.bucket_index import index_raw_shards
+from cinemamba.data.buckets import Bucket, bucket_clip
 from cinemamba.data.loader import resolve_shards
 from cinemamba.latents.clips import decode_clip
 from cinemamba.latents.dataset import noise_seed
