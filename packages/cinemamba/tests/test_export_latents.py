@@ -25,7 +25,7 @@ from cinemamba.latents import (
     open_latent_set,
     vae_identity,
 )
-from cinemamba.latents import export as export_mod
+from cinemamba.latents import encoders as encoders_mod
 from cinemamba.latents.stream import read_tar
 from cinemamba_conditioning import TextEncoderConfig, build_text_encoder
 from cinemamba_vae import VideoAutoencoder, vae_preset
@@ -113,7 +113,7 @@ def test_interrupted_export_resumes_and_skips_finished_shards(
     equals an uninterrupted export (same thread count: the same computation, bit for bit)."""
     root = made["root"]
     _same_computation_as(made)
-    real = export_mod._Encoders.encode
+    real = encoders_mod._Encoders.encode
     calls = []
 
     def crash_on_fourth(self, video, caption):
@@ -122,7 +122,7 @@ def test_interrupted_export_resumes_and_skips_finished_shards(
             raise KeyboardInterrupt
         return real(self, video, caption)
 
-    monkeypatch.setattr(export_mod._Encoders, "encode", crash_on_fourth)
+    monkeypatch.setattr(encoders_mod._Encoders, "encode", crash_on_fourth)
     with pytest.raises(KeyboardInterrupt):
         export_latents(_cfg(root, "resumed"))
     out = root / "resumed"
@@ -131,7 +131,7 @@ def test_interrupted_export_resumes_and_skips_finished_shards(
     assert not (out / "latents.json").exists()
     with pytest.raises(LatentFormatError, match="unfinished"):
         open_latent_set(out)
-    monkeypatch.setattr(export_mod._Encoders, "encode", real)
+    monkeypatch.setattr(encoders_mod._Encoders, "encode", real)
     report = export_latents(_cfg(root, "resumed"))
     assert report.already_done == 1
     assert [p.name for p in report.written] == ["latents-000001.tar", "latents-000002.tar"]
