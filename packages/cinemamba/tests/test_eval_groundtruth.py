@@ -25,7 +25,8 @@ from cinemamba.data.synth import (
 from cinemamba.data.synth_video import render_scene
 from cinemamba.data.video import decode_video, encode_video
 from cinemamba.demo.evaluate import headline
-from cinemamba.eval.groundtruth import detect, score_detections, score_video
+from cinemamba.eval.detector import detect
+from cinemamba.eval.groundtruth import score_detections, score_video
 from cinemamba.eval.run import score_with_quarters
 
 HEADLINE = ("colour_accuracy", "shape_accuracy", "motion_accuracy", "identity_persistence")

@@ -48,7 +48,7 @@ import numpy as np
 
 from cinemamba.data.synth import SceneConfig
 from cinemamba.data.synth_memory import MemorySpec, memory_video, parse_memory_caption, x_reach
-from cinemamba.eval.groundtruth import CORE_ALPHA, _check_frames, colour_maps, detect
+from cinemamba.eval.detector import CORE_ALPHA, _check_frames, colour_maps, detect
 
 POSITION_TOLERANCE = 0.1  # of min(height, width): a return / event "at the right place"
 STATIC_LEVEL = 2.0  # grey levels: a panorama video changing less than this shows nothing
