@@ -32,7 +32,7 @@ def vae_identity(directory: str | Path) -> str:
     """Names the exact VAE saved in `directory` (by `save_pretrained`) without building it: a
     hash of its weights file (latent statistics included) and of its config; a diffusers
     directory gets `diffusers_vae_identity` (class + config + weights + measured statistics)."""
-    from cinemamba_vae.model import load_vae_config
+    from cinemamba_vae.config import load_vae_config
     from cinemamba_vae.pretrained import diffusers_vae_identity, is_diffusers_dir
 
     directory = Path(directory)
