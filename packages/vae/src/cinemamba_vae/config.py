@@ -86,8 +86,8 @@ def load_vae_config(path: str | os.PathLike, overrides: list[str] | None = None)
 
 # ---------------------------------------------------------------- presets
 VAE_PRESETS: dict[str, VAEConfig] = {
-    # 4x4x4, 8 channels: trains in minutes on a 2-core CPU at 64x64 (tests, demo). The 2x2
-    # patchify keeps every conv at <= 32x32 per frame, ~3x faster than a full-res first level.
+    # 4x4x4, 8 channels: small enough to train on a CPU at 64x64 (tests, demo). The 2x2
+    # patchify keeps every conv at <= 32x32 per frame instead of a full-res first level.
     "tiny": VAEConfig(
         latent_channels=8,
         spatial_compression=4,

@@ -129,7 +129,7 @@ def classify_shape(moments: np.ndarray) -> str:
     """The shape whose ideal `(I3, I4, I5)` is nearest, each harmonic scaled by its largest value.
 
     I4 counts a quarter: the pixel grid and H.264's 2x2 chroma subsampling are 4-fold symmetric
-    themselves and add I4 to every small shape (measured: up to ~0.6 of a square's at 32 px).
+    themselves and add I4 to every small shape, the more the smaller the shape.
     """
     ref = _reference_moments()
     scale = np.max(np.stack(list(ref.values())), axis=0)  # (3,)

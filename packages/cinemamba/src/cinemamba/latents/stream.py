@@ -160,8 +160,8 @@ class SampleStream:
         beyond any position of the main stream: decoders seed a sample's random choices
         (clip start, crop, latent window) by position, and the reserve's stream positions
         start within the first pass, so stand-ins would otherwise repeat a few windows
-        (measured: window starts far from uniform when a quarter of the videos are shorter
-        than the window; issue 15).
+        (window starts far from uniform when many videos are shorter than the window;
+        issue 15).
         """
         rng = np.random.default_rng([self.seed, self.rank, batch, 0x5E5E])
         other = SampleStream(self.shards, int(rng.integers(2**62)), self.rank, reader=self.reader)

@@ -75,7 +75,7 @@ def prepare_environment() -> None:
 def skip_shm_comm_op() -> None:
     """Keep DeepSpeed from building and loading its CPU shared-memory comm op.
 
-    DeepSpeed's torch backend JIT-compiles ``deepspeed_shm_comm`` (~25 s of C++, silent) when
+    DeepSpeed's torch backend JIT-compiles ``deepspeed_shm_comm`` (C++, silently) when
     the process group starts on the CPU accelerator, at any world size, under a lock in the
     build folder that every job of the venv shares. The op serves only
     ``deepspeed.comm.inference_all_reduce`` (tensor-parallel inference); training's
@@ -123,7 +123,7 @@ def op_build_notice(
 
     Args:
         op: the op's build name (its folder under TORCH_EXTENSIONS_DIR).
-        usual: how long its build usually takes, for the message (e.g. "~25 s").
+        usual: how long its build usually takes, for the message (e.g. "minutes").
     """
     folder = os.path.join(os.environ.get("TORCH_EXTENSIONS_DIR", ""), op)
     lock = os.path.join(folder, "lock")

@@ -1,14 +1,14 @@
 """Fit torch's intra-op thread count to the CPU cores other processes leave free (issue 14).
 
 torch's OpenMP runtime (libgomp) keeps idle threads spinning after every parallel region,
-which makes a lone run fast: a demo step takes 0.16 s with 2 spinning threads on 2 cores and
-0.26 s with idle threads asleep (`OMP_WAIT_POLICY=PASSIVE`). When another busy process shares
-the cores, the spinning threads hold cores that threads with work need, and the same step
-took 0.4-3 s, once 25x its lone time. No fixed OpenMP setting is good at both, so the trainer
-measures instead: every few seconds it reads how much CPU time the machine spent outside this
+which makes a lone run faster than with idle threads asleep (`OMP_WAIT_POLICY=PASSIVE`).
+When another busy process shares the cores, the spinning threads hold cores that threads with
+work need, and the same step takes several times longer than alone. No fixed OpenMP setting
+is good at both, so the trainer measures instead: every few seconds it reads how much CPU time the machine spent outside this
 process (/proc/stat minus /proc/self/stat) and sets the thread count to the cores left over,
 never above the count it started with. One thread runs no parallel region, so nothing spins;
-two governed runs settle at one thread each. `scripts/bench_contention.py` measures it.
+two governed runs settle at one thread each. `scripts/bench_contention.py` measures it (the
+step times alone and under contention are its to report, not this docstring's).
 """
 
 from __future__ import annotations
