@@ -119,7 +119,8 @@ def _nonfinite_hook(flag: torch.Tensor):
 
 
 class Trainer(Checkpointing):
-    """Runs a `Task` under DeepSpeed as configured by a `TrainConfig`; see `fit`."""
+    """Runs a `Task` under DeepSpeed as configured by a `TrainConfig`; see `fit`. Saving and
+    resuming its state is the `Checkpointing` base (`cinemamba.train.resume`)."""
 
     def __init__(self, cfg: TrainConfig, task: Task, full_config: Any = None) -> None:
         self.cfg = cfg
