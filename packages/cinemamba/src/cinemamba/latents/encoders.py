@@ -50,8 +50,8 @@ class _Encoders:
         self.frame_step = getattr(
             self.vae.config, "frame_step", self.vae.config.temporal_compression
         )
-        # Per-video clip choice (bucket size) or None. Imported here: the bucket sampler
-        # imports the latents package, which imports this module.
+        # Per-video clip choice (bucket size) or None. Imported here: `data.buckets` imports
+        # the latents package (for `latents.clips`), which imports this module via `export`.
         from cinemamba.data.buckets import export_fit
 
         self.fit = (
