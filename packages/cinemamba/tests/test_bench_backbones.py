@@ -78,3 +78,27 @@ def test_stop_before_extrapolates_time_and_memory_in_log_log():
     s = Series("a", 64, 1, [8, 16], [1.0, 2.0], [100.0, 200.0])
     assert "peak 1600 MB" in stop_before(s, 128, scale)
     assert stop_before(Series("a", 64, 1, [8], [99.0], [1e9]), 16, scale) == ""
+
+
+def test_full3d_block_ratios_compare_equal_parameter_blocks():
+    # Block against block: one figure per length, the full-3D block at the width whose
+    # parameter count (counted here on blocks built directly) is closest to bimamba's.
+    import re
+
+    from cinemamba_backbone.full3d import Full3DBlock
+    from cinemamba_backbone.mixers import MixerOptions, build_mixer
+    from cinemamba_backbone.model import VideoDiTBlock
+
+    from cinemamba.bench.backbones import full3d_block_ratios
+
+    figures = full3d_block_ratios(BackbonesScale(full3d_frames=(2, 3), ratio_repeats=1), 4)
+    assert [f.name.split(" T=")[1] for f in figures] == ["2 tokens=4", "3 tokens=4"]
+    assert all(f.target == 1.0 and min(f.measured + f.reference) > 0 for f in figures)
+    width = int(re.search(r"width (\d+)", figures[0].reference_name).group(1))
+
+    def count(m):
+        return sum(p.numel() for p in m.parameters())
+
+    bim = count(VideoDiTBlock(64, 2, 4.0, build_mixer("bimamba", 64, MixerOptions())))
+    gaps = {w: abs(count(Full3DBlock(w, 2, 4.0)) - bim) for w in range(32, 129, 4)}
+    assert width == min(gaps, key=gaps.get) and width > 64

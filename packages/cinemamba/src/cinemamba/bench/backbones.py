@@ -43,6 +43,8 @@ class BackbonesScale:
     cap_mb: float = 6144.0
     ratio_frames: int = 256  # block ratio before/after the fused bidirectional scan
     ratio_repeats: int = 5
+    # Block against block (issue 20's target): bimamba vs an equal-parameter full-3D block.
+    full3d_frames: tuple[int, ...] = (8, 16, 32)
     plot: Path | None = PLOT
 
 
@@ -195,33 +197,43 @@ def measure_series(
     return series
 
 
+def _block(mixer: str, width: int, heads: int = 2) -> torch.nn.Module:
+    """One block of ``mixer`` (a temporal mixer, or ``full3d``) at ``width``."""
+    from cinemamba_backbone.full3d import Full3DBlock
+    from cinemamba_backbone.mixers import MixerOptions, build_mixer
+    from cinemamba_backbone.model import VideoDiTBlock
+
+    torch.manual_seed(0)
+    if mixer == "full3d":
+        return Full3DBlock(width, heads, 4.0)
+    return VideoDiTBlock(width, heads, 4.0, build_mixer(mixer, width, MixerOptions()))
+
+
+def _block_step(block: torch.nn.Module, frames: int, tokens: int, width: int) -> Callable[[], None]:
+    """Forward+backward of ``block`` on one random clip of ``frames`` × ``tokens``."""
+    side = math.isqrt(tokens)
+    x = torch.randn(1, frames, tokens, width, requires_grad=True)
+    c, text = torch.randn(1, frames, width), torch.randn(1, 8, width)
+    mask = torch.ones(1, 8, dtype=torch.bool)
+    return lambda: block(x, c, text, mask, size=(side, side))[0].square().mean().backward()
+
+
+def _params(block: torch.nn.Module) -> int:
+    return sum(p.numel() for p in block.parameters())
+
+
 def block_ratio(scale: BackbonesScale, tokens: int) -> list[Figure]:
     """One VideoDiTBlock of bimamba (each CPU form, see ``BiMamba``) vs an equal-parameter
     temporal attention block at ``ratio_frames``: interleaved repeats, so all see the same
     load."""
-    from cinemamba_backbone.mixers import MixerOptions, build_mixer
-    from cinemamba_backbone.model import VideoDiTBlock
-
     dim = BackboneConfig.from_preset(scale.preset).hidden_size
-
-    def block(mixer: str, width: int) -> VideoDiTBlock:
-        torch.manual_seed(0)
-        return VideoDiTBlock(width, 2, 4.0, build_mixer(mixer, width, MixerOptions()))
-
-    target = sum(p.numel() for p in block("bimamba", dim).parameters())
-    width, _ = match_width(
-        lambda w: sum(p.numel() for p in block("attention", w).parameters()), target, dim
-    )
-    blocks = {"bimamba": block("bimamba", dim), "attention": block("attention", width)}
-    steps = {}
-    for name, blk in blocks.items():
-        w = dim if name == "bimamba" else width
-        x = torch.randn(1, scale.ratio_frames, tokens, w, requires_grad=True)
-        c, text = torch.randn(1, scale.ratio_frames, w), torch.randn(1, 8, w)
-        mask = torch.ones(1, 8, dtype=torch.bool)
-        steps[name] = lambda blk=blk, x=x, c=c, text=text, mask=mask: (
-            blk(x, c, text, mask)[0].square().mean().backward()
-        )
+    target = _params(_block("bimamba", dim))
+    width, _ = match_width(lambda w: _params(_block("attention", w)), target, dim)
+    blocks = {"bimamba": _block("bimamba", dim), "attention": _block("attention", width)}
+    steps = {
+        name: _block_step(blk, scale.ratio_frames, tokens, dim if name == "bimamba" else width)
+        for name, blk in blocks.items()
+    }
     # BiMamba's CPU forms as (fused, stacked): two scan calls (before issue 20), one call over
     # the time-flipped input (its first round), flip-free with stacked convs (now).
     forms = {"two-call": (False, True), "flipped": (True, False), "stacked": (True, True)}
@@ -247,6 +259,31 @@ def block_ratio(scale: BackbonesScale, tokens: int) -> list[Figure]:
                target=1.2 if key == "stacked" else None)
         for key, label in labels.items()
     ]  # fmt: skip
+
+
+def full3d_block_ratios(scale: BackbonesScale, tokens: int) -> list[Figure]:
+    """A bimamba block vs a full-3D block of equal parameters at the short lengths, block
+    against block (issue 20's target: bimamba faster from the smallest length on), with
+    interleaved repeats; a ratio below 1 means bimamba is faster."""
+    dim = BackboneConfig.from_preset(scale.preset).hidden_size
+    target = _params(_block("bimamba", dim))
+    # full3d has no temporal mixer's parameters, so at equal parameters it is wider.
+    width, _ = match_width(lambda w: _params(_block("full3d", w)), target, dim)
+    blocks = {"bimamba": (_block("bimamba", dim), dim), "full3d": (_block("full3d", width), width)}
+    ref = f"full3d block (width {width}, params matched to bimamba's at width {dim})"
+    figures = []
+    for frames in scale.full3d_frames:
+        steps = {k: _block_step(b, frames, tokens, w) for k, (b, w) in blocks.items()}
+        times: dict[str, list[float]] = {k: [] for k in steps}
+        for step in steps.values():  # warm-up
+            cpu_timed(step)
+        for _ in range(scale.ratio_repeats):
+            for k, step in steps.items():
+                times[k].append(cpu_timed(step))
+        figures.append(Figure("backbones", f"bimamba block vs full3d block fwd+bwd T={frames} "
+                              f"tokens={tokens}", "s", times["bimamba"], times["full3d"], ref,
+                              target=1.0))  # fmt: skip
+    return figures
 
 
 def series_table(all_series: Sequence[Series]) -> list[str]:
@@ -353,4 +390,6 @@ def backbones(scale: BackbonesScale, log=print) -> Section:
         section.lines += ["", f"![crossover]({scale.plot.name})"]
     for tokens in scale.tokens[:1]:
         section.figures += block_ratio(scale, tokens)
+        if "full3d" in mixers:
+            section.figures += full3d_block_ratios(scale, tokens)
     return section

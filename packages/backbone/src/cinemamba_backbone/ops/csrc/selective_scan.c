@@ -382,6 +382,51 @@ int cm_conv_forward(const float *x, int64_t sxb, int64_t sxd, int64_t sxl, const
     return 0;
 }
 
+/* One (b, c) row's backward over all G groups: xp is the padded input row, gpp a padded
+ * scratch row for dL/dpre; gx (l) is written, gw_rows (G, k) and gb_rows (G) rows are at
+ * stride dim·k and dim. K is the kernel width, a constant at the common call site, so the
+ * tap loops unroll and the loops over t vectorise. */
+INLINE void conv_backward_row(const float *restrict xp, float *restrict gpp,
+                              const float *restrict w, const float *restrict bias,
+                              const int64_t *restrict rev, const float *restrict gy,
+                              int activation, float *restrict gxr, float *restrict gw,
+                              float *restrict gb, int64_t dim, int64_t groups, int64_t l,
+                              const int K, const float lo, const float hi) {
+    const int P = K - 1;
+    float *restrict gp = gpp + P;
+    for (int i = 0; i < P; i++) gpp[i] = gpp[P + l + i] = 0.0f;
+    for (int64_t t = 0; t < l; t++) gxr[t] = 0.0f;
+    for (int64_t g = 0; g < groups; g++) {
+        const float *wg = w + g * dim * K;
+        const float *gyr = gy + g * dim * l;
+        const int r = (int)rev[g];
+        if (activation) {
+            conv_row(xp, wg, bias ? bias[g * dim] : 0.0f, r, l, K, gp);
+            for (int64_t t = 0; t < l; t++) {
+                const float p = gp[t], s = sigmoid_f(p, lo, hi);
+                gp[t] = gyr[t] * s * (1.0f + p * (1.0f - s));
+            }
+        } else {
+            memcpy(gp, gyr, l * sizeof(float));
+        }
+        /* The adjoint of pre[t] += w_j x[t - s_j] is gx[t] += w_j gp[t + s_j]
+         * (anti-causal: gp[t - s_j]): the transposed conv, the other direction. */
+        /* causal: Σ_m w[P - m] gpp[P + t + m]; anti-causal: Σ_j w[j] gpp[t + j] */
+        float wr[MAX_CONV_K];
+        for (int j = 0; j < K; j++) wr[j] = wg[r ? j : P - j];
+        const float *restrict gbase = gpp + (r ? 0 : P);
+        for (int64_t t = 0; t < l; t++) {
+            float acc = 0.0f;
+            for (int j = 0; j < K; j++) acc += wr[j] * gbase[t + j];
+            gxr[t] += acc;
+        }
+        float *gwr = gw + g * dim * K;
+        for (int j = 0; j < K; j++) /* Σ_t gp[t] x[t ∓ s_j], x padded */
+            gwr[j] = dot_f(gp, xp + (r ? 2 * P - j : j), l);
+        if (gb) gb[g * dim] = dot_f(gp, NULL, l);
+    }
+}
+
 int cm_conv_backward(const float *x, int64_t sxb, int64_t sxd, int64_t sxl, const float *w,
                      const float *bias, const int64_t *rev, const float *gy, int activation,
                      float *gx, float *gw_rows, float *gb_rows, int64_t batch, int64_t dim,
@@ -398,41 +443,18 @@ int cm_conv_backward(const float *x, int64_t sxb, int64_t sxd, int64_t sxl, cons
 #else
             float *xp = work;
 #endif
-            float *gpp = xp + lp; /* dL/dpre of the current group, padded like xp */
             gather_padded(x + bi * sxb + c * sxd, sxl, l, P, xp);
-            for (int i = 0; i < P; i++) gpp[i] = gpp[P + l + i] = 0.0f;
-            float *restrict gp = gpp + P;
-            float *restrict gxr = gx + (bi * dim + c) * l;
-            for (int64_t t = 0; t < l; t++) gxr[t] = 0.0f;
-            for (int64_t g = 0; g < groups; g++) {
-                const float *wg = w + (g * dim + c) * k;
-                const float *gyr = gy + ((bi * groups + g) * dim + c) * l;
-                const int r = (int)rev[g];
-                if (activation) {
-                    conv_row(xp, wg, bias ? bias[g * dim + c] : 0.0f, r, l, (int)k, gp);
-                    for (int64_t t = 0; t < l; t++) {
-                        const float p = gp[t], s = sigmoid_f(p, lo, hi);
-                        gp[t] = gyr[t] * s * (1.0f + p * (1.0f - s));
-                    }
-                } else {
-                    memcpy(gp, gyr, l * sizeof(float));
-                }
-                /* The adjoint of pre[t] += w_j x[t - s_j] is gx[t] += w_j gp[t + s_j]
-                 * (anti-causal: gp[t - s_j]): the transposed conv, the other direction. */
-                /* causal: Σ_m w[P - m] gpp[P + t + m]; anti-causal: Σ_j w[j] gpp[t + j] */
-                float wr[MAX_CONV_K];
-                for (int j = 0; j < k; j++) wr[j] = wg[r ? j : P - j];
-                const float *restrict gbase = gpp + (r ? 0 : P);
-                for (int64_t t = 0; t < l; t++) {
-                    float acc = 0.0f;
-                    for (int j = 0; j < k; j++) acc += wr[j] * gbase[t + j];
-                    gxr[t] += acc;
-                }
-                float *gwr = gw_rows + ((bi * groups + g) * dim + c) * k;
-                for (int j = 0; j < k; j++) /* Σ_t gp[t] x[t ∓ s_j], x padded */
-                    gwr[j] = dot_f(gp, xp + (r ? 2 * P - j : j), l);
-                if (gb_rows) gb_rows[(bi * groups + g) * dim + c] = dot_f(gp, NULL, l);
-            }
+#define CONV_BACKWARD(K)                                                                    \
+    conv_backward_row(xp, xp + lp, w + c * k, bias ? bias + c : NULL, rev,                  \
+                      gy + (bi * groups * dim + c) * l, activation, gx + (bi * dim + c) * l, \
+                      gw_rows + (bi * groups * dim + c) * k,                                \
+                      gb_rows ? gb_rows + bi * groups * dim + c : NULL, dim, groups, l, K,  \
+                      lo, hi)
+            if (k == 4)
+                CONV_BACKWARD(4);
+            else
+                CONV_BACKWARD((int)k);
+#undef CONV_BACKWARD
         }
     }
     return 0;
