@@ -120,10 +120,14 @@ def test_cycle_finder_sees_a_lazy_cycle(tmp_path: Path) -> None:
 
 
 def test_no_import_cycles() -> None:
-    modules = module_names(SRC)
-    assert "cinemamba.eval.run" in modules and "cinemamba.eval.reconstruction" in modules
+    # All five packages in one graph (cinemamba_vae.identity <-> pretrained and
+    # cinemamba_sampling.pipeline <-> saved were cycles closed by lazy imports).
+    modules = {}
+    for src in sorted(SRC.parents[1].glob("*/src")):
+        modules.update(module_names(src))
+    assert "cinemamba.eval.run" in modules and "cinemamba_sampling.saved" in modules
     graph = {n: imports_of(n, p, modules) for n, p in modules.items()}
     found = cycles(graph)
-    assert not found, "import cycles in cinemamba (each line imports itself back):\n" + "\n".join(
+    assert not found, "import cycles (each line imports itself back):\n" + "\n".join(
         " <-> ".join(c) for c in found
     )

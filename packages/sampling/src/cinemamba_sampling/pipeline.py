@@ -28,7 +28,14 @@ from tqdm.auto import tqdm
 from cinemamba_conditioning import CachedTextEncoder, TextEmbedding, TextEncoder
 from cinemamba_sampling.guidance import WithContext, guided
 from cinemamba_sampling.processes import NoiseProcess, ProcessConfig
-from cinemamba_sampling.saved import SamplingDefaults, TrainingClip, load_pipeline, save_pipeline
+from cinemamba_sampling.saved import (
+    PIPELINE_JSON,
+    SamplingDefaults,
+    TrainingClip,
+    dataclass_from,
+    load_pipeline,
+    save_pipeline,
+)
 from cinemamba_sampling.solvers import DEFAULT_SOLVER, get_solver
 
 log = logging.getLogger(__name__)
@@ -168,8 +175,13 @@ class VideoPipeline:
     ) -> VideoPipeline:
         """Rebuild a pipeline from `save_pretrained` output. `config` replaces the saved solver
         settings; `process` must be the one the backbone was trained with (shift may differ)."""
-        return load_pipeline(directory, process=process, config=config, device=device,
-                             kernels=kernels)  # fmt: skip
+        parts = load_pipeline(directory, process=process, device=device, kernels=kernels)
+        saved = dataclass_from(PipelineConfig, parts.config, f"{PIPELINE_JSON} pipeline")
+        return cls(
+            parts.vae, parts.backbone, parts.text_encoder, parts.process, config or saved,
+            defaults=parts.defaults, training_clip=parts.training_clip,
+            trained_process=parts.trained_process,
+        )  # fmt: skip
 
     @property
     def device(self) -> torch.device:

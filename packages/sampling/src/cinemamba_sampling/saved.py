@@ -19,14 +19,14 @@ import os
 import shutil
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
 from cinemamba_sampling.processes import ProcessConfig
 
 if TYPE_CHECKING:
-    from cinemamba_sampling.pipeline import PipelineConfig, VideoPipeline
+    from cinemamba_sampling.pipeline import VideoPipeline
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,8 @@ def check_process(trained: ProcessConfig, requested: ProcessConfig) -> None:
         )
 
 
-def _dataclass_from(cls: type, data: dict[str, Any], where: str) -> Any:
+def dataclass_from(cls: type, data: dict[str, Any], where: str) -> Any:
+    """`cls(**data)`; unknown keys (a file from another version) raise, naming `where`."""
     names = {f.name for f in fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
@@ -187,25 +188,37 @@ def save_pipeline(
     return directory
 
 
+class SavedPipeline(NamedTuple):
+    """What `load_pipeline` rebuilds from a pipeline directory, checked; `VideoPipeline`
+    assembles it (this module never imports the pipeline class it serialises)."""
+
+    vae: torch.nn.Module
+    backbone: torch.nn.Module
+    text_encoder: Any
+    process: Any  # a NoiseProcess
+    config: dict[str, Any]  # the saved PipelineConfig fields
+    defaults: SamplingDefaults
+    training_clip: TrainingClip
+    trained_process: ProcessConfig
+
+
 def load_pipeline(
     directory: str | Path,
     *,
     process: ProcessConfig | None = None,
-    config: PipelineConfig | None = None,
     device: str | torch.device = "cpu",
     kernels: str = "auto",
-) -> VideoPipeline:
-    """Rebuild a saved pipeline; `process` / `config` override the saved ones (a process the
+) -> SavedPipeline:
+    """Rebuild a saved pipeline's parts; `process` overrides the saved one (a process the
     backbone was not trained with raises, see `check_process`)."""
     from cinemamba_backbone import VideoDiT
     from cinemamba_conditioning import TextEncoderConfig, build_text_encoder
-    from cinemamba_sampling.pipeline import PipelineConfig, VideoPipeline
     from cinemamba_sampling.processes import build_process
     from cinemamba_vae import load_vae, vae_identity
 
     directory = Path(directory)
     meta = read_pipeline_json(directory)
-    trained = _dataclass_from(ProcessConfig, meta["process"], f"{PIPELINE_JSON} process")
+    trained = dataclass_from(ProcessConfig, meta["process"], f"{PIPELINE_JSON} process")
     if process is not None:
         check_process(trained, process)
     vae_dir = directory / meta["vae"]["path"]  # an absolute reference stays absolute
@@ -215,7 +228,7 @@ def load_pipeline(
             f"the VAE at {str(vae_dir)!r} is {found!r} but the pipeline {str(directory)!r} was "
             f"saved with {meta['vae']['identity']!r}; point it at the VAE it was trained with"
         )
-    text_cfg = _dataclass_from(
+    text_cfg = dataclass_from(
         TextEncoderConfig, meta["text_encoder"]["config"], f"{PIPELINE_JSON} text_encoder"
     )
     text = build_text_encoder(text_cfg)
@@ -224,17 +237,13 @@ def load_pipeline(
             f"the text encoder built from {PIPELINE_JSON} is {text.identity!r} but the pipeline "
             f"was saved with {meta['text_encoder']['identity']!r} (its weights file changed?)"
         )
-    saved_cfg = _dataclass_from(PipelineConfig, meta["pipeline"], f"{PIPELINE_JSON} pipeline")
-    pipe = VideoPipeline(
+    return SavedPipeline(
         load_vae(vae_dir).to(device),
         VideoDiT.from_pretrained(directory / meta["backbone"], kernels=kernels).to(device),
         text.to(device),
         build_process(process or trained),
-        config or saved_cfg,
-        defaults=_dataclass_from(SamplingDefaults, meta["defaults"], f"{PIPELINE_JSON} defaults"),
-        training_clip=_dataclass_from(
-            TrainingClip, meta["training_clip"], f"{PIPELINE_JSON} training_clip"
-        ),
-        trained_process=trained,
+        meta["pipeline"],
+        dataclass_from(SamplingDefaults, meta["defaults"], f"{PIPELINE_JSON} defaults"),
+        dataclass_from(TrainingClip, meta["training_clip"], f"{PIPELINE_JSON} training_clip"),
+        trained,
     )
-    return pipe

@@ -6,35 +6,19 @@ made with another VAE (a retrained one, or the same architecture with other late
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Any
 
+from cinemamba_vae.config import load_vae_config
+from cinemamba_vae.hashing import config_hash, file_sha256
+from cinemamba_vae.pretrained import diffusers_vae_identity, is_diffusers_dir
 
-def config_hash(config: Any) -> str:
-    """A short sha256 of a config (dataclass or mapping), stable across key order."""
-    data = asdict(config) if is_dataclass(config) else dict(config)
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-def file_sha256(path: str | Path) -> str:
-    """sha256 hex digest of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+__all__ = ["config_hash", "file_sha256", "vae_identity"]
 
 
 def vae_identity(directory: str | Path) -> str:
     """Names the exact VAE saved in `directory` (by `save_pretrained`) without building it: a
     hash of its weights file (latent statistics included) and of its config; a diffusers
     directory gets `diffusers_vae_identity` (class + config + weights + measured statistics)."""
-    from cinemamba_vae.config import load_vae_config
-    from cinemamba_vae.pretrained import diffusers_vae_identity, is_diffusers_dir
-
     directory = Path(directory)
     if not (directory / "config.yaml").is_file() and is_diffusers_dir(directory):
         return diffusers_vae_identity(directory)

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from cinemamba_vae.identity import config_hash, file_sha256
+from cinemamba_vae.hashing import config_hash, file_sha256
 from cinemamba_vae.latent_norm import LatentNormalization
 
 DIFFUSERS_CONFIG = "config.json"
