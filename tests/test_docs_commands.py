@@ -61,6 +61,7 @@ SKIP = {
     ("docs/data.md", "cinemamba synth data/synth-long frames=256 height=64 width=64 background=plain two_object_prob=0.3"): "1,152 videos of 256 frames (minutes)",
     ("docs/demo.md", "scripts/demo.sh            # = bash scripts/setup.sh && cinemamba demo"): DEMO,
     ("docs/demo.md", "cinemamba demo backbone.train.steps=3200          # more backbone training"): DEMO,
+    ("docs/demo.md", "cinemamba demo backbone.train.steps=24000 --out runs/demo-8x   # 8× the steps; its cosine schedule stretched"): DEMO,
     ("docs/evaluation.md", "# Real synthetic videos only: the detector's ceiling (every video should score near 1)."): TRAINED + "; FVD over the whole val set",
     ("docs/evaluation.md", "scripts/demo.sh                              # the fvd stage runs after evaluate"): DEMO,
     ("docs/gpu.md", '.venv/bin/pip install --no-build-isolation -c scripts/constraints.txt -e "packages/backbone[cuda]"'): INSTALL + "; CUDA",
