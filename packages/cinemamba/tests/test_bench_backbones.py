@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 
@@ -11,12 +12,16 @@ from cinemamba.bench.backbones import (
     Series,
     crossover,
     crossover_lines,
+    full3d_block_ratios,
     match_width,
     registered,
     series_table,
     stop_before,
 )
 from cinemamba.bench.measure import slope
+from cinemamba_backbone.full3d import Full3DBlock
+from cinemamba_backbone.mixers import MixerOptions, build_mixer
+from cinemamba_backbone.model import VideoDiTBlock
 
 
 def test_slope_recovers_power_law_exponent():
@@ -83,14 +88,6 @@ def test_stop_before_extrapolates_time_and_memory_in_log_log():
 def test_full3d_block_ratios_compare_equal_parameter_blocks():
     # Block against block: one figure per length, the full-3D block at the width whose
     # parameter count (counted here on blocks built directly) is closest to bimamba's.
-    import re
-
-    from cinemamba_backbone.full3d import Full3DBlock
-    from cinemamba_backbone.mixers import MixerOptions, build_mixer
-    from cinemamba_backbone.model import VideoDiTBlock
-
-    from cinemamba.bench.backbones import full3d_block_ratios
-
     figures = full3d_block_ratios(BackbonesScale(full3d_frames=(2, 3), ratio_repeats=1), 4)
     assert [f.name.split(" T=")[1] for f in figures] == ["2 tokens=4", "3 tokens=4"]
     assert all(f.target == 1.0 and min(f.measured + f.reference) > 0 for f in figures)
