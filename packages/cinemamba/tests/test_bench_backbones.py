@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from cinemamba.bench.backbones import (
+from cinemamba.apps.bench.backbones import (
     BackbonesScale,
     Series,
     crossover,
@@ -16,7 +16,7 @@ from cinemamba.bench.backbones import (
     series_table,
     stop_before,
 )
-from cinemamba.bench.measure import slope
+from cinemamba.apps.bench.measure import slope
 
 
 def test_slope_recovers_power_law_exponent():

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from cinemamba.bench.gpu import (
+from cinemamba.apps.bench.gpu import (
     GPU_BEGIN,
     GPU_END,
     GPU_SCALES,

@@ -3,8 +3,8 @@
 import re
 from pathlib import Path
 
-from cinemamba.demo.config import SCORES, DemoConfig
-from cinemamba.demo.report import MEASURED_BUDGETS, budget_advice
+from cinemamba.apps.demo.config import SCORES, DemoConfig
+from cinemamba.apps.demo.report import MEASURED_BUDGETS, budget_advice
 
 
 def _metrics(final: dict, half: dict, through_vae: dict) -> dict:

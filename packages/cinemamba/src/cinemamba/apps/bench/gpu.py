@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cinemamba.bench.measure import count_flops
+from cinemamba.apps.bench.measure import count_flops
 
 log = logging.getLogger(__name__)
 

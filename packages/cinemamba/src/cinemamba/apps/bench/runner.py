@@ -13,13 +13,13 @@ from pathlib import Path
 
 import torch
 
-from cinemamba.bench import backbones, fvd, generation, scripts, training
-from cinemamba.bench.backbones import BackbonesScale
-from cinemamba.bench.fvd import FVDScale
-from cinemamba.bench.generation import GenerationScale
-from cinemamba.bench.measure import MIN_REPEATS, Section, cpu_model, machine_description
-from cinemamba.bench.scripts import KernelScale
-from cinemamba.bench.training import TrainScale
+from cinemamba.apps.bench import backbones, fvd, generation, scripts, training
+from cinemamba.apps.bench.backbones import BackbonesScale
+from cinemamba.apps.bench.fvd import FVDScale
+from cinemamba.apps.bench.generation import GenerationScale
+from cinemamba.apps.bench.measure import MIN_REPEATS, Section, cpu_model, machine_description
+from cinemamba.apps.bench.scripts import KernelScale
+from cinemamba.apps.bench.training import TrainScale
 
 log = logging.getLogger(__name__)
 

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import torch
 
-from cinemamba.bench.measure import Figure, Section, cpu_timed, repeat_times, slope
+from cinemamba.apps.bench.measure import Figure, Section, cpu_timed, repeat_times, slope
 from cinemamba_backbone import BackboneConfig, VideoDiT
 from cinemamba_sampling import peak_memory
 
-PLOT = Path(__file__).parents[5] / "docs" / "backbones_crossover.png"
+PLOT = Path(__file__).parents[6] / "docs" / "backbones_crossover.png"
 
 
 @dataclass(frozen=True)

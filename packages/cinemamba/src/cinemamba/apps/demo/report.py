@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from cinemamba.demo.config import SCORES, DemoConfig
-from cinemamba.demo.runner import StageRecord, write_json
+from cinemamba.apps.demo.config import SCORES, DemoConfig
+from cinemamba.apps.demo.runner import StageRecord, write_json
 
 LABELS = {
     "colour_accuracy": "colour accuracy",

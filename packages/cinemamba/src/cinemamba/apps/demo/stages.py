@@ -22,12 +22,12 @@ import torch
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
+from cinemamba.apps.demo.config import DemoConfig, is_heldout, plain, prompt_specs
+from cinemamba.apps.demo.runner import Stage, StageInterrupted, write_json
 from cinemamba.config import ConfigError
 from cinemamba.data.synth import SceneObject, trajectory
 from cinemamba.data.synth_video import render_scene, write_synth
 from cinemamba.data.video import write_video
-from cinemamba.demo.config import DemoConfig, is_heldout, plain, prompt_specs
-from cinemamba.demo.runner import Stage, StageInterrupted, write_json
 from cinemamba.latents.clips import ClipConfig
 from cinemamba.latents.export import ExportConfig, export_latents
 from cinemamba.tasks.backbone import BackboneTask
@@ -160,8 +160,8 @@ def vae_stage(cfg: DemoConfig) -> Stage:
 
 def vae_stats_stage(cfg: DemoConfig) -> Stage:
     """Per-channel latent mean / std over the training clips, stored in the VAE."""
-    from cinemamba.commands.vae_stats import latent_stats
     from cinemamba.eval.reconstruction import iter_clips
+    from cinemamba.latents.stats import latent_stats
 
     count, frames = cfg.vae_stats_videos, cfg.data.frames
 
