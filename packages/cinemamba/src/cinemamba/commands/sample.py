@@ -16,13 +16,11 @@ import logging
 from pathlib import Path
 
 from cinemamba.config import ConfigError, load_config, to_object
-from cinemamba.data.video import write_video
+from cinemamba.media import save_video
 from cinemamba.pipeline import SampleConfig, build_pipeline, load_saved_pipeline, saved_defaults
 from cinemamba_sampling import (
     MODES,
-    contact_sheet,
     is_saved_pipeline,
-    save_png,
     to_uint8,
 )
 
@@ -122,11 +120,8 @@ def run(args: argparse.Namespace) -> int:
         negative_prompt=cfg.negative_prompt or None,
     )
     for frames, path, prompt in zip(to_uint8(video), outputs, args.prompt, strict=True):
-        write_video(path, frames, fps=cfg.fps)
         title = f"{prompt} | {cfg.mode} | {len(frames)} frames | seed {cfg.seed}"
-        sheet = save_png(
-            path.with_suffix(".png"), contact_sheet(frames, title=title, frame_numbers=True)
-        )
+        saved = save_video(path, frames, cfg.fps, title=title)
         path.with_suffix(".txt").write_text(prompt + "\n")  # the sidecar `eval` reads
-        log.info("wrote %s (%d frames), %s and its prompt", path, frames.shape[0], sheet)
+        log.info("wrote %s (%d frames), %s and its prompt", path, frames.shape[0], saved.sheet)
     return 0

@@ -40,7 +40,6 @@ from cinemamba.data.buckets import (
     index_raw_shards,
 )
 from cinemamba.data.loader import resolve_shards
-from cinemamba.data.video import write_video
 from cinemamba.latents import format as fmt
 from cinemamba.latents.clips import ClipConfig, decode_clip, to_pixels
 from cinemamba.latents.dataset import (
@@ -52,6 +51,7 @@ from cinemamba.latents.dataset import (
     open_latent_set,
 )
 from cinemamba.latents.stream import SampleStream, ShardList, batch_loader, micro_batches
+from cinemamba.media import save_video
 from cinemamba.tasks.context import CleanContext
 from cinemamba.train import (
     DataSpec,
@@ -73,10 +73,8 @@ from cinemamba_sampling import (
     VideoPipeline,
     build_process,
     check_process,
-    contact_sheet,
     is_saved_pipeline,
     read_pipeline_json,
-    save_png,
     to_uint8,
 )
 from cinemamba_vae import VideoAutoencoder, load_vae
@@ -663,12 +661,11 @@ class BackboneTask:
 
             self._writer = SummaryWriter(str(Path(run_dir) / "tensorboard"))
         for i, frames in enumerate(to_uint8(video)):  # (T, H, W, 3)
-            write_video(out / f"step{step:07d}_{i}.mp4", frames, s.fps)
             title = f"{s.prompts[i]} | {s.mode} | step {step}"
-            sheet = contact_sheet(frames, title=title, frame_numbers=True)
-            save_png(out / f"step{step:07d}_{i}.png", sheet)
+            sheet = save_video(out / f"step{step:07d}_{i}.mp4", frames, s.fps, title=title)
             # the tag carries the prompt; TensorBoard shows the step on the image's slider
-            self._writer.add_image(f"samples/{i} {s.prompts[i]}", sheet, step, dataformats="HWC")
+            self._writer.add_image(f"samples/{i} {s.prompts[i]}", sheet.sheet_image, step,
+                                   dataformats="HWC")  # fmt: skip
         self._writer.flush()
         return {**metrics, "sample_seconds": time.perf_counter() - started}
 
