@@ -51,8 +51,7 @@ from cinemamba.apps.demo.config import SCORES, DemoConfig, load_demo_config, pla
 from cinemamba.apps.demo.evaluate import score_video
 from cinemamba.apps.demo.runner import Stage, StageRunner, write_json
 from cinemamba.apps.demo.stages import LATENTS_DIR, VAE_DIR, real_video
-from cinemamba.config import ConfigError, _merge
-from cinemamba.data.video import write_video
+from cinemamba.config import ConfigError, merge_config
 from cinemamba.eval.compare import (
     accumulator_from,
     clip_features,
@@ -62,6 +61,7 @@ from cinemamba.eval.compare import (
 )
 from cinemamba.eval.drift import SegmentReference, drift_table
 from cinemamba.eval.run import Scorer, default_scorer, mean_scores
+from cinemamba.media import save_video
 from cinemamba.tasks.backbone import BackboneExperiment
 from cinemamba_backbone import BLOCK_MIXERS, BackboneConfig, VideoDiT
 from cinemamba_conditioning import build_text_encoder
@@ -69,9 +69,7 @@ from cinemamba_sampling import (
     PipelineConfig,
     VideoPipeline,
     build_process,
-    contact_sheet,
     peak_memory,
-    save_png,
     to_uint8,
 )
 from cinemamba_vae import VideoAutoencoder, load_vae
@@ -172,7 +170,9 @@ def mixer_experiment(
         bad = [o for o in cfg.overrides if "=" not in o]
         if bad:
             raise ConfigError(f"ablation overrides must look like key=value, got {bad}")
-        node = _merge(node, OmegaConf.from_dotlist(list(cfg.overrides)), "ablation `overrides`")
+        node = merge_config(
+            node, OmegaConf.from_dotlist(list(cfg.overrides)), "ablation `overrides`"
+        )
     exp = OmegaConf.to_object(node)
     exp.train.steps = cfg.steps
     exp.train.seed = cfg.seed
@@ -347,11 +347,9 @@ def train_clip(
 def _save_examples(work: Path, tag: str, videos: list[np.ndarray], prompts: list[str],
                    count: int, fps: float) -> None:  # fmt: skip
     for i, (frames, prompt) in enumerate(zip(videos[:count], prompts, strict=False)):
-        write_video(work / f"{tag}_{i}.mp4", frames, fps=fps)
-        (work / f"{tag}_{i}.txt").write_text(prompt + "\n")  # the `cinemamba eval` sidecar
         title = f"{prompt} | {tag} = {len(frames)} frames"
-        sheet = contact_sheet(frames, max_frames=32, title=title, frame_numbers=True)
-        save_png(work / f"{tag}_{i}.png", sheet)
+        save_video(work / f"{tag}_{i}.mp4", frames, fps, title=title)
+        (work / f"{tag}_{i}.txt").write_text(prompt + "\n")  # the `cinemamba eval` sidecar
 
 
 REAL_FEATURES = "real_features.npz"  # in the ceiling stage: FVD_16 per length + drift segments
