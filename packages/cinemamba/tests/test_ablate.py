@@ -15,7 +15,6 @@ from PIL import Image
 from cinemamba.apps.ablate import (
     AblationConfig,
     AblationEval,
-    _final_loss,
     check_mixers,
     eval_lengths,
     eval_prompts,
@@ -27,6 +26,7 @@ from cinemamba.apps.ablate import (
     train_step_memory,
     write_report,
 )
+from cinemamba.apps.ablate.training import _final_loss
 from cinemamba.apps.demo.config import SCORES, load_demo_config
 from cinemamba.cli import main
 from cinemamba.config import ConfigError
@@ -280,7 +280,7 @@ def test_fvd_wiring_matches_hand_computed_frechet(demo, tmp_path, monkeypatch,
                                                   fvd_closed_forms) -> None:  # fmt: skip
     """Real features computed once in the ceiling stage, each mixer's FVD_16 per length and its
     drift table against them, on videos whose clip features have closed forms."""
-    import cinemamba.apps.ablate as ab
+    import cinemamba.apps.ablate.evaluate as ab
 
     cf = fvd_closed_forms
     monkeypatch.setattr(ab, "real_video",
