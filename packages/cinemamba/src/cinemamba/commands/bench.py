@@ -17,13 +17,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from cinemamba.apps.bench import BENCHMARKS, bench
-from cinemamba.apps.bench.gpu import (
-    GPU_SCALES,
-    GPUUnavailableError,
-    merge_gpu,
-    render_gpu,
-    run_gpu_bench,
-)
+from cinemamba.apps.bench.gpu import GPU_SCALES, GPUUnavailableError, run_gpu_bench
+from cinemamba.apps.bench.gpu_report import merge_gpu, render_gpu
 from cinemamba.apps.bench.runner import write_atomic
 
 NAME = "bench"
