@@ -72,8 +72,7 @@ def _modes_diverge(groups: Mapping[str, Any], name: str) -> str:
     return (
         f" The modes went different ways ({each}): more training kept or raised "
         f"{' and '.join(f'`{m}`' for m in kept)} and lowered "
-        f"{' and '.join(f'`{m}`' for m in fell)}, so judge each mode on its own "
-        "(docs/long-video.md, 'Choosing a mode')."
+        f"{' and '.join(f'`{m}`' for m in fell)}, so judge each mode on its own."
     )
 
 
@@ -99,14 +98,14 @@ def budget_advice(metrics: Mapping[str, Any], cfg: DemoConfig) -> list[str]:
             text += (
                 f" ({_f(half)} after {steps // 2} backbone steps). The backbone limits it first: "
                 f"real videos of the same prompts keep {through_vae:.3f} through the demo's VAE. "
-                "That VAE is below the target too, so both must improve (see docs/demo.md)."
+                "That VAE is below the target too, so both must improve."
             )
         elif vae_bound:
             text += (
                 f" ({_f(half)} after {steps // 2} backbone steps). Real videos of the same "
                 f"prompts score only {through_vae:.3f} after an encode and decode by the demo's "
                 "VAE, below the target: the VAE's budget or size limits this score before the "
-                "backbone does, so it must improve first (see the VAE evidence in docs/demo.md)."
+                "backbone does, so it must improve first."
             )
         elif half is not None and final is not None:
             gain = final - half
