@@ -4,7 +4,7 @@
     python scripts/ablation_docs.py runs/ablation-memory --section memory   # the memory ablation
 
 Reads `<run>/ablation.json`, renders it with the run's own report writer
-(`cinemamba.ablate.report.to_markdown`), copies its plots next to the page, and replaces the
+(`cinemamba.apps.ablate.report.to_markdown`), copies its plots next to the page, and replaces the
 block between the markers below (text outside them is kept). The header states what the run
 was: its config, the commit it ran at (from the run's `git` record if any, else the current
 HEAD, marked as such), the CPU, and the wall time of every stage from the run's own records.
@@ -20,7 +20,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from cinemamba.bench.markers import splice_block
+from cinemamba.apps.bench.markers import splice_block
 
 BEGIN = "<!-- scripts/ablation_docs.py: generated from here -->"
 END = "<!-- scripts/ablation_docs.py: generated to here -->"
@@ -57,8 +57,8 @@ def _stage_lines(results: dict) -> list[str]:
 def block(run: Path, docs: Path, note: str = "", section: str = "tiny") -> list[str]:
     """The generated lines: header, plots, and the run's report body with demoted headings
     (twice for the memory section, which sits one level deeper)."""
-    from cinemamba.ablate.report import to_markdown
-    from cinemamba.bench.measure import cpu_model
+    from cinemamba.apps.ablate.report import to_markdown
+    from cinemamba.apps.bench.measure import cpu_model
 
     path = run / "ablation.json"
     if not path.is_file():

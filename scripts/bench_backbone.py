@@ -357,7 +357,7 @@ def main() -> int:
         blocks["model"] = _block("model", "VideoDiT vs frame count", run_model())
     print("\n\n".join(blocks.values()))
     if args.markdown:
-        from cinemamba.bench.markers import splice_block
+        from cinemamba.apps.bench.markers import splice_block
 
         page = args.markdown.read_text() if args.markdown.is_file() else ""
         for which, block in blocks.items():

@@ -58,7 +58,7 @@ def child(steps: int, ready: Path, go: Path, governed: bool) -> dict:
     `governed`, the trainer's ThreadGovernor is polled before every step, as the trainer does."""
     import torch
 
-    from cinemamba.demo.config import load_demo_config
+    from cinemamba.apps.demo.config import load_demo_config
     from cinemamba_backbone import VideoDiT
 
     cfg = load_demo_config(REPO / "configs/experiment/demo.yaml")
@@ -162,7 +162,7 @@ def measure(steps: int, repeats: int) -> list[dict]:
 
 def markdown(rows: list[dict], steps: int, load_start: str, load_end: str) -> list[str]:
     """The results as the generated block of docs/benchmarks.md."""
-    from cinemamba.bench.measure import cpu_model
+    from cinemamba.apps.bench.measure import cpu_model
 
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     lines = [

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from cinemamba.bench.measure import Figure, Section
+from cinemamba.apps.bench.measure import Figure, Section
 from cinemamba.data.loader import LoaderConfig, VideoLoader
 from cinemamba.data.synth import SceneConfig
 from cinemamba.data.synth_video import write_synth

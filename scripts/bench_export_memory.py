@@ -111,7 +111,7 @@ def measure(args: argparse.Namespace) -> list[dict]:
         VideoAutoencoder(vae_preset("tiny")).eval().save_pretrained(tmp / "own")
         vaes = {"own tiny VAE": tmp / "own"}
         try:
-            from cinemamba.bench.scripts import tiny_diffusers_wan
+            from cinemamba.apps.bench.scripts import tiny_diffusers_wan
 
             tiny_diffusers_wan().save_pretrained(tmp / "wan")
             vaes["diffusers Wan (tiny)"] = tmp / "wan"
@@ -197,7 +197,7 @@ def main() -> None:
     block = markdown(measure(args), args)
     print(block)
     if args.markdown:
-        from cinemamba.bench.markers import splice_block
+        from cinemamba.apps.bench.markers import splice_block
 
         page = Path(args.markdown)
         page.write_text(splice_block(page.read_text(), block, BEGIN, END, AFTER))

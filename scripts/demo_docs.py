@@ -17,7 +17,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from cinemamba.bench.markers import splice_block
+from cinemamba.apps.bench.markers import splice_block
 
 BEGIN = "<!-- scripts/demo_docs.py: generated from here -->"
 END = "<!-- scripts/demo_docs.py: generated to here -->"

@@ -4,7 +4,7 @@
 
 Reads `<demo>/metrics.json` (its `fvd` record, written by the demo's `fvd` stage) and
 `<ablation>/ablation.json`, renders them with the reports' own table writers
-(`cinemamba.demo.report.fvd_section`, `cinemamba.ablate.report.fvd_markdown`), copies the drift
+(`cinemamba.apps.demo.report.fvd_section`, `cinemamba.apps.ablate.report.fvd_markdown`), copies the drift
 plots next to the page, and replaces the block between the markers below (text outside them is
 kept). Every figure in the block comes from those two runs; the header names them.
 """
@@ -18,7 +18,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from cinemamba.bench.markers import splice_block
+from cinemamba.apps.bench.markers import splice_block
 
 BEGIN = "<!-- scripts/fvd_docs.py: generated from here -->"
 END = "<!-- scripts/fvd_docs.py: generated to here -->"
@@ -37,7 +37,7 @@ def _demote(line: str) -> str:
 
 def demo_block(demo: Path, docs: Path) -> list[str]:
     """The demo's FVD rows and drift table, its drift plot copied to `docs`."""
-    from cinemamba.demo.report import fvd_section
+    from cinemamba.apps.demo.report import fvd_section
 
     metrics_path = demo / "metrics.json"
     if not metrics_path.is_file():
@@ -62,7 +62,7 @@ def demo_block(demo: Path, docs: Path) -> list[str]:
 
 def ablation_block(ablation: Path, docs: Path) -> list[str]:
     """The ablation's FVD_16 per mixer and length, drift per mixer, its plot copied."""
-    from cinemamba.ablate.report import fvd_markdown
+    from cinemamba.apps.ablate.report import fvd_markdown
 
     path = ablation / "ablation.json"
     if not path.is_file():

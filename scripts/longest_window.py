@@ -223,7 +223,7 @@ def main() -> None:
     block = markdown(results, args)
     print(block)
     if args.markdown:
-        from cinemamba.bench.markers import splice_block
+        from cinemamba.apps.bench.markers import splice_block
 
         page = Path(args.markdown)
         page.write_text(splice_block(page.read_text(), block, BEGIN, END, AFTER))

@@ -12,7 +12,7 @@ SCRIPT = REPO / "scripts" / "demo_docs.py"
 BEGIN = "<!-- scripts/demo_docs.py: generated from here -->"
 END = "<!-- scripts/demo_docs.py: generated to here -->"
 
-# A report as `cinemamba.demo.report.write_report` lays it out: title, opening, sections.
+# A report as `cinemamba.apps.demo.report.write_report` lays it out: title, opening, sections.
 REPORT = """# cinemamba demo report
 
 Wall time of all stages: **1.5 min (90 s)** (budget 20 min).

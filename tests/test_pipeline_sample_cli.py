@@ -10,10 +10,10 @@ import pytest
 from PIL import Image
 
 from cinemamba.cli import main
-from cinemamba.commands.sample import SampleConfig, build_pipeline
 from cinemamba.config import load_config, to_object
 from cinemamba.data.video import decode_video, probe_video
 from cinemamba.eval.sources import iter_generated
+from cinemamba.pipeline import SampleConfig, build_pipeline
 from cinemamba_sampling import contact_sheet, to_uint8
 
 REPO = Path(__file__).resolve().parents[1]

@@ -79,7 +79,7 @@ class TinyI3D:
 def tiny_i3d(monkeypatch) -> TinyI3D:
     """The tiny I3D, installed as what the demo and the ablation load for FVD."""
     features = TinyI3D()
-    for module in ("cinemamba.demo.fvd", "cinemamba.ablate"):
+    for module in ("cinemamba.apps.demo.fvd", "cinemamba.apps.ablate.stages"):
         monkeypatch.setattr(
             f"{module}.optional_features", lambda spec, device="cpu": (features, None)
         )

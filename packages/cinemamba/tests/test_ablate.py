@@ -12,10 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from cinemamba.ablate import (
+from cinemamba.apps.ablate import (
     AblationConfig,
     AblationEval,
-    _final_loss,
     check_mixers,
     eval_lengths,
     eval_prompts,
@@ -27,9 +26,10 @@ from cinemamba.ablate import (
     train_step_memory,
     write_report,
 )
+from cinemamba.apps.ablate.training import _final_loss
+from cinemamba.apps.demo.config import SCORES, load_demo_config
 from cinemamba.cli import main
 from cinemamba.config import ConfigError
-from cinemamba.demo.config import SCORES, load_demo_config
 from cinemamba.tasks.backbone import load_backbone_experiment
 from cinemamba_backbone import BackboneConfig
 
@@ -266,8 +266,8 @@ def test_ablation_end_to_end(tmp_path, tiny_i3d) -> None:
 
 
 def test_shipped_config_loads_and_its_prompts_parse() -> None:
+    from cinemamba.apps.demo.config import prompt_specs
     from cinemamba.config import load_config, to_object
-    from cinemamba.demo.config import prompt_specs
 
     cfg = to_object(load_config(AblationConfig, REPO / "configs/ablation/tiny.yaml"))
     assert cfg.mixers == ["bimamba", "mamba", "attention", "bimamba+attention"]
@@ -280,7 +280,7 @@ def test_fvd_wiring_matches_hand_computed_frechet(demo, tmp_path, monkeypatch,
                                                   fvd_closed_forms) -> None:  # fmt: skip
     """Real features computed once in the ceiling stage, each mixer's FVD_16 per length and its
     drift table against them, on videos whose clip features have closed forms."""
-    import cinemamba.ablate as ab
+    import cinemamba.apps.ablate.evaluate as ab
 
     cf = fvd_closed_forms
     monkeypatch.setattr(ab, "real_video",
@@ -333,7 +333,7 @@ def test_fvd_wiring_matches_hand_computed_frechet(demo, tmp_path, monkeypatch,
 
 
 def _params(arch: BackboneConfig) -> int:
-    """Parameters counted here, independently of `cinemamba.ablate.cost`."""
+    """Parameters counted here, independently of `cinemamba.apps.ablate.cost`."""
     from cinemamba_backbone import VideoDiT
 
     return sum(p.numel() for p in VideoDiT(arch).parameters())
@@ -365,7 +365,7 @@ def test_flop_counter_closed_form() -> None:
     backward (grad of input and of weight); the selective scans add 27·b·d·l·n each."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from cinemamba.ablate.cost import ATTENTION_FLOPS, count_flops, train_flops
+    from cinemamba.apps.ablate.cost import ATTENTION_FLOPS, count_flops, train_flops
 
     batch, fan_in, fan_out = 5, 7, 3
     layer = torch.nn.Linear(fan_in, fan_out)
@@ -397,7 +397,7 @@ def test_flop_counter_closed_form() -> None:
 
 
 def test_match_flops_within_two_percent_and_errors() -> None:
-    from cinemamba.ablate.cost import match_cost, train_flops
+    from cinemamba.apps.ablate.cost import match_cost, train_flops
 
     ref = BackboneConfig.from_preset("tiny", in_channels=4, text_dim=16, sample_size=4,
                                      d_state=4, expand=2)  # fmt: skip
@@ -428,7 +428,7 @@ def test_match_typo_is_a_clear_error(tmp_path, capsys) -> None:
 def test_match_skips_widths_that_fail_a_forward(monkeypatch) -> None:
     """A width that builds but fails its forward (as a block checking head sizes only there
     would) is passed over for the next one that still matches."""
-    from cinemamba.ablate import cost
+    from cinemamba.apps.ablate import cost
     from cinemamba_backbone import VideoDiT
 
     ref = BackboneConfig.from_preset("tiny", in_channels=4, text_dim=16, sample_size=4,
@@ -454,7 +454,7 @@ def test_memory_ablation_end_to_end(tmp_path) -> None:
     """The memory ablation's wiring, end to end on a tiny random VAE and 2 training steps per
     mixer: memory prompts generated in both modes and scored per kind and gap, the ceiling's
     real videos scoring 1, the "score vs gap" table and plot in the report."""
-    from cinemamba.ablate.memory import AblationMemory
+    from cinemamba.apps.ablate.memory import AblationMemory
     from cinemamba.data.synth_video import write_synth
     from cinemamba.latents import ClipConfig, ExportConfig, export_latents
     from cinemamba_conditioning import TextEncoderConfig
@@ -536,7 +536,12 @@ def test_shipped_memory_config(tmp_path) -> None:
 def test_memory_report_table_from_results(tmp_path) -> None:
     """The "score vs gap" table: one row per mixer and mode, then real / VAE / chance, the
     kind's headline per gap, from a results dict with known numbers."""
-    from cinemamba.ablate.memory import AblationMemory, check_memory, memory_markdown, summarise
+    from cinemamba.apps.ablate.memory import (
+        AblationMemory,
+        check_memory,
+        memory_markdown,
+        summarise,
+    )
 
     rows = [{"kind": "occlusion", "gap": 16, "memory": 1.0, "reid": 1.0},
             {"kind": "occlusion", "gap": 16, "memory": 0.0, "reid": 0.0},

@@ -9,7 +9,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 
-from cinemamba.ablate.report import draw_scores  # noqa: E402
+from cinemamba.apps.ablate.report import draw_scores  # noqa: E402
 
 FRAMES = [33, 129, 257]
 

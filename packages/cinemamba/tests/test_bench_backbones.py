@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from cinemamba.bench.backbones import (
+from cinemamba.apps.bench.backbones import (
     BackbonesScale,
     Series,
     crossover,
@@ -18,7 +18,7 @@ from cinemamba.bench.backbones import (
     series_table,
     stop_before,
 )
-from cinemamba.bench.measure import slope
+from cinemamba.apps.bench.measure import slope
 from cinemamba_backbone.full3d import Full3DBlock
 from cinemamba_backbone.mixers import MixerOptions, build_mixer
 from cinemamba_backbone.model import VideoDiTBlock

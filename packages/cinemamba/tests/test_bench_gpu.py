@@ -10,20 +10,16 @@ import pytest
 import torch
 from torch import nn
 
-from cinemamba.bench.gpu import (
-    GPU_BEGIN,
-    GPU_END,
+from cinemamba.apps.bench.gpu import (
     GPU_SCALES,
-    MAIN_END,
     GPUUnavailableError,
     crossover,
     fwd_bwd_flops,
-    merge_gpu,
     peak_bf16,
-    render_gpu,
     run_gpu_bench,
     scan_bytes,
 )
+from cinemamba.apps.bench.gpu_report import GPU_BEGIN, GPU_END, MAIN_END, merge_gpu, render_gpu
 from cinemamba.cli import main
 
 

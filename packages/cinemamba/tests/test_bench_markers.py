@@ -1,6 +1,6 @@
 """Generated blocks spliced into hand-written pages (scripts/fvd_docs.py, ablation_docs.py)."""
 
-from cinemamba.bench.markers import splice_block
+from cinemamba.apps.bench.markers import splice_block
 
 B, E = "<!-- b -->", "<!-- e -->"
 

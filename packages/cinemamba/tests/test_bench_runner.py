@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from cinemamba.bench import BENCHMARKS, Figure, slope
-from cinemamba.bench.runner import BEGIN, END, merge, merge_sections, render
-from cinemamba.bench.training import PhaseClock
+from cinemamba.apps.bench import BENCHMARKS, Figure, slope
+from cinemamba.apps.bench.runner import BEGIN, END, merge, merge_sections, render
+from cinemamba.apps.bench.training import PhaseClock
 from cinemamba.cli import main
 
 pytestmark = pytest.mark.distributed  # the train benchmark starts a (one-rank) gloo group
@@ -75,7 +75,7 @@ def test_phase_clock_keeps_exclusive_time() -> None:
 
 def test_render_marks_targets_and_keeps_every_section() -> None:
     """The summary has one row per figure with pass/FAIL; each section gets its heading."""
-    from cinemamba.bench import Section
+    from cinemamba.apps.bench import Section
 
     sections = [
         Section("a", "A", [Figure("a", "fast", "s", [1.0] * 5, [2.0] * 5, "r", target=1)]),
@@ -103,7 +103,7 @@ def test_merge_replaces_only_the_generated_block() -> None:
 def test_merge_sections_replaces_only_the_rerun_benchmarks() -> None:
     """`--only scan --out page`: the scan rows and section change, the rest of the block and
     the hand-written text stay, and a dated note says what was rerun (once per rerun set)."""
-    from cinemamba.bench import Section
+    from cinemamba.apps.bench import Section
 
     def sections(scan_time: float) -> list[Section]:
         return [

@@ -41,7 +41,9 @@ def test_synth_then_inspect(tmp_path, capsys):
     assert report["samples"] == 3 and report["good"] == 3 and report["skipped"] == {}
     assert report["frames"] == {"min": 10.0, "mean": 10.0, "max": 10.0}
     assert report["sizes"] == {"32x32": 3}
-    assert Image.open(sheet).size == (4 * 64, 2 * (64 + 14))
+    # Two rows of 4 frames enlarged 2x (2-pixel gaps between frames), each under its caption.
+    width, height = Image.open(sheet).size
+    assert width == 4 * 64 + 3 * 2 and height > 2 * 64
     assert "samples: 3 (3 good)" in capsys.readouterr().out
     assert main(["synth", str(tmp_path / "x"), "frmes=3"]) == 2  # unknown key: clear error
 

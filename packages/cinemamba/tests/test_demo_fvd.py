@@ -10,10 +10,10 @@ import logging
 import numpy as np
 import pytest
 
+from cinemamba.apps.demo import fvd as demo_fvd
+from cinemamba.apps.demo import load_demo_config
+from cinemamba.apps.demo.report import fvd_section
 from cinemamba.commands.demo import DEFAULT_CONFIG
-from cinemamba.demo import fvd as demo_fvd
-from cinemamba.demo import load_demo_config
-from cinemamba.demo.report import fvd_section
 
 PROMPTS = "[a red circle moves to the right quickly,a blue square moves up quickly]"
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from cinemamba.demo.runner import STAMP, Stage, StageRunner, config_hash
+from cinemamba.apps.demo.runner import STAMP, Stage, StageRunner, config_hash
 
 
 def _stages(calls: list[str], cfg_a: int = 1, cfg_b: int = 2, fail_b: bool = False):
@@ -106,8 +106,8 @@ def test_config_hash_is_order_independent():
 
 
 def test_signal_stopped_training_leaves_the_stage_unfinished(tmp_path):
-    from cinemamba.demo.runner import StageInterrupted
-    from cinemamba.demo.stages import finished
+    from cinemamba.apps.demo.runner import StageInterrupted
+    from cinemamba.apps.demo.stages import finished
     from cinemamba.train.trainer import TrainResult
 
     done = TrainResult(8, "done", None)
@@ -137,8 +137,8 @@ def test_signal_stopped_training_leaves_the_stage_unfinished(tmp_path):
     ],
 )
 def test_backbone_checkpoints_keep_the_half_way_step(steps, every, keep, want_every, want_keep):
-    from cinemamba.demo import load_demo_config
-    from cinemamba.demo.stages import backbone_experiment
+    from cinemamba.apps.demo import load_demo_config
+    from cinemamba.apps.demo.stages import backbone_experiment
 
     demo_yaml = Path(__file__).resolve().parents[3] / "configs/experiment/demo.yaml"
     cfg = load_demo_config(

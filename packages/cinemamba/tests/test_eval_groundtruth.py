@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from cinemamba.apps.demo.evaluate import headline
 from cinemamba.data.synth import (
     COLOUR_NAMES,
     DIRECTIONS,
@@ -24,7 +25,6 @@ from cinemamba.data.synth import (
 )
 from cinemamba.data.synth_video import render_scene
 from cinemamba.data.video import decode_video, encode_video
-from cinemamba.demo.evaluate import headline
 from cinemamba.eval.detector import detect
 from cinemamba.eval.groundtruth import score_detections, score_video
 from cinemamba.eval.run import score_with_quarters

@@ -1,6 +1,8 @@
 """Turning generated pixel tensors into images: uint8 frames and a PNG contact sheet.
 
-(mp4 writing lives in `cinemamba.data.video`; model packages never import `cinemamba`.)
+These are the project's only contact sheet and PNG writer; `cinemamba.media.save_video` pairs
+them with the mp4 (mp4 writing lives in `cinemamba.data.video`: model packages never import
+`cinemamba`).
 """
 
 from __future__ import annotations
@@ -91,10 +93,15 @@ def contact_sheet(
 
 
 def save_png(path: str | os.PathLike, image: np.ndarray) -> Path:
-    """Write a uint8 `(H, W, 3)` image as PNG via a temporary name, then rename."""
+    """Write a uint8 `(H, W, 3)` image as PNG via a temporary name (removed on failure), then
+    rename: the path holds a whole PNG or nothing new."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(image).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    try:
+        Image.fromarray(image).save(tmp, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path

@@ -1,6 +1,6 @@
 """`cinemamba ablate CONFIG [key=value ...]`: train and evaluate one backbone per temporal mixer.
 
-See `cinemamba.ablate` and docs/ablations.md. Writes `ablation.json`, `ablation.md` and
+See `cinemamba.apps.ablate` and docs/ablations.md. Writes `ablation.json`, `ablation.md` and
 `ablation.png` under the config's `out`; finished mixers are reused on a re-run.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from cinemamba.ablate import AblationConfig, run_ablation
+from cinemamba.apps.ablate import AblationConfig, run_ablation
 from cinemamba.config import load_config, to_object
 
 NAME = "ablate"

@@ -5,7 +5,7 @@ this machine and writes the markdown report (machine description, every figure a
 to a reference measured in the same run, median of >= 5 repeats and the spread).
 
 `cinemamba bench --gpu [--quick|--full] [--out docs/benchmarks.md] [--json R.json]` runs the
-GPU benchmark instead (bench/gpu.py) and writes its own generated block of the page.
+GPU benchmark instead (apps/bench/gpu.py) and writes its own generated block of the page.
 """
 
 from __future__ import annotations
@@ -16,15 +16,10 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from cinemamba.bench import BENCHMARKS, bench
-from cinemamba.bench.gpu import (
-    GPU_SCALES,
-    GPUUnavailableError,
-    merge_gpu,
-    render_gpu,
-    run_gpu_bench,
-)
-from cinemamba.bench.runner import write_atomic
+from cinemamba.apps.bench import BENCHMARKS, bench
+from cinemamba.apps.bench.gpu import GPU_SCALES, GPUUnavailableError, run_gpu_bench
+from cinemamba.apps.bench.gpu_report import merge_gpu, render_gpu
+from cinemamba.apps.bench.runner import write_atomic
 
 NAME = "bench"
 HELP = "benchmark data, VAE, scan, backbone, training step, sampling and cost growth"

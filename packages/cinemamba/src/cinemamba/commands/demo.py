@@ -46,8 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the demo and print where the report is."""
-    from cinemamba.demo import load_demo_config, run_demo
-    from cinemamba.demo.runner import StageInterrupted
+    from cinemamba.apps.demo import load_demo_config, run_demo
+    from cinemamba.apps.demo.runner import StageInterrupted
 
     overrides = list(args.overrides)
     if args.out:

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from cinemamba import media
 from cinemamba.data.loader import expand_urls
 from cinemamba.data.video import VideoDecodeError, decode_video, probe_video
 from cinemamba.latents.clips import check_metadata, describe_mismatch
@@ -154,26 +154,28 @@ def inspect_shards(
 
 
 def contact_sheet(rows: list[tuple[np.ndarray, str]], path: str | Path, scale: int = 2) -> Path:
-    """Write rows of frames (each `(N, H, W, 3)` uint8) with captions as one PNG."""
+    """Write rows of frames (each `(N, H, W, 3)` uint8), each under its caption, as one PNG.
+
+    Each row is the shared labelled sheet (`cinemamba.media.contact_sheet`) of its frames,
+    enlarged `scale` times; rows of different widths are padded with white.
+    """
     if not rows:
         raise ValueError("no clips to draw: every sample was bad or the shard set is empty")
-    cell_h, cell_w = rows[0][0].shape[1] * scale, rows[0][0].shape[2] * scale
-    text_h = 14
-    n = max(len(f) for f, _ in rows)
-    sheet = Image.new("RGB", (n * cell_w, len(rows) * (cell_h + text_h)), (255, 255, 255))
-    draw = ImageDraw.Draw(sheet)
-    for r, (frames, caption) in enumerate(rows):
-        top = r * (cell_h + text_h)
-        for c, frame in enumerate(frames):
-            img = Image.fromarray(frame).resize((cell_w, cell_h), Image.NEAREST)
-            sheet.paste(img, (c * cell_w, top))
-        draw.text((2, top + cell_h + 1), caption[: n * cell_w // 6], fill=(0, 0, 0))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    sheet.save(tmp)
-    tmp.replace(path)
-    return path
+    gap = 4
+    sheets = []
+    for frames, caption in rows:
+        big = frames.repeat(scale, axis=1).repeat(scale, axis=2)
+        sheets.append(
+            media.contact_sheet(big, columns=len(big), max_frames=len(big), title=caption)
+        )
+    width = max(s.shape[1] for s in sheets)
+    height = sum(s.shape[0] for s in sheets) + gap * (len(sheets) - 1)
+    sheet = np.full((height, width, 3), 255, dtype=np.uint8)
+    top = 0
+    for row in sheets:
+        sheet[top : top + row.shape[0], : row.shape[1]] = row
+        top += row.shape[0] + gap
+    return media.save_png(path, sheet)
 
 
 def format_report(summary: dict) -> str:

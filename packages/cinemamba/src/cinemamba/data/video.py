@@ -72,11 +72,16 @@ def encode_video(
 
 
 def write_video(path: str | Path, frames: np.ndarray, fps: float = 24.0, **kwargs) -> None:
-    """Encode frames (see `encode_video`) to `path`, via a temporary name."""
+    """Encode frames (see `encode_video`) to `path`, via a temporary name removed on failure."""
     path = Path(path)
+    data = encode_video(frames, fps, **kwargs)  # an encoding error leaves nothing on disk
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(encode_video(frames, fps, **kwargs))
-    tmp.replace(path)
+    try:
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # e.g. a full disk: no half-written file left behind
+        raise
 
 
 def describe_source(source: bytes | str | Path) -> str:

@@ -49,6 +49,7 @@ import numpy as np
 from cinemamba.data.synth import SceneConfig
 from cinemamba.data.synth_memory import MemorySpec, memory_video, parse_memory_caption, x_reach
 from cinemamba.eval.detector import CORE_ALPHA, _check_frames, colour_maps, detect
+from cinemamba.latents.clips import vae_roundtrip
 
 POSITION_TOLERANCE = 0.1  # of min(height, width): a return / event "at the right place"
 STATIC_LEVEL = 2.0  # grey levels: a panorama video changing less than this shows nothing
@@ -312,8 +313,6 @@ def memory_scores(frames: np.ndarray, prompt: str, cfg: SceneConfig) -> dict:
 def memory_ceiling(prompt: str, cfg: SceneConfig, seed: int, vae=None, chunk: int = 8) -> dict:
     """Scores of the real video of a memory prompt, and of it through `vae` when given (the
     ceiling a generator reaches: the VAE round trip is what a perfect backbone could show)."""
-    from cinemamba.demo.evaluate import vae_roundtrip
-
     spec = parse_memory_caption(prompt)
     if spec is None:
         raise ValueError(f"not a memory-scene caption: {prompt!r}")

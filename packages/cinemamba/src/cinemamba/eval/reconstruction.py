@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 import torch
 from einops import rearrange
-from PIL import Image
 from tqdm import tqdm
 
 from cinemamba.eval.sources import shard_paths
@@ -81,14 +80,6 @@ def reconstruction_strip(
     top = np.concatenate(list(original[idx]), axis=1)
     bottom = np.concatenate(list(recon[idx]), axis=1)
     return np.concatenate([top, bottom], axis=0)
-
-
-def save_png(path: str | Path, image: np.ndarray) -> None:
-    """Write a uint8 (H, W, 3) image via a temporary name."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(image).save(tmp, format="PNG")
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------- evaluation

@@ -24,6 +24,8 @@ from cinemamba.data.video import (
     iter_video,
     probe_video,
 )
+from cinemamba_sampling import to_uint8
+from cinemamba_vae import VideoAutoencoder
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +153,14 @@ def to_pixels(frames: torch.Tensor) -> torch.Tensor:
     """
     video = frames.float().div_(127.5).sub_(1.0)  # in place: one float allocation, not three
     return rearrange(video, "... t h w c -> ... c t h w")
+
+
+@torch.no_grad()
+def vae_roundtrip(vae: VideoAutoencoder, frames: np.ndarray, chunk: int) -> np.ndarray:
+    """uint8 frames encoded and decoded by the VAE: what a perfect backbone could at best show."""
+    video = to_pixels(torch.from_numpy(frames))[None]  # (1, 3, T, H, W)
+    latents = vae.encode(video, sample=False, chunk_frames=chunk * vae.config.temporal_compression)
+    return to_uint8(vae.decode(latents, chunk_frames=chunk))[0]
 
 
 def _read_sample(sample: dict[str, Any]) -> tuple[bytes, str, dict[str, Any], VideoInfo, list]:

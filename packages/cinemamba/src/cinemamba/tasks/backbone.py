@@ -32,7 +32,6 @@ from torch import nn
 from cinemamba.config import ConfigError
 from cinemamba.data.bucket_batches import bucketed_latent_batches
 from cinemamba.data.buckets import Bucket, build_buckets, config_latent_shape
-from cinemamba.data.video import write_video
 from cinemamba.latents import format as fmt
 from cinemamba.latents.clips import to_pixels
 from cinemamba.latents.dataset import (
@@ -42,6 +41,7 @@ from cinemamba.latents.dataset import (
     latent_batches,
     open_latent_set,
 )
+from cinemamba.media import save_video
 from cinemamba.tasks.backbone_config import SOURCES, BackboneExperiment, BackboneTaskConfig
 from cinemamba.tasks.backbone_data import raw_batches
 from cinemamba.tasks.context import CleanContext
@@ -64,10 +64,8 @@ from cinemamba_sampling import (
     VideoPipeline,
     build_process,
     check_process,
-    contact_sheet,
     is_saved_pipeline,
     read_pipeline_json,
-    save_png,
     to_uint8,
 )
 from cinemamba_vae import VideoAutoencoder, load_vae
@@ -478,12 +476,11 @@ class BackboneTask:
 
             self._writer = SummaryWriter(str(Path(run_dir) / "tensorboard"))
         for i, frames in enumerate(to_uint8(video)):  # (T, H, W, 3)
-            write_video(out / f"step{step:07d}_{i}.mp4", frames, s.fps)
             title = f"{s.prompts[i]} | {s.mode} | step {step}"
-            sheet = contact_sheet(frames, title=title, frame_numbers=True)
-            save_png(out / f"step{step:07d}_{i}.png", sheet)
+            sheet = save_video(out / f"step{step:07d}_{i}.mp4", frames, s.fps, title=title)
             # the tag carries the prompt; TensorBoard shows the step on the image's slider
-            self._writer.add_image(f"samples/{i} {s.prompts[i]}", sheet, step, dataformats="HWC")
+            self._writer.add_image(f"samples/{i} {s.prompts[i]}", sheet.sheet_image, step,
+                                   dataformats="HWC")  # fmt: skip
         self._writer.flush()
         return {**metrics, "sample_seconds": time.perf_counter() - started}
 

@@ -28,8 +28,9 @@ from cinemamba.config import ConfigError
 from cinemamba.data.buckets import BucketConfig, bucket_clip, build_buckets, config_latent_shape
 from cinemamba.data.loader import LoaderConfig, VideoLoader, resolve_shards
 from cinemamba.data.video import write_video
-from cinemamba.eval.reconstruction import load_clips, reconstruction_strip, save_png, to_uint8
+from cinemamba.eval.reconstruction import load_clips, reconstruction_strip, to_uint8
 from cinemamba.latents.clips import ClipConfig, to_pixels
+from cinemamba.media import save_png
 from cinemamba.train import DataSpec, LossOutput, TrainConfig, TrainResult, load_experiment, train
 from cinemamba_vae import VAEConfig, VideoAutoencoder
 from cinemamba_vae.losses import VAELoss, VAELossConfig, build_discriminator

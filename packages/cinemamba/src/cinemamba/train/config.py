@@ -16,7 +16,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from cinemamba.config import ConfigError, _merge
+from cinemamba.config import ConfigError, merge_config, parse_overrides, read_yaml
 
 OPTIMIZERS = ("adamw", "cpu_adam", "fused_adam")
 SCHEDULES = ("cosine", "constant")
@@ -128,43 +128,33 @@ def load_experiment(
     sources: list[tuple[Any, str]] = []
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist")
-        try:
-            sources.append((OmegaConf.load(path), f"file {str(path)!r}"))
-        except Exception as err:  # YAML errors come in several types
-            raise ConfigError(f"cannot parse config file {str(path)!r}: {err}") from None
-    bad = [o for o in overrides if "=" not in o]
-    if bad:
-        raise ConfigError(f"overrides must look like key=value, got {bad}")
-    if overrides:
-        sources.append((OmegaConf.from_dotlist(list(overrides)), "command-line overrides"))
+        sources.append((read_yaml(path), f"file {str(path)!r}"))
+    dotlist = parse_overrides(overrides)
+    if dotlist is not None:
+        sources.append((dotlist, "command-line overrides"))
     # Which DeepSpeed file to load can itself come from the experiment file or the command line.
     probe = cfg
     for src, where in sources:
-        probe = _merge(probe, src, where)
+        probe = merge_config(probe, src, where)
     for node_key, node in _train_node_keys(probe):
         ds_file = find_deepspeed_config(
             node.deepspeed_config, [path.parent] if path is not None else []
         )
-        try:
-            ds = OmegaConf.load(ds_file)
-        except Exception as err:
-            raise ConfigError(f"cannot parse DeepSpeed config {str(ds_file)!r}: {err}") from None
+        ds = read_yaml(ds_file, "DeepSpeed config")
         prefix = f"{node_key}." if node_key else ""
         nested = OmegaConf.create({})
         OmegaConf.update(nested, f"{prefix}deepspeed", ds)
         # Pin the resolved file so the engine (which merges it again, idempotently) finds it
         # wherever it runs from.
         OmegaConf.update(nested, f"{prefix}deepspeed_config", str(ds_file.resolve()))
-        cfg = _merge(cfg, nested, f"DeepSpeed config {str(ds_file)!r}")
+        cfg = merge_config(cfg, nested, f"DeepSpeed config {str(ds_file)!r}")
     for src, where in sources:
         if isinstance(src, DictConfig):  # a source's name or relative path -> the pinned path
             for node_key, _ in _train_node_keys(probe):
                 key = f"{node_key}.deepspeed_config" if node_key else "deepspeed_config"
                 if OmegaConf.select(src, key) is not None:
                     OmegaConf.update(src, key, OmegaConf.select(cfg, key), merge=False)
-        cfg = _merge(cfg, src, where)
+        cfg = merge_config(cfg, src, where)
     OmegaConf.set_struct(cfg, True)
     _open_dicts(cfg)
     return cfg
@@ -188,10 +178,7 @@ def effective_deepspeed(cfg: TrainConfig) -> dict[str, Any]:
     TrainConfig built in code gets its file here.
     """
     path = find_deepspeed_config(cfg.deepspeed_config)
-    try:
-        base = OmegaConf.load(path)
-    except Exception as err:
-        raise ConfigError(f"cannot parse DeepSpeed config {str(path)!r}: {err}") from None
+    base = read_yaml(path, "DeepSpeed config")
     merged = OmegaConf.merge(base, OmegaConf.create(_plain(cfg.deepspeed)))
     out = OmegaConf.to_container(merged, resolve=True)
     assert isinstance(out, dict)
@@ -218,7 +205,7 @@ def optimizer_config(cfg: TrainConfig, model: str) -> OptimizerConfig:
     """`train.optimizer` with `train.optimizers.<model>` merged over it."""
     base = OmegaConf.structured(cfg.optimizer)
     over = cfg.optimizers.get(model, {})
-    merged = _merge(base, over, f"train.optimizers.{model}")
+    merged = merge_config(base, over, f"train.optimizers.{model}")
     return OmegaConf.to_object(merged)  # type: ignore[return-value]
 
 

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from cinemamba.demo.config import DemoConfig, load_demo_config
-from cinemamba.demo.runner import Stage, StageRecord, StageRunner
+from cinemamba.apps.demo.config import DemoConfig, load_demo_config
+from cinemamba.apps.demo.runner import Stage, StageRecord, StageRunner
 
 __all__ = ["DemoConfig", "DemoResult", "demo_stages", "load_demo_config", "run_demo"]
 
@@ -33,9 +33,9 @@ class DemoResult:
 
 def demo_stages(cfg: DemoConfig, scorer=None) -> list[Stage]:
     """The demo's stages in order (`scorer` replaces the ground-truth detector, for tests)."""
-    from cinemamba.demo.evaluate import evaluate_stage
-    from cinemamba.demo.fvd import fvd_stage
-    from cinemamba.demo.stages import (
+    from cinemamba.apps.demo.evaluate import evaluate_stage
+    from cinemamba.apps.demo.fvd import fvd_stage
+    from cinemamba.apps.demo.stages import (
         backbone_stage,
         export_stage,
         generate_stage,
@@ -61,8 +61,8 @@ def run_demo(cfg: DemoConfig, *, fresh: bool | Sequence[str] = False, scorer=Non
 
     `fresh=True` redoes every stage; a list of stage names redoes those and what reads them.
     """
-    from cinemamba.demo.report import write_report
-    from cinemamba.demo.stages import torch_threads
+    from cinemamba.apps.demo.report import write_report
+    from cinemamba.apps.demo.stages import torch_threads
 
     torch_threads(cfg.threads)
     started = time.perf_counter()

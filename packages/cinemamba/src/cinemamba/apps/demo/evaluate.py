@@ -15,15 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
-from cinemamba.demo.config import SCORES, DemoConfig
-from cinemamba.demo.runner import Stage, write_json
-from cinemamba.demo.stages import VAE_DIR, real_video
-from cinemamba.eval.run import Scorer, default_scorer, flat_scores
-from cinemamba.latents.clips import to_pixels
-from cinemamba_sampling import to_uint8
+from cinemamba.apps.demo.config import SCORES, DemoConfig
+from cinemamba.apps.demo.runner import Stage, write_json
+from cinemamba.apps.demo.stages import VAE_DIR, real_video
+from cinemamba.eval.run import Scorer, default_scorer
+from cinemamba.eval.tables import flat_scores
+from cinemamba.latents.clips import vae_roundtrip
 from cinemamba_vae import VideoAutoencoder
 
 QUARTERS = 4
@@ -91,14 +90,6 @@ def summarize(rows: list[dict[str, Any]], targets: Mapping[str, float]) -> dict[
         for name in targets
     }
     return {"overall": overall, "reached": reached, "worst": worst, "groups": groups}
-
-
-@torch.no_grad()
-def vae_roundtrip(vae: VideoAutoencoder, frames: np.ndarray, chunk: int) -> np.ndarray:
-    """uint8 frames encoded and decoded by the VAE: what a perfect backbone could at best show."""
-    video = to_pixels(torch.from_numpy(frames))[None]  # (1, 3, T, H, W)
-    latents = vae.encode(video, sample=False, chunk_frames=chunk * vae.config.temporal_compression)
-    return to_uint8(vae.decode(latents, chunk_frames=chunk))[0]
 
 
 def evaluate_stage(cfg: DemoConfig, scorer: Scorer | None = None) -> Stage:

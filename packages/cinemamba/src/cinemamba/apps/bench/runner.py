@@ -13,13 +13,13 @@ from pathlib import Path
 
 import torch
 
-from cinemamba.bench import backbones, fvd, generation, scripts, training
-from cinemamba.bench.backbones import BackbonesScale
-from cinemamba.bench.fvd import FVDScale
-from cinemamba.bench.generation import GenerationScale
-from cinemamba.bench.measure import MIN_REPEATS, Section, cpu_model, machine_description
-from cinemamba.bench.scripts import KernelScale
-from cinemamba.bench.training import TrainScale
+from cinemamba.apps.bench import backbones, fvd, generation, scripts, training
+from cinemamba.apps.bench.backbones import BackbonesScale
+from cinemamba.apps.bench.fvd import FVDScale
+from cinemamba.apps.bench.generation import GenerationScale
+from cinemamba.apps.bench.measure import MIN_REPEATS, Section, cpu_model, machine_description
+from cinemamba.apps.bench.scripts import KernelScale
+from cinemamba.apps.bench.training import TrainScale
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +52,9 @@ CLOSING = "The sections after this block are the packages' own notes"
 
 
 SCALES: dict[str, Scale] = {
-    # What docs/benchmarks.md is made from (about 15 min on 2 quiet cores). The scan stops at
-    # T = 256 and VideoDiT at T = 256 without the hybrid: T = 1024 costs 35-50 CPU seconds per
-    # case in scripts/bench_backbone.py, too much for 5 repeats here (run the script for it).
+    # What docs/benchmarks.md is made from. The scan stops at T = 256 and VideoDiT at T = 256
+    # without the hybrid: a T = 1024 case is too slow to repeat 5 times here (run
+    # scripts/bench_backbone.py for it).
     "full": Scale(
         "full",
         KernelScale(scan_t=(64, 256), model_t=(16, 64, 128, 256), mixers=("bimamba", "attention"),
@@ -62,14 +62,14 @@ SCALES: dict[str, Scale] = {
         TrainScale(),
         GenerationScale(steps=2),
         (
-            "Scan and VideoDiT stop at T = 256 (VideoDiT without the hybrid mixer): one T = 1024 "
-            "case costs 35-50 CPU seconds in scripts/bench_backbone.py, too much for 5 repeats "
-            "of every case here; run `scripts/bench_backbone.py all` for the longer lengths.",
+            "Scan and VideoDiT stop at T = 256 (VideoDiT without the hybrid mixer): a T = 1024 "
+            "case is too slow to repeat for every case here; run `scripts/bench_backbone.py all` "
+            "for the longer lengths.",
             CPU_ONLY,
         ),
         FVDScale(clip_frames=(16, 128)),
     ),
-    # Routine use, under 3 min on quiet cores: fewer, shorter lengths, narrower VideoDiT,
+    # Routine use, aimed at QUICK_TARGET_S on quiet cores: fewer, shorter lengths, narrower VideoDiT,
     # cases in this process.
     "quick": Scale(
         "quick",

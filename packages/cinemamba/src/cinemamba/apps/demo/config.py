@@ -26,7 +26,7 @@ from cinemamba.data.synth import (
     SceneConfig,
     parse_caption,
 )
-from cinemamba.tasks.backbone import BackboneExperiment
+from cinemamba.tasks.backbone_config import BackboneExperiment
 from cinemamba.tasks.vae import VAEExperiment
 from cinemamba.train.config import load_experiment
 from cinemamba_conditioning import TextEncoderConfig
@@ -122,7 +122,7 @@ class DemoGenerateConfig:
 class DemoFVDConfig:
     """FVD_16 at 1x and at the long length, and the drift curve (the `fvd` stage).
 
-    Each 16-frame clip costs ~1.3 CPU-s of I3D (docs/benchmarks.md, "FVD"); the defaults see
+    I3D time grows with the clip count (per-clip cost: docs/benchmarks.md, "FVD"); the defaults see
     4 prompts x (4 + 4) real + 4 x 2 generated clips at 1x and 16 long generated videos, plus
     the drift's 16 segments of 4 real and 4 generated long videos: 184 clips.
     """

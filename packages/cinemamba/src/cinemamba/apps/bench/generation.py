@@ -1,7 +1,7 @@
 """Sampling speed per long-video mode, and how each pipeline stage grows with frame count.
 
 Both build the tiny random-weight pipeline exactly as `cinemamba sample` does
-(`commands.sample.build_pipeline`); random weights cost the same as trained ones.
+(`cinemamba.pipeline.build_pipeline`); random weights cost the same as trained ones.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from cinemamba.bench.measure import Figure, Section, repeat_times, slope
-from cinemamba.commands.sample import SampleConfig, build_pipeline
+from cinemamba.apps.bench.measure import Figure, Section, repeat_times, slope
+from cinemamba.pipeline import SampleConfig, build_pipeline
 from cinemamba_conditioning import TextEncoderConfig
 from cinemamba_sampling import MODES, PipelineConfig, ProcessConfig, VideoPipeline, peak_memory
 

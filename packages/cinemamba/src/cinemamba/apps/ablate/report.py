@@ -1,5 +1,5 @@
 """The `cinemamba ablate` report: `ablation.md` (tables) and `ablation.png` (plots) from the
-results dict of `cinemamba.ablate.run_ablation`."""
+results dict of `cinemamba.apps.ablate.run_ablation`."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from cinemamba.ablate.memory import memory_markdown, plot_memory, save_figure
-from cinemamba.demo.runner import write_json
-from cinemamba.eval.run import flat_scores, markdown_table
+from cinemamba.apps.ablate.memory import memory_markdown, plot_memory, save_figure
+from cinemamba.apps.demo.runner import write_json
+from cinemamba.eval.tables import flat_scores, markdown_table
 
 
 def _score(scores: Mapping[str, Any], key: str) -> float | None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from cinemamba.bench.measure import Figure, Section, count_flops, gemm_rate, repeat_times
+from cinemamba.apps.bench.measure import Figure, Section, count_flops, gemm_rate, repeat_times
 from cinemamba.eval.fvd import prepare_clips
 from cinemamba.eval.i3d import InceptionI3d
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from cinemamba.demo.config import SCORES, DemoConfig
-from cinemamba.demo.runner import StageRecord, write_json
+from cinemamba.apps.demo.config import SCORES, DemoConfig
+from cinemamba.apps.demo.runner import StageRecord, write_json
 
 LABELS = {
     "colour_accuracy": "colour accuracy",
@@ -50,16 +50,8 @@ def _minutes(seconds: float) -> str:
 BACKBONE_GAP = 0.1
 # From half to full training, a mode whose score moved this much rose or fell on its own.
 MODE_SPLIT = 0.05
-
-
-# Follows the advice in report.md: the advice extrapolates one run's trend; these were measured.
-MEASURED_BUDGETS = (
-    "These estimates extrapolate this run's own trend from half to full training. Longer runs "
-    "of the demo's default settings were measured per mode: docs/demo.md, 'What a larger "
-    "budget reaches' (2x to 8x the backbone steps; at 8x, `rolling` meets colour and motion and "
-    "draws the seen prompts' shapes as well as the VAE allows). Where the two differ, the "
-    "measurement wins."
-)
+# The advice extrapolates the measured gain over at most this many more doublings of the steps.
+MAX_DOUBLINGS = 4
 
 
 def _modes_diverge(groups: Mapping[str, Any], name: str) -> str:
@@ -80,8 +72,7 @@ def _modes_diverge(groups: Mapping[str, Any], name: str) -> str:
     return (
         f" The modes went different ways ({each}): more training kept or raised "
         f"{' and '.join(f'`{m}`' for m in kept)} and lowered "
-        f"{' and '.join(f'`{m}`' for m in fell)}, so judge each mode on its own "
-        "(docs/long-video.md, 'Choosing a mode')."
+        f"{' and '.join(f'`{m}`' for m in fell)}, so judge each mode on its own."
     )
 
 
@@ -107,14 +98,14 @@ def budget_advice(metrics: Mapping[str, Any], cfg: DemoConfig) -> list[str]:
             text += (
                 f" ({_f(half)} after {steps // 2} backbone steps). The backbone limits it first: "
                 f"real videos of the same prompts keep {through_vae:.3f} through the demo's VAE. "
-                "That VAE is below the target too, so both must improve (see docs/demo.md)."
+                "That VAE is below the target too, so both must improve."
             )
         elif vae_bound:
             text += (
                 f" ({_f(half)} after {steps // 2} backbone steps). Real videos of the same "
                 f"prompts score only {through_vae:.3f} after an encode and decode by the demo's "
                 "VAE, below the target: the VAE's budget or size limits this score before the "
-                "backbone does, so it must improve first (see the VAE evidence in docs/demo.md)."
+                "backbone does, so it must improve first."
             )
         elif half is not None and final is not None:
             gain = final - half
@@ -125,7 +116,7 @@ def budget_advice(metrics: Mapping[str, Any], cfg: DemoConfig) -> list[str]:
             elif gain > 0.005:
                 doublings = 0
                 value = final
-                while value < target and doublings < 4:
+                while value < target and doublings < MAX_DOUBLINGS:
                     value += gain  # one more doubling at the last measured gain (optimistic)
                     doublings += 1
                 if value >= target:
@@ -137,8 +128,8 @@ def budget_advice(metrics: Mapping[str, Any], cfg: DemoConfig) -> list[str]:
                 else:
                     text += (
                         f" The measured gain ({gain:+.3f} per doubling) is too small to reach it "
-                        "by training longer alone within 16x the steps; more examples of each "
-                        "colour x shape pair is what moved it in a measured test (docs/demo.md)."
+                        f"by training longer alone within {2**MAX_DOUBLINGS}x the steps; the "
+                        "data (examples of each colour x shape pair) or the model must change."
                     )
             else:
                 text += (
@@ -260,8 +251,7 @@ def write_report(
     ]
     advice = budget_advice(metrics, cfg)
     if advice:
-        lines += ["## Missed targets and the budget that would reach them", "", *advice, "",
-                  MEASURED_BUDGETS, ""]  # fmt: skip
+        lines += ["## Missed targets and the budget that would reach them", "", *advice, ""]
     lines += fvd_section(metrics["fvd"])
     lines += ["## By mode and quarter of the video", ""]
     header = ["model / mode", "score", "all", *[f"Q{q + 1}" for q in range(4)]]

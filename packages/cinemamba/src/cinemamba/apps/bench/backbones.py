@@ -18,11 +18,11 @@ from pathlib import Path
 
 import torch
 
-from cinemamba.bench.measure import Figure, Section, cpu_timed, repeat_times, slope
+from cinemamba.apps.bench.measure import Figure, Section, cpu_timed, repeat_times, slope
 from cinemamba_backbone import BackboneConfig, VideoDiT
 from cinemamba_sampling import peak_memory
 
-PLOT = Path(__file__).parents[5] / "docs" / "backbones_crossover.png"
+PLOT = Path(__file__).parents[6] / "docs" / "backbones_crossover.png"
 
 
 @dataclass(frozen=True)
@@ -38,8 +38,8 @@ class BackbonesScale:
     repeats: int = 3  # per point; points over `one_repeat_s` are measured once
     one_repeat_s: float = 2.0
     cap_s: float = 20.0  # per-point time cap (CPU seconds of one forward+backward)
-    # Per-point peak-memory cap: a shared 2-core machine has ~16 GB free, and bimamba2 at
-    # 512 frames × 256 tokens would need ~10 GB.
+    # Per-point peak-memory cap: the longest lengths at 256 tokens a frame would otherwise take
+    # most of a shared machine's free memory.
     cap_mb: float = 6144.0
     ratio_frames: int = 256  # block ratio before/after the fused bidirectional scan
     ratio_repeats: int = 5

@@ -22,14 +22,14 @@ import torch
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
+from cinemamba.apps.demo.config import DemoConfig, is_heldout, plain, prompt_specs
+from cinemamba.apps.demo.runner import Stage, StageInterrupted, write_json
 from cinemamba.config import ConfigError
 from cinemamba.data.synth import SceneObject, trajectory
 from cinemamba.data.synth_video import render_scene, write_synth
-from cinemamba.data.video import write_video
-from cinemamba.demo.config import DemoConfig, is_heldout, plain, prompt_specs
-from cinemamba.demo.runner import Stage, StageInterrupted, write_json
 from cinemamba.latents.clips import ClipConfig
 from cinemamba.latents.export import ExportConfig, export_latents
+from cinemamba.media import save_video
 from cinemamba.tasks.backbone import BackboneTask
 from cinemamba.tasks.vae import train_vae
 from cinemamba.train import checkpoint as ckpt_io
@@ -42,8 +42,6 @@ from cinemamba_sampling import (
     PipelineConfig,
     VideoPipeline,
     build_process,
-    contact_sheet,
-    save_png,
     to_uint8,
 )
 from cinemamba_vae import VideoAutoencoder
@@ -100,11 +98,8 @@ def save_media(
 ) -> dict[str, str]:
     """mp4, PNG contact sheet (frames sampled over the whole length, `title` above, frame
     numbers under) and raw uint8 frames."""
-    folder.mkdir(parents=True, exist_ok=True)
-    write_video(folder / f"{stem}.mp4", frames, fps=fps)
-    big = frames.repeat(SHEET_ZOOM, axis=1).repeat(SHEET_ZOOM, axis=2)
-    sheet = contact_sheet(big, columns=8, max_frames=SHEET_FRAMES, title=title, frame_numbers=True)
-    save_png(folder / f"{stem}.png", sheet)
+    save_video(folder / f"{stem}.mp4", frames, fps, title=title, sheet_frames=SHEET_FRAMES,
+               zoom=SHEET_ZOOM)  # fmt: skip
     tmp = folder / f".{stem}.npy.tmp"
     with open(tmp, "wb") as fh:
         np.save(fh, frames)
@@ -160,8 +155,8 @@ def vae_stage(cfg: DemoConfig) -> Stage:
 
 def vae_stats_stage(cfg: DemoConfig) -> Stage:
     """Per-channel latent mean / std over the training clips, stored in the VAE."""
-    from cinemamba.commands.vae_stats import latent_stats
     from cinemamba.eval.reconstruction import iter_clips
+    from cinemamba.latents.stats import latent_stats
 
     count, frames = cfg.vae_stats_videos, cfg.data.frames
 

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from cinemamba.bench.measure import Figure, Section, count_flops, gemm_rate
+from cinemamba.apps.bench.measure import Figure, Section, count_flops, gemm_rate
 from cinemamba.data.synth import SceneConfig
 from cinemamba.data.synth_video import write_synth
 from cinemamba.tasks.backbone import BackboneTask, load_backbone_experiment
@@ -34,7 +34,7 @@ from cinemamba.train import DataSpec
 from cinemamba.train.trainer import Trainer
 from cinemamba_vae import VideoAutoencoder, vae_preset
 
-CONFIG = Path(__file__).parents[5] / "configs" / "experiment" / "backbone_tiny.yaml"
+CONFIG = Path(__file__).parents[6] / "configs" / "experiment" / "backbone_tiny.yaml"
 COLLECTIVES = (
     "all_reduce", "all_reduce_coalesced", "reduce", "broadcast", "all_gather",
     "all_gather_into_tensor", "reduce_scatter", "reduce_scatter_tensor", "barrier",

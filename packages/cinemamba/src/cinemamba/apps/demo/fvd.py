@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from cinemamba.demo.config import DemoConfig, plain
-from cinemamba.demo.runner import Stage, write_json
-from cinemamba.demo.stages import (
+from cinemamba.apps.demo.config import DemoConfig, plain
+from cinemamba.apps.demo.runner import Stage, write_json
+from cinemamba.apps.demo.stages import (
     RUN_DIR,
     VAE_DIR,
     backbone_experiment,

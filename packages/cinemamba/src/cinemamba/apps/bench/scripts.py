@@ -21,11 +21,11 @@ from types import ModuleType
 
 import torch
 
-from cinemamba.bench.measure import Figure, Section, count_flops, gemm_rate, repeat_times
+from cinemamba.apps.bench.measure import Figure, Section, count_flops, gemm_rate, repeat_times
 from cinemamba_sampling import peak_memory
 from cinemamba_vae import VideoAutoencoder, vae_preset
 
-SCRIPTS = Path(__file__).parents[5] / "scripts"
+SCRIPTS = Path(__file__).parents[6] / "scripts"
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,8 @@
 docs/benchmarks.md; see that page for what each figure means.
 """
 
-from cinemamba.bench.measure import Figure, Section, machine_description, slope
-from cinemamba.bench.runner import BENCHMARKS, SCALES, Scale, bench, render, run_benchmarks
+from cinemamba.apps.bench.measure import Figure, Section, machine_description, slope
+from cinemamba.apps.bench.runner import BENCHMARKS, SCALES, Scale, bench, render, run_benchmarks
 
 __all__ = [
     "BENCHMARKS",

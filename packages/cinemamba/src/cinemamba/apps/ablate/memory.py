@@ -24,7 +24,7 @@ from cinemamba.data.synth import SceneConfig
 from cinemamba.data.synth_memory import MEMORY_KINDS, memory_video, parse_memory_caption
 from cinemamba.data.video import write_video
 from cinemamba.eval.memory import memory_chance, memory_scores
-from cinemamba.eval.run import markdown_table
+from cinemamba.eval.tables import markdown_table
 
 MEMORY_FILE = "memory.json"
 
@@ -133,7 +133,7 @@ def ceiling_rows(memory: AblationMemory, scene: SceneConfig, frames0: int, vae=N
                    seed: int = 0) -> dict[str, Any]:  # fmt: skip
     """Per length: the memory prompts' real videos, the same through `vae` (the ceiling a
     generator reaches) and shuffled real videos (chance), each summarised per kind and gap."""
-    from cinemamba.demo.evaluate import vae_roundtrip
+    from cinemamba.latents.clips import vae_roundtrip
 
     out: dict[str, Any] = {}
     for tag, frames in memory_lengths(memory, frames0).items():
