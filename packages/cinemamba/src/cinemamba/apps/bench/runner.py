@@ -215,8 +215,8 @@ def render(
         out += ["", *notes] if notes else []
     out += [
         "",
-        f"{CLOSING}, written by hand from standalone runs of their scripts; their numbers "
-        "come from those runs, not this one.",
+        f"{CLOSING}: each names the script that measures it, and the figures sit in that "
+        "script's own generated block.",
         "",
         END,
     ]
