@@ -215,8 +215,8 @@ def render(
         out += ["", *notes] if notes else []
     out += [
         "",
-        f"{CLOSING}: each names the script that measures it, and the figures sit in that "
-        "script's own generated block.",
+        f"{CLOSING}: each says which script or command measures what it describes; figures "
+        "appear only inside generated blocks.",
         "",
         END,
     ]
