@@ -555,7 +555,7 @@ def test_compile_failure_logs_the_compiler_error(
 ):
     broken = tmp_path / "broken.c"
     broken.write_text("this is not C;\n")
-    monkeypatch.setattr(cpu_native, "SOURCE", broken)
+    monkeypatch.setattr(cpu_native, "SOURCES", (broken,))
     with caplog.at_level(logging.INFO, logger="cinemamba_backbone.kernels"):
         assert cpu_native.load() is None
     lines = _native_log_lines(caplog)

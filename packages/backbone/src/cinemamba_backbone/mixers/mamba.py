@@ -17,7 +17,7 @@ from einops import rearrange
 from torch import nn
 
 from cinemamba_backbone.mixers.base import CausalConv1d, MixerOptions, MixerState, TemporalMixer
-from cinemamba_backbone.ops import selective_scan
+from cinemamba_backbone.ops import channels_last, selective_scan
 from cinemamba_backbone.ops.conv import depthwise_conv_groups
 
 
@@ -257,10 +257,16 @@ class BiMamba(TemporalMixer):
     False`` (runtime, never saved) keeps the flipped one-call path there, for the same kind
     of comparison. Other devices always take the flipped path, whose conv and scan run on
     the CUDA kernels.
+
+    On CPU in float32 the flip-free path runs channels-last (``ops.channels_last``): convs
+    and scans read in_proj's token-major output as it is and write what out_proj takes, so
+    no (b, d, l) layout is made, and the kernels vectorise over channels, which keeps short
+    clips cheap. ``channels_last = False`` (runtime, never saved) keeps the row kernels.
     """
 
     fused: bool = True
     stacked: bool = True
+    channels_last: bool = True
 
     def __init__(self, dim: int, d_state: int = 16, d_conv: int = 4, expand: int = 2) -> None:
         super().__init__()
@@ -284,7 +290,11 @@ class BiMamba(TemporalMixer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, T, D) -> (N, T, D); every output frame sees the whole sequence."""
-        xz = rearrange(self.in_proj(x), "b l e -> b e l")
+        xz = self.in_proj(x)  # (N, T, 2·d_inner), token-major
+        if self._channels_last_serves(xz):
+            xs, z = xz.chunk(2, dim=-1)
+            return self.out_proj(self._both_directions_channels_last(xs) * F.silu(z))
+        xz = rearrange(xz, "b l e -> b e l")
         xs, z = xz.chunk(2, dim=1)
         # The cores run through their forward (not `.ssm`): see CausalConv1d for why.
         if self.fused and self.stacked and xs.device.type == "cpu":
@@ -297,6 +307,44 @@ class BiMamba(TemporalMixer):
             y = y_fwd + y_bwd
         y = y * F.silu(z)
         return self.out_proj(rearrange(y, "b e l -> b l e"))
+
+    def _channels_last_serves(self, xz: torch.Tensor) -> bool:
+        """Whether this call takes the channels-last path (see the class docstring)."""
+        core = self.forward_ssm
+        return (
+            self.fused
+            and self.stacked
+            and self.channels_last
+            and self.kernels != "torch"
+            # Only xz is looked at here: a parameter is read in its owner's forward only (see
+            # CausalConv1d); float32 xz means float32 weights outside autocast, and the ops
+            # reject any other dtype by name.
+            and channels_last.usable(xz, core.d_inner)
+        )
+
+    def _both_directions_channels_last(self, xs: torch.Tensor) -> torch.Tensor:
+        """xs (b, l, d), a channel slice of in_proj's output -> core(xs) +
+        flip(core_b(flip(xs))) (b, l, d), both cores in one conv call and one scan call.
+
+        Per direction g: u_g = SiLU(conv_g(xs)) (anti-causal for the backward core), then
+        x_dbl_g = x_proj_g(u_g) as one batched matmul over the two directions, then one scan
+        call over both (the backward core from the last step), which makes Δ from x_dbl's
+        first r columns itself (dt_proj and the softplus fused).
+        """
+        f = self.forward_ssm(None, copy_params=True)
+        r = self.backward_ssm(None, copy_params=True)
+        b, length, d = xs.shape
+        u = channels_last.conv_groups(
+            xs, torch.stack([f.conv_weight, r.conv_weight]),
+            torch.stack([f.conv_bias, r.conv_bias]), (False, True),
+        )  # fmt: skip  # (2, b, l, d)
+        x_dbl = torch.bmm(u.view(2, b * length, d), torch.stack([f.x_proj, r.x_proj]).mT)
+        y = channels_last.scan_groups(
+            u, x_dbl.view(2, b, length, -1), torch.stack([f.dt_weight, r.dt_weight]),
+            torch.stack([f.dt_bias, r.dt_bias]), torch.stack([f.A, r.A]),
+            torch.stack([f.D, r.D]), reverse_groups=1,
+        )  # fmt: skip
+        return y.sum(0)  # its backward is an expand, which the scan's backward reads in place
 
     def _both_directions_stacked(self, xs: torch.Tensor) -> torch.Tensor:
         """xs (b, d, l) -> core(xs) + flip(core_b(flip(xs))) (b, d, l), flip-free (CPU).

@@ -1,6 +1,8 @@
-"""Build and load the fused C selective scan (``csrc/selective_scan.c``) through ctypes.
+"""Build and load the fused C kernels (``csrc/*.c``) through ctypes.
 
-The source is plain C (no torch headers), compiled on first use with the system compiler
+The sources are plain C (no torch headers): the row-wise selective scan and grouped conv of
+``selective_scan.c`` and the channels-last bidirectional ones of ``channels_last.c`` (see
+``ops/channels_last.py``), one library compiled on first use with the system compiler
 (``$CC`` or ``cc``) in about a second and cached under a name that hashes the source, the
 flags, the compiler and the CPU, so a new source, compiler or machine recompiles. Cache
 directory: ``$CINEMAMBA_KERNEL_CACHE``, else ``$TORCH_EXTENSIONS_DIR/cinemamba``, else
@@ -27,7 +29,9 @@ import torch
 
 logger = logging.getLogger("cinemamba_backbone.kernels")
 
-SOURCE = Path(__file__).with_name("csrc") / "selective_scan.c"
+CSRC = Path(__file__).with_name("csrc")
+SOURCES = (CSRC / "selective_scan.c", CSRC / "channels_last.c")
+HEADERS = (CSRC / "common.h",)  # hashed with the sources: a change recompiles
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fPIC", "-shared")
 # GCC targets 256-bit vectors on AVX-512 CPUs unless told otherwise; with 512-bit ones the
 # scan's loops over a 16-float state are one vector each. The option exists on x86 only.
@@ -65,6 +69,27 @@ _SIGNATURES = {
     + [_ptr] * 3
     + [_i64] * 5
     + [_ptr, ctypes.c_int],
+    # channels_last.c. x, its strides (b, l), w, bias, rev, y; activation; batch, dim,
+    # groups, l, k; threads
+    "cm_cl_conv_forward": [_ptr, _i64, _i64]
+    + [_ptr] * 4
+    + [ctypes.c_int]
+    + [_i64] * 5
+    + [ctypes.c_int],
+    # x, its strides, w, bias, rev, gy; activation; gx, gw_rows, gb_rows; five sizes; work;
+    # threads
+    "cm_cl_conv_backward": [_ptr, _i64, _i64]
+    + [_ptr] * 4
+    + [ctypes.c_int]
+    + [_ptr] * 3
+    + [_i64] * 5
+    + [_ptr, ctypes.c_int],
+    # u, x_dbl, W_T, bias, A_T, D, y, ckpt; batch, dim, groups, l, n, R, r, block, rev_from;
+    # threads
+    "cm_cl_scan_forward": [_ptr] * 8 + [_i64] * 9 + [ctypes.c_int],
+    # u, x_dbl, W_T, bias, A_T, D, ckpt, gy; gy's group stride; gu, gx, param sums, work; the
+    # nine sizes; threads
+    "cm_cl_scan_backward": [_ptr] * 8 + [_i64] + [_ptr] * 4 + [_i64] * 9 + [ctypes.c_int],
 }
 
 
@@ -93,7 +118,8 @@ def _library_name(compiler: list[str], flags: tuple[str, ...]) -> str:
         [*compiler, "--version"], capture_output=True, text=True, timeout=60
     ).stdout.splitlines()
     key = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), " ".join(flags).encode(), (version or [""])[0].encode()):
+    sources = [path.read_bytes() for path in (*SOURCES, *HEADERS)]
+    for part in (*sources, " ".join(flags).encode(), (version or [""])[0].encode()):
         key.update(part + b"\0")
     key.update(_cpu_id().encode())
     return f"selective_scan_{key.hexdigest()[:16]}.so"
@@ -107,7 +133,10 @@ def _compile(compiler: list[str], flags: tuple[str, ...], target: Path) -> str:
     os.close(fd)
     try:
         out = subprocess.run(
-            [*compiler, *flags, "-o", tmp, str(SOURCE)], capture_output=True, text=True, timeout=300
+            [*compiler, *flags, "-o", tmp, *map(str, SOURCES)],
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         if out.returncode != 0:
             return (out.stderr or out.stdout).strip()
