@@ -292,8 +292,7 @@ class BiMamba(TemporalMixer):
         """(N, T, D) -> (N, T, D); every output frame sees the whole sequence."""
         xz = self.in_proj(x)  # (N, T, 2·d_inner), token-major
         if self._channels_last_serves(xz):
-            xs, z = xz.chunk(2, dim=-1)
-            return self.out_proj(self._both_directions_channels_last(xs) * F.silu(z))
+            return self.out_proj(self._core_channels_last(xz))
         xz = rearrange(xz, "b l e -> b e l")
         xs, z = xz.chunk(2, dim=1)
         # The cores run through their forward (not `.ssm`): see CausalConv1d for why.
@@ -322,29 +321,15 @@ class BiMamba(TemporalMixer):
             and channels_last.usable(xz, core.d_inner)
         )
 
-    def _both_directions_channels_last(self, xs: torch.Tensor) -> torch.Tensor:
-        """xs (b, l, d), a channel slice of in_proj's output -> core(xs) +
-        flip(core_b(flip(xs))) (b, l, d), both cores in one conv call and one scan call.
-
-        Per direction g: u_g = SiLU(conv_g(xs)) (anti-causal for the backward core), then
-        x_dbl_g = x_proj_g(u_g) as one batched matmul over the two directions, then one scan
-        call over both (the backward core from the last step), which makes Δ from x_dbl's
-        first r columns itself (dt_proj and the softplus fused).
-        """
+    def _core_channels_last(self, xz: torch.Tensor) -> torch.Tensor:
+        """xz (b, l, 2·d_inner), in_proj's output -> [core(x) + flip(core_b(flip(x)))] ⊙
+        SiLU(z) (b, l, d_inner): everything up to out_proj in one op
+        (``ops.channels_last.bimamba_core``), the two cores' parameters stacked."""
         f = self.forward_ssm(None, copy_params=True)
         r = self.backward_ssm(None, copy_params=True)
-        b, length, d = xs.shape
-        u = channels_last.conv_groups(
-            xs, torch.stack([f.conv_weight, r.conv_weight]),
-            torch.stack([f.conv_bias, r.conv_bias]), (False, True),
-        )  # fmt: skip  # (2, b, l, d)
-        x_dbl = torch.bmm(u.view(2, b * length, d), torch.stack([f.x_proj, r.x_proj]).mT)
-        y = channels_last.scan_groups(
-            u, x_dbl.view(2, b, length, -1), torch.stack([f.dt_weight, r.dt_weight]),
-            torch.stack([f.dt_bias, r.dt_bias]), torch.stack([f.A, r.A]),
-            torch.stack([f.D, r.D]), reverse_groups=1,
-        )  # fmt: skip
-        return y.sum(0)  # its backward is an expand, which the scan's backward reads in place
+        return channels_last.bimamba_core(
+            xz, *(torch.stack(pair) for pair in zip(f, r, strict=True))
+        )
 
     def _both_directions_stacked(self, xs: torch.Tensor) -> torch.Tensor:
         """xs (b, d, l) -> core(xs) + flip(core_b(flip(xs))) (b, d, l), flip-free (CPU).

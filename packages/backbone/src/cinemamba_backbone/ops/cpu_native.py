@@ -76,12 +76,12 @@ _SIGNATURES = {
     + [ctypes.c_int]
     + [_i64] * 5
     + [ctypes.c_int],
-    # x, its strides, w, bias, rev, gy; activation; gx, gw_rows, gb_rows; five sizes; work;
-    # threads
+    # x, its strides, w, bias, rev, gy; activation; gx, its strides (b, l), gw_rows, gb_rows;
+    # five sizes; work; threads
     "cm_cl_conv_backward": [_ptr, _i64, _i64]
     + [_ptr] * 4
     + [ctypes.c_int]
-    + [_ptr] * 3
+    + [_ptr, _i64, _i64, _ptr, _ptr]
     + [_i64] * 5
     + [_ptr, ctypes.c_int],
     # u, x_dbl, W_T, bias, A_T, D, y, ckpt; batch, dim, groups, l, n, R, r, block, rev_from;
@@ -90,6 +90,12 @@ _SIGNATURES = {
     # u, x_dbl, W_T, bias, A_T, D, ckpt, gy; gy's group stride; gu, gx, param sums, work; the
     # nine sizes; threads
     "cm_cl_scan_backward": [_ptr] * 8 + [_i64] + [_ptr] * 4 + [_i64] * 9 + [ctypes.c_int],
+    # y, z, z's strides (b, l), out, ysum; batch, l, dim; threads
+    "cm_cl_gate_forward": [_ptr, _ptr, _i64, _i64, _ptr, _ptr] + [_i64] * 3 + [ctypes.c_int],
+    # g, z, z's strides, ysum, gy, gz, gz's strides; batch, l, dim; threads
+    "cm_cl_gate_backward": [_ptr, _ptr, _i64, _i64, _ptr, _ptr, _ptr, _i64, _i64]
+    + [_i64] * 3
+    + [ctypes.c_int],
 }
 
 

@@ -68,11 +68,13 @@ int cm_cl_conv_forward(const float *x, int64_t sxb, int64_t sxl, const float *w,
 /* Backward of cm_cl_conv_forward, one sequence per thread (so its gx rows and its partial
  * gw_rows, gb_rows have one writer): dL/dpre into `work` (G, l, d) from the recomputed
  * pre-activations, then the transposed conv gx[t ∓ s_j] += w_j dL/dpre[t] and the weight
- * sums. work: threads · G · l · d floats. */
+ * sums. gx (b, l, d) has row strides (sgb, sgl), so it can be a channel slice of in_proj's
+ * gradient. work: threads · G · l · d floats. */
 int cm_cl_conv_backward(const float *x, int64_t sxb, int64_t sxl, const float *w,
                         const float *bias, const int64_t *rev, const float *gy, int activation,
-                        float *gx, float *gw_rows, float *gb_rows, int64_t batch, int64_t dim,
-                        int64_t groups, int64_t l, int64_t k, float *work, int threads) {
+                        float *gx, int64_t sgb, int64_t sgl, float *gw_rows, float *gb_rows,
+                        int64_t batch, int64_t dim, int64_t groups, int64_t l, int64_t k,
+                        float *work, int threads) {
     if (k < 1 || k > MAX_CONV_K || l < 1 || groups < 1 || dim < 1) return -1;
     const float lo = exp_lo, hi = exp_hi;
 #pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static)
@@ -83,8 +85,8 @@ int cm_cl_conv_backward(const float *x, int64_t sxb, int64_t sxl, const float *w
         float *gp = work;
 #endif
         const float *xb = x + bi * sxb;
-        float *gxb = gx + bi * l * dim;
-        memset(gxb, 0, l * dim * sizeof(float));
+        float *gxb = gx + bi * sgb;
+        for (int64_t t = 0; t < l; t++) memset(gxb + t * sgl, 0, dim * sizeof(float));
         for (int64_t g = 0; g < groups; g++) {
             const float *wg = w + g * k * dim;
             const int r = (int)rev[g];
@@ -111,7 +113,7 @@ int cm_cl_conv_backward(const float *x, int64_t sxb, int64_t sxl, const float *w
                     const int64_t src = r ? t + (k - 1 - j) : t - (k - 1 - j);
                     if (src < 0 || src >= l) continue;
                     const float *restrict wj = wg + j * dim, *restrict xr = xb + src * sxl;
-                    float *restrict gxr = gxb + src * dim, *restrict gwj = gw + j * dim;
+                    float *restrict gxr = gxb + src * sgl, *restrict gwj = gw + j * dim;
                     for (int64_t c = 0; c < dim; c++) {
                         gxr[c] += wj[c] * p[c];
                         gwj[c] += p[c] * xr[c];
@@ -292,7 +294,7 @@ INLINE void cl_backward_tile(const float *restrict u, const float *restrict x,
                 const float xj = xt[jr];
                 const float *restrict wj = W_T + jr * dim;
                 float *restrict gwj = pg.gW + jr * dim, *restrict gxj = gxt + jr * VL;
-                for (int i = 0; i < VL; i++) {
+                _Pragma("GCC ivdep") for (int i = 0; i < VL; i++) {
                     gwj[i] += graw[i] * xj;
                     gxj[i] += graw[i] * wj[i];
                 }
@@ -301,6 +303,15 @@ INLINE void cl_backward_tile(const float *restrict u, const float *restrict x,
     }
     for (int k = 0; k < n; k++)
         for (int i = 0; i < VL; i++) pg.gA[k * dim + i] += gAs[k * VL + i];
+}
+
+/* Σ p[0..VL) by halving: 8 + 4 + 2 + 1 independent adds in four levels. */
+INLINE float lane_sum(const float *restrict p) {
+    float s[VL / 2];
+    for (int i = 0; i < VL / 2; i++) s[i] = p[i] + p[i + VL / 2];
+    for (int i = 0; i < VL / 4; i++) s[i] += s[i + VL / 4];
+    for (int i = 0; i < VL / 8; i++) s[i] += s[i + VL / 8];
+    return s[0] + s[1];
 }
 
 /* Instantiations with a constant n for the common state sizes, and one generic. */
@@ -387,15 +398,58 @@ int cm_cl_scan_backward(const float *u, const float *x, const float *W_T, const 
                 CL_DISPATCH_N(CL_BACKWARD, (int)n)
 #undef CL_BACKWARD
             }
-            /* Σ over the lanes, in a fixed order; columns past r + 2n get zeros. */
+            /* Σ over the lanes as a fixed tree (a running sum would be 16 dependent adds per
+             * element, and may not be reordered without -ffast-math); columns past r + 2n get
+             * zeros. */
             for (int64_t t = 0; t < l; t++) {
                 float *restrict gxr = gx + (seq * l + t) * R;
-                for (int64_t j = 0; j < R; j++) {
-                    const float *p = gXv + (t * R + j) * VL;
-                    float s = 0.0f;
-                    for (int i = 0; i < VL; i++) s += p[i];
-                    gxr[j] = s;
-                }
+                for (int64_t j = 0; j < R; j++) gxr[j] = lane_sum(gXv + (t * R + j) * VL);
+            }
+        }
+    }
+    return 0;
+}
+
+/* The layer's output gate on two directions: out = (y_0 + y_1) ⊙ SiLU(z), with y (2, b, l, d)
+ * and z (b, l, d) at row strides (szb, szl) (the other half of in_proj's output); ysum =
+ * y_0 + y_1 is written for the backward. */
+int cm_cl_gate_forward(const float *y, const float *z, int64_t szb, int64_t szl, float *out,
+                       float *ysum, int64_t batch, int64_t l, int64_t dim, int threads) {
+    const float lo = exp_lo, hi = exp_hi;
+    const int64_t plane = batch * l * dim;
+#pragma omp parallel for collapse(2) num_threads(threads) if (threads > 1) schedule(static)
+    for (int64_t bi = 0; bi < batch; bi++) {
+        for (int64_t t = 0; t < l; t++) {
+            const int64_t row = (bi * l + t) * dim;
+            const float *restrict y0 = y + row, *restrict y1 = y + plane + row;
+            const float *restrict zr = z + bi * szb + t * szl;
+            float *restrict o = out + row, *restrict ys = ysum + row;
+            _Pragma("GCC ivdep") for (int64_t c = 0; c < dim; c++) {
+                ys[c] = y0[c] + y1[c];
+                o[c] = ys[c] * zr[c] * sigmoid_f(zr[c], lo, hi);
+            }
+        }
+    }
+    return 0;
+}
+
+/* Its backward from g = dL/dout (b, l, d): gy = g ⊙ SiLU(z) (b, l, d), the gradient of both
+ * directions' y, and gz = g ⊙ ysum ⊙ SiLU'(z) at row strides (sgb, sgl). */
+int cm_cl_gate_backward(const float *g, const float *z, int64_t szb, int64_t szl,
+                        const float *ysum, float *gy, float *gz, int64_t sgb, int64_t sgl,
+                        int64_t batch, int64_t l, int64_t dim, int threads) {
+    const float lo = exp_lo, hi = exp_hi;
+#pragma omp parallel for collapse(2) num_threads(threads) if (threads > 1) schedule(static)
+    for (int64_t bi = 0; bi < batch; bi++) {
+        for (int64_t t = 0; t < l; t++) {
+            const int64_t row = (bi * l + t) * dim;
+            const float *restrict gr = g + row, *restrict ys = ysum + row;
+            const float *restrict zr = z + bi * szb + t * szl;
+            float *restrict gyr = gy + row, *restrict gzr = gz + bi * sgb + t * sgl;
+            _Pragma("GCC ivdep") for (int64_t c = 0; c < dim; c++) {
+                const float sg = sigmoid_f(zr[c], lo, hi);
+                gyr[c] = gr[c] * zr[c] * sg;
+                gzr[c] = gr[c] * ys[c] * sg * (1.0f + zr[c] * (1.0f - sg));
             }
         }
     }
