@@ -29,6 +29,16 @@
 #define VL 16 /* channels per vector: one AVX-512 register of floats */
 #define FWD_CHUNK 32 /* forward steps whose Δ are made in one pass */
 
+/* VL floats as one value (GCC/Clang vector extension; one AVX-512 register, or two or four
+ * narrower ones), loaded and stored unaligned through memcpy. */
+typedef float vfloat __attribute__((vector_size(VL * sizeof(float))));
+INLINE vfloat vload(const float *p) {
+    vfloat v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+INLINE void vstore(float *p, vfloat v) { memcpy(p, &v, sizeof v); }
+
 /* pre[c] = bias + Σ_j w[j, c] x[t ∓ s_j, c] for one step t of one group, s_j = k - 1 - j
  * (causal: t - s_j; anti-causal: t + s_j); taps outside [0, l) read zeros. */
 INLINE void conv_step(const float *restrict x, int64_t sxl, const float *restrict w,
@@ -136,13 +146,10 @@ int cm_cl_conv_backward(const float *x, int64_t sxb, int64_t sxl, const float *w
 INLINE void delta_step(const float *restrict x, const float *restrict W_T,
                        const float *restrict bias, int64_t r, int64_t dim, float *restrict dv,
                        const float lo, const float hi) {
+    vfloat acc = vload(bias); /* explicit vectors: see the gradient loop in cl_backward_tile */
+    for (int64_t j = 0; j < r; j++) acc += x[j] * vload(W_T + j * dim);
     float raw[VL];
-    for (int i = 0; i < VL; i++) raw[i] = bias[i];
-    for (int64_t j = 0; j < r; j++) {
-        const float xj = x[j];
-        const float *restrict wj = W_T + j * dim;
-        for (int i = 0; i < VL; i++) raw[i] += xj * wj[i];
-    }
+    vstore(raw, acc);
     for (int i = 0; i < VL; i++) dv[i] = softplus_f(raw[i], lo, hi);
 }
 
@@ -290,14 +297,13 @@ INLINE void cl_backward_tile(const float *restrict u, const float *restrict x,
             }
             if (pg.gD)
                 for (int i = 0; i < VL; i++) pg.gD[i] += gyt[i] * ut[i];
+            /* Explicit vectors: as a plain loop over i, the compiler vectorises the loop over
+             * jr instead, in narrow strided pieces (measured 0.5 ms of 1.8 at T = 8). */
+            const vfloat gr = vload(graw);
             for (int64_t jr = 0; jr < r; jr++) {
-                const float xj = xt[jr];
-                const float *restrict wj = W_T + jr * dim;
-                float *restrict gwj = pg.gW + jr * dim, *restrict gxj = gxt + jr * VL;
-                _Pragma("GCC ivdep") for (int i = 0; i < VL; i++) {
-                    gwj[i] += graw[i] * xj;
-                    gxj[i] += graw[i] * wj[i];
-                }
+                float *gwj = pg.gW + jr * dim, *gxj = gxt + jr * VL;
+                vstore(gwj, vload(gwj) + gr * xt[jr]);
+                vstore(gxj, vload(gxj) + gr * vload(W_T + jr * dim));
             }
         }
     }
