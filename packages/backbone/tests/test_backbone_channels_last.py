@@ -30,45 +30,46 @@ def _scaled_close(actual: torch.Tensor, expected: torch.Tensor, tol: float, name
     assert err <= tol * scale + 1e-12, f"{name}: error {err:.3g} vs scale {scale:.3g}"
 
 
-def _core_ref(xz, conv_weight, conv_bias, x_proj, dt_weight, dt_bias, A, D):
+PARAMS = ("conv_weight", "conv_bias", "x_proj", "dt_weight", "dt_bias", "A", "D")
+
+
+def _core_ref(xz, *params):
     """float64 BiMamba core from plain ops: per direction F.conv1d + SiLU, x_proj and dt_proj
     as matmuls, selective_scan_ref (bias + softplus, D skip); the backward direction on
-    time-flipped input with its output flipped back; then (y_0 + y_1) ⊙ SiLU(z)."""
+    time-flipped input with its output flipped back; then (y_f + y_b) ⊙ SiLU(z)."""
     d = xz.shape[-1] // 2
     x, z = xz[..., :d].transpose(1, 2), xz[..., d:]  # x (b, d, l)
-    r, n, k = dt_weight.shape[-1], A.shape[-1], conv_weight.shape[-1]
     total = 0
-    for g in range(2):
+    for g, core in enumerate((params[:7], params[7:])):
+        conv_weight, conv_bias, x_proj, dt_weight, dt_bias, A, D = core
+        r, n, k = dt_weight.shape[-1], A.shape[-1], conv_weight.shape[-1]
         xi = x.flip(-1) if g else x
-        u = F.silu(F.conv1d(F.pad(xi, (k - 1, 0)), conv_weight[g][:, None], conv_bias[g],
-                            groups=d))  # fmt: skip
-        x_dbl = torch.einsum("od,bdl->bol", x_proj[g], u)  # (b, r + 2n, l)
-        delta = torch.einsum("dr,brl->bdl", dt_weight[g], x_dbl[:, :r])
-        y = selective_scan_ref(u, delta, A[g], x_dbl[:, r : r + n], x_dbl[:, r + n :], D[g],
-                               None, dt_bias[g], True)  # fmt: skip
+        u = F.silu(F.conv1d(F.pad(xi, (k - 1, 0)), conv_weight[:, None], conv_bias, groups=d))
+        x_dbl = torch.einsum("od,bdl->bol", x_proj, u)  # (b, r + 2n, l)
+        delta = torch.einsum("dr,brl->bdl", dt_weight, x_dbl[:, :r])
+        y = selective_scan_ref(u, delta, A, x_dbl[:, r : r + n], x_dbl[:, r + n :], D, None,
+                               dt_bias, True)  # fmt: skip
         total = total + (y.flip(-1) if g else y)
     return total.transpose(1, 2) * F.silu(z)
 
 
 def _core_inputs(b, length, d, n, r, k, seed):
+    """xz (a slice of a wider tensor: strided rows) and two cores' parameters, float64."""
     g = torch.Generator().manual_seed(seed)
 
     def rnd(*shape, scale=1.0):
         return torch.randn(*shape, generator=g, dtype=torch.float64) * scale
 
-    wide = rnd(b, length, 2 * d + 8)  # xz is a slice of a wider tensor: strided rows
-    dt_weight = rnd(2, d, r, scale=0.5)
-    dt_weight[0, :2] = 8.0  # a few Δ past softplus's linear threshold (20)
-    return {
-        "xz": wide[..., : 2 * d],
-        "conv_weight": rnd(2, d, k, scale=0.5),
-        "conv_bias": rnd(2, d, scale=0.5),
-        "x_proj": rnd(2, r + 2 * n, d, scale=0.5),
-        "dt_weight": dt_weight,
-        "dt_bias": rnd(2, d, scale=0.5) - 3.0,  # most Δ small, as at Mamba's init
-        "A": -torch.rand(2, d, n, generator=g, dtype=torch.float64) * 2 - 0.1,
-        "D": rnd(2, d),
-    }
+    def core():
+        dt_weight = rnd(d, r, scale=0.5)
+        dt_weight[:2] = 8.0  # a few Δ past softplus's linear threshold (20)
+        return [
+            rnd(d, k, scale=0.5), rnd(d, scale=0.5), rnd(r + 2 * n, d, scale=0.5), dt_weight,
+            rnd(d, scale=0.5) - 3.0,  # most Δ small, as at Mamba's init
+            -torch.rand(d, n, generator=g, dtype=torch.float64) * 2 - 0.1, rnd(d),
+        ]  # fmt: skip
+
+    return rnd(b, length, 2 * d + 8)[..., : 2 * d], core() + core()
 
 
 @pytest.mark.parametrize(("b", "length", "d", "n", "r", "k"), [
@@ -78,15 +79,15 @@ def _core_inputs(b, length, d, n, r, k, seed):
     (1, 13, 16, 5, 1, 3),  # the generic state size and conv width
 ])  # fmt: skip
 def test_core_matches_float64_reference(b, length, d, n, r, k):
-    """Outputs and the gradients of xz and every parameter against the float64 reference."""
-    inputs = _core_inputs(b, length, d, n, r, k, seed=b * length + d + n)
+    """Outputs and the gradients of xz and of both cores' parameters against the reference."""
+    xz, params = _core_inputs(b, length, d, n, r, k, seed=b * length + d + n)
     gout = torch.randn(b, length, d, generator=torch.Generator().manual_seed(1),
                        dtype=torch.float64)  # fmt: skip
 
     def run(fn, dtype):
-        leaves = {name: t.to(dtype).requires_grad_() for name, t in inputs.items()}
-        out = fn(*leaves.values())
-        return out, torch.autograd.grad((out * gout.to(dtype)).sum(), list(leaves.values()))
+        leaves = [t.to(dtype).requires_grad_() for t in (xz, *params)]
+        out = fn(*leaves) if fn is _core_ref else fn(leaves[0], leaves[1:8], leaves[8:])
+        return out, torch.autograd.grad((out * gout.to(dtype)).sum(), leaves)
 
     y_ref, g_ref = run(_core_ref, torch.float64)
     y, grads = run(channels_last.bimamba_core, torch.float32)
@@ -94,26 +95,29 @@ def test_core_matches_float64_reference(b, length, d, n, r, k):
     # (about 25 here, on the channels whose dt_weight is 8).
     tol = 100 * torch.finfo(torch.float32).eps * 25
     _scaled_close(y, y_ref, tol, "out")
-    for name, a, e in zip(inputs, grads, g_ref, strict=True):
+    names = ["xz"] + [f"{core}.{p}" for core in ("forward", "backward") for p in PARAMS]
+    for name, a, e in zip(names, grads, g_ref, strict=True):
+        assert a.shape == e.shape, name
         _scaled_close(a, e, 2 * tol, name)
 
 
 def test_core_rejects_bad_inputs_by_name():
-    inputs = {k: v.float() for k, v in _core_inputs(1, 4, 16, 16, 4, 4, seed=0).items()}
-    with pytest.raises(ValueError, match="A has shape"):
-        channels_last.bimamba_core(**{**inputs, "A": inputs["A"][:, :8]})
-    with pytest.raises(ValueError, match="x_proj has shape"):
-        channels_last.bimamba_core(**{**inputs, "x_proj": inputs["x_proj"][:, :-1]})
-    with pytest.raises(ValueError, match="D is torch.bfloat16"):
-        channels_last.bimamba_core(**{**inputs, "D": inputs["D"].bfloat16()})
+    xz, params = _core_inputs(1, 4, 16, 16, 4, 4, seed=0)
+    xz, params = xz.float(), [p.float() for p in params]
+    fw, bw = params[:7], params[7:]
+    with pytest.raises(ValueError, match="backward core's A has shape"):
+        channels_last.bimamba_core(xz, fw, [*bw[:5], bw[5][:8], bw[6]])
+    with pytest.raises(ValueError, match="forward core's x_proj has shape"):
+        channels_last.bimamba_core(xz, [*fw[:2], fw[2][:-1], *fw[3:]], bw)
+    with pytest.raises(ValueError, match="forward core's D is torch.bfloat16"):
+        channels_last.bimamba_core(xz, [*fw[:6], fw[6].bfloat16()], bw)
+    with pytest.raises(ValueError, match="each core takes 7 parameters"):
+        channels_last.bimamba_core(xz, fw[:6], bw)
     with pytest.raises(ValueError, match="multiple of 16"):
-        odd = {k: v[..., :8] if k != "xz" else v[..., :16] for k, v in inputs.items()}
-        odd |= {"x_proj": inputs["x_proj"][..., :8], "A": inputs["A"][:, :8]}
-        odd |= {
-            "dt_weight": inputs["dt_weight"][:, :8],
-            "conv_weight": inputs["conv_weight"][:, :8],
-        }
-        channels_last.bimamba_core(**odd)
+        channels_last.bimamba_core(
+            xz[..., :16],
+            *[[p[:8] if p.shape[0] == 16 else p[:, :8] for p in core] for core in (fw, bw)],
+        )
 
 
 def test_usable_needs_float32_and_whole_vectors_of_channels():

@@ -324,12 +324,10 @@ class BiMamba(TemporalMixer):
     def _core_channels_last(self, xz: torch.Tensor) -> torch.Tensor:
         """xz (b, l, 2·d_inner), in_proj's output -> [core(x) + flip(core_b(flip(x)))] ⊙
         SiLU(z) (b, l, d_inner): everything up to out_proj in one op
-        (``ops.channels_last.bimamba_core``), the two cores' parameters stacked."""
+        (``ops.channels_last.bimamba_core``)."""
         f = self.forward_ssm(None, copy_params=True)
         r = self.backward_ssm(None, copy_params=True)
-        return channels_last.bimamba_core(
-            xz, *(torch.stack(pair) for pair in zip(f, r, strict=True))
-        )
+        return channels_last.bimamba_core(xz, f, r)
 
     def _both_directions_stacked(self, xs: torch.Tensor) -> torch.Tensor:
         """xs (b, d, l) -> core(xs) + flip(core_b(flip(xs))) (b, d, l), flip-free (CPU).

@@ -18,6 +18,8 @@ as in the kernels; here they are a dozen plain calls. Float32 on CPU, with d a m
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch.autograd.function import FunctionCtx, once_differentiable
 
@@ -40,42 +42,43 @@ def usable(x: torch.Tensor, dim: int) -> bool:
 
 
 def bimamba_core(
-    xz: torch.Tensor,
-    conv_weight: torch.Tensor,
-    conv_bias: torch.Tensor,
-    x_proj: torch.Tensor,
-    dt_weight: torch.Tensor,
-    dt_bias: torch.Tensor,
-    A: torch.Tensor,
-    D: torch.Tensor,
+    xz: torch.Tensor, forward_core: Sequence[torch.Tensor], backward_core: Sequence[torch.Tensor]
 ) -> torch.Tensor:
-    """(core_0(x) + flip(core_1(flip(x)))) ⊙ SiLU(z) for xz = [x, z] (b, l, 2d) -> (b, l, d).
+    """(core_f(x) + flip(core_b(flip(x)))) ⊙ SiLU(z) for xz = [x, z] (b, l, 2d) -> (b, l, d).
 
-    Core g is Mamba's selective SSM with the parameters [g] of: conv_weight (2, d, k),
-    conv_bias (2, d), x_proj (2, r + 2n, d), dt_weight (2, d, r), dt_bias (2, d), A (2, d, n)
-    and D (2, d): u = SiLU(causal conv(x)), [δ, B, C] = x_proj u, Δ = softplus(dt_weight δ +
-    dt_bias), the scan h_t = exp(Δ_t A) h_{t-1} + Δ_t u_t B_t, y_t = C_t h_t + D u_t.
+    Each core is Mamba's selective SSM, given as its parameters in the order of
+    ``mixers.mamba.CoreParams``: conv_weight (d, k), conv_bias (d,), x_proj (r + 2n, d),
+    dt_weight (d, r), dt_bias (d,), A (d, n), D (d,). u = SiLU(causal conv(x)), [δ, B, C] =
+    x_proj u, Δ = softplus(dt_weight δ + dt_bias), h_t = exp(Δ_t A) h_{t-1} + Δ_t u_t B_t,
+    y_t = C_t h_t + D u_t. The two cores' parameters are stacked inside (not as autograd
+    ops), and each gets its own gradients.
     """
-    tensors = {"xz": xz, "conv_weight": conv_weight, "conv_bias": conv_bias, "x_proj": x_proj,
-               "dt_weight": dt_weight, "dt_bias": dt_bias, "A": A, "D": D}  # fmt: skip
-    for name, t in tensors.items():
-        if t.dtype != torch.float32 or t.device.type != "cpu":
-            raise ValueError(f"{name} is {t.dtype} on {t.device}; the channels-last kernels "
-                             "take float32 on CPU")  # fmt: skip
+    if len(forward_core) != len(PARAMS) or len(backward_core) != len(PARAMS):
+        raise ValueError(f"each core takes {len(PARAMS)} parameters: {', '.join(PARAMS)}")
     b, length, two_d = xz.shape
-    d, n, r = two_d // 2, A.shape[-1], dt_weight.shape[-1]
-    k = conv_weight.shape[-1]
-    expected = {"conv_weight": (2, d, k), "conv_bias": (2, d), "x_proj": (2, r + 2 * n, d),
-                "dt_weight": (2, d, r), "dt_bias": (2, d), "A": (2, d, n), "D": (2, d)}  # fmt: skip
-    for name, shape in expected.items():
-        if tuple(tensors[name].shape) != shape:
-            raise ValueError(f"{name} has shape {tuple(tensors[name].shape)}, expected {shape} "
-                             f"for xz {tuple(xz.shape)}")  # fmt: skip
+    d = two_d // 2
+    k, n, r = forward_core[0].shape[-1], forward_core[5].shape[-1], forward_core[3].shape[-1]
+    shapes = {"conv_weight": (d, k), "conv_bias": (d,), "x_proj": (r + 2 * n, d),
+              "dt_weight": (d, r), "dt_bias": (d,), "A": (d, n), "D": (d,)}  # fmt: skip
+    for core, params in (("forward", forward_core), ("backward", backward_core)):
+        for (name, shape), t in zip(shapes.items(), params, strict=True):
+            if t.dtype != torch.float32 or t.device.type != "cpu":
+                raise ValueError(f"{core} core's {name} is {t.dtype} on {t.device}; the "
+                                 "channels-last kernels take float32 on CPU")  # fmt: skip
+            if tuple(t.shape) != shape:
+                raise ValueError(f"{core} core's {name} has shape {tuple(t.shape)}, expected "
+                                 f"{shape} for xz {tuple(xz.shape)}")  # fmt: skip
+    if xz.dtype != torch.float32 or xz.device.type != "cpu":
+        raise ValueError(f"xz is {xz.dtype} on {xz.device}; the channels-last kernels take "
+                         "float32 on CPU")  # fmt: skip
     if two_d % 2 or d % LANES or xz.stride(-1) != 1 or not 1 <= k <= cpu_native.MAX_CONV_K:
         raise ValueError(f"xz {tuple(xz.shape)} (channel stride {xz.stride(-1)}), conv width "
                          f"{k}: needs 2·d channels, d a multiple of {LANES}, k <= "
                          f"{cpu_native.MAX_CONV_K}")  # fmt: skip
-    return _CoreFn.apply(xz, conv_weight, conv_bias, x_proj, dt_weight, dt_bias, A, D)
+    return _CoreFn.apply(xz, *forward_core, *backward_core)
+
+
+PARAMS = ("conv_weight", "conv_bias", "x_proj", "dt_weight", "dt_bias", "A", "D")
 
 
 def _threads(tasks: int, work: int) -> int:
@@ -88,16 +91,18 @@ class _CoreFn(torch.autograd.Function):
     checkpoints and y_0 + y_1."""
 
     @staticmethod
-    def forward(ctx: FunctionCtx, xz, conv_weight, conv_bias, x_proj, dt_weight, dt_bias, A, D):  # noqa: ANN001, ANN205
+    def forward(ctx: FunctionCtx, xz, *params):  # noqa: ANN001, ANN205
+        fw, bw = params[:7], params[7:]
         b, length, two_d = xz.shape
-        d, k, n, r = two_d // 2, conv_weight.shape[-1], A.shape[-1], dt_weight.shape[-1]
+        d, k, n, r = two_d // 2, fw[0].shape[-1], fw[5].shape[-1], fw[3].shape[-1]
         R = r + 2 * n
         x, z = xz[..., :d], xz[..., d:]
-        # The kernels read weights by row over channels: (2, k, d), (2, r, d), (2, n, d).
-        conv_t = conv_weight.transpose(1, 2).contiguous()
-        w_t = dt_weight.transpose(1, 2).contiguous()
-        a_t = A.transpose(1, 2).contiguous()
-        conv_bias, dt_bias, D = conv_bias.contiguous(), dt_bias.contiguous(), D.contiguous()
+        # Both cores' parameters stacked; the kernels read weights by row over channels:
+        # conv (2, k, d), dt_proj (2, r, d), A (2, n, d).
+        conv_t = torch.stack([fw[0].t(), bw[0].t()])
+        conv_bias, x_proj = torch.stack([fw[1], bw[1]]), torch.stack([fw[2], bw[2]])
+        w_t, dt_bias = torch.stack([fw[3].t(), bw[3].t()]), torch.stack([fw[4], bw[4]])
+        a_t, D = torch.stack([fw[5].t(), bw[5].t()]), torch.stack([fw[6], bw[6]])
         u = torch.empty(2, b, length, d)
         cpu_native._call(
             "cm_cl_conv_forward", x.data_ptr(), x.stride(0), x.stride(1), conv_t.data_ptr(),
@@ -172,8 +177,8 @@ class _CoreFn(torch.autograd.Function):
             g_x.stride(0), g_x.stride(1), gw_rows.data_ptr(), gb_rows.data_ptr(),
             b, d, 2, length, k, work.data_ptr(), threads,
         )  # fmt: skip
-        g_conv_w = gw_rows.sum(0).transpose(1, 2)  # (2, d, k)
-        g_dt_w = sums[:, n : n + r].transpose(1, 2)  # (2, d, r)
-        g_A = sums[:, :n].transpose(1, 2)  # (2, d, n)
-        return (g_xz, g_conv_w, gb_rows.sum(0), g_x_proj, g_dt_w, sums[:, n + r], g_A,
-                sums[:, n + r + 1])  # fmt: skip
+        g_conv, g_conv_bias = gw_rows.sum(0), gb_rows.sum(0)  # (2, k, d), (2, d)
+        # Per core, in the parameters' own layouts: conv (d, k), dt_proj (d, r), A (d, n).
+        grads = [(g_conv[g].t(), g_conv_bias[g], g_x_proj[g], sums[g, n : n + r].t(),
+                  sums[g, n + r], sums[g, :n].t(), sums[g, n + r + 1]) for g in range(2)]  # fmt: skip
+        return g_xz, *grads[0], *grads[1]
