@@ -7,11 +7,11 @@ self time) and the parameters of the block. ``bimamba-unfused`` is the two-call 
     python scripts/profile_block.py --frames 64 256 --tokens 64 --dim 128
 
 ``--ratio N`` instead times N interleaved fwd+bwd repeats (process CPU time, so all variants
-see the same load) of the bimamba block in its three CPU forms: two scan calls
-(``BiMamba.fused = False``), one call over the time-flipped input (``stacked = False``, the
-form before the flip-free path) and flip-free with stacked conv/projections (the default),
-and of an equal-parameter temporal-attention block, and prints the medians and the ratios
-to attention:
+see the same load) of the bimamba block in its four CPU forms: two scan calls
+(``BiMamba.fused = False``), one call over the time-flipped input (``stacked = False``),
+flip-free with stacked conv/projections on the row kernels (``channels_last = False``) and
+the channels-last core (the default), and of an equal-parameter temporal-attention block,
+and prints the medians and the ratios to attention:
 
     python scripts/profile_block.py --ratio 7 --frames 256 --tokens 64 --dim 128
 """
@@ -98,20 +98,21 @@ def ratio(frames: int, tokens: int, dim: int, repeats: int) -> None:
         c, text, mask = torch.randn(1, frames, w), torch.randn(1, 8, w), torch.ones(1, 8).bool()
         return lambda: blk(x, c, text, mask)[0].square().mean().backward()
 
-    # (fused, stacked) of each bimamba form; attention ignores them.
-    forms = {"bimamba two calls": (False, True), "bimamba flipped": (True, False),
-             "bimamba stacked": (True, True), "attention": (True, True)}  # fmt: skip
+    # (fused, stacked, channels_last) of each bimamba form; attention ignores them.
+    forms = {"bimamba two calls": (False, True, False), "bimamba flipped": (True, False, False),
+             "bimamba stacked": (True, True, False), "bimamba chan-last": (True, True, True),
+             "attention": (True, True, True)}  # fmt: skip
     steps = {name: step_of(att, width) if name == "attention" else step_of(bim, dim)
              for name in forms}  # fmt: skip
     times: dict[str, list[float]] = {k: [] for k in steps}
     for r in range(repeats + 1):  # the first round is a warm-up
         for name, step in steps.items():
-            bim.temporal.fused, bim.temporal.stacked = forms[name]
+            bim.temporal.fused, bim.temporal.stacked, bim.temporal.channels_last = forms[name]
             start = time.process_time()
             step()
             if r:
                 times[name].append(time.process_time() - start)
-    bim.temporal.fused, bim.temporal.stacked = True, True
+    bim.temporal.fused, bim.temporal.stacked, bim.temporal.channels_last = True, True, True
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"T={frames} tokens={tokens}: bimamba width {dim} ({target} params), attention "
           f"width {width} ({params(att)} params), {repeats} interleaved repeats")  # fmt: skip

@@ -470,10 +470,10 @@ def _bimamba_by_flips(m, x):
     return m.out_proj(rearrange((y_fwd + y_bwd.flip(-1)) * F.silu(z), "b e l -> b l e"))
 
 
-def _bimamba_matches_flips(kernels, fused=True, length=11, stacked=True):
+def _bimamba_matches_flips(kernels, fused=True, length=11, stacked=True, channels_last=True):
     torch.manual_seed(0)
     m = BiMamba(8, d_state=4)
-    m.fused, m.stacked = fused, stacked
+    m.fused, m.stacked, m.channels_last = fused, stacked, channels_last
     with torch.no_grad():
         for p in m.parameters():
             p.add_(0.1 * torch.randn_like(p))
@@ -488,20 +488,25 @@ def _bimamba_matches_flips(kernels, fused=True, length=11, stacked=True):
         _check(a, e.double(), torch.float32, "bimamba")
 
 
+# BiMamba's CPU forms as (fused, stacked, channels_last): the channels-last core (the
+# default), flip-free on the row kernels, one scan call over the flipped input, two calls.
+FORMS = [(True, True, True), (True, True, False), (True, False, False), (False, True, False)]
+
+
 @pytest.mark.parametrize("length", [11, 70])  # both sides of _group_matmul's switch at 64
-@pytest.mark.parametrize(("fused", "stacked"), [(True, True), (True, False), (False, True)])
+@pytest.mark.parametrize(("fused", "stacked", "channels_last"), FORMS)
 @pytest.mark.parametrize("kernels", ["auto", "torch"])
-def test_bimamba_reverse_matches_explicit_flips(kernels, fused, stacked, length):
+def test_bimamba_reverse_matches_explicit_flips(kernels, fused, stacked, channels_last, length):
     """The anti-causal core (reverse conv + reverse scan, both cores in one batched scan over
-    the flipped input, or flip-free with reversed scan groups and the stacked conv) is the
-    flipped causal core: outputs and all gradients."""
-    _bimamba_matches_flips(kernels, fused, length, stacked)
+    the flipped input, flip-free with reversed scan groups and the stacked conv, or the
+    channels-last core) is the flipped causal core: outputs and all gradients."""
+    _bimamba_matches_flips(kernels, fused, length, stacked, channels_last)
 
 
 @pytest.mark.parametrize("length", [13, 70])  # both sides of _group_matmul's switch at 64
-@pytest.mark.parametrize(("fused", "stacked"), [(True, True), (True, False), (False, True)])
+@pytest.mark.parametrize(("fused", "stacked", "channels_last"), FORMS)
 def test_bimamba_cpu_variants_match_float64(
-    fused, stacked, length, monkeypatch: pytest.MonkeyPatch
+    fused, stacked, channels_last, length, monkeypatch: pytest.MonkeyPatch
 ):
     """BiMamba (flip-free stacked, one flipped scan call, or two calls) on the C kernel with
     its fused D skip and softplus slope, with them unfused (``FUSE_ELEMENTWISE = False``, the implementation
@@ -513,7 +518,7 @@ def test_bimamba_cpu_variants_match_float64(
 
     torch.manual_seed(1)
     m = BiMamba(16, d_state=8)
-    m.fused, m.stacked = fused, stacked
+    m.fused, m.stacked, m.channels_last = fused, stacked, channels_last
     with torch.no_grad():
         for p in m.parameters():
             p.add_(0.1 * torch.randn_like(p))

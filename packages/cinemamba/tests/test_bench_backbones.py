@@ -10,6 +10,7 @@ import pytest
 from cinemamba.apps.bench.backbones import (
     BackbonesScale,
     Series,
+    block_ratio,
     crossover,
     crossover_lines,
     full3d_block_ratios,
@@ -99,3 +100,17 @@ def test_full3d_block_ratios_compare_equal_parameter_blocks():
     bim = count(VideoDiTBlock(64, 2, 4.0, build_mixer("bimamba", 64, MixerOptions())))
     gaps = {w: abs(count(Full3DBlock(w, 2, 4.0)) - bim) for w in range(32, 129, 4)}
     assert width == min(gaps, key=gaps.get) and width > 64
+
+
+def test_block_ratio_times_each_bimamba_form_on_its_own_path(monkeypatch: pytest.MonkeyPatch):
+    # The four forms must really run different code: the channels-last core only in the
+    # last (warm-up + one repeat = 2 forward calls), and the target only on that figure.
+    from cinemamba_backbone.ops import channels_last
+
+    calls = []
+    core = channels_last.bimamba_core
+    monkeypatch.setattr(channels_last, "bimamba_core", lambda *a: calls.append(1) or core(*a))
+    figures = block_ratio(BackbonesScale(ratio_frames=3, ratio_repeats=1), 4)
+    assert len(figures) == 4 and len(calls) == 2
+    assert [f.target for f in figures] == [None, None, None, 1.2]
+    assert "channels-last" in figures[-1].name
