@@ -69,7 +69,7 @@ INLINE float sigmoid_f(float p, const float lo, const float hi) {
 /* softplus(x) = log(1 + e^x) = max(x, 0) + log1p(z), z = e^-|x| in (0, 1], with
  * log1p(z) = z·P(z), P of degree 9 fitted to log1p(z)/z on [0, 1] for relative error (4e-9
  * in exact arithmetic, about 3 ulp in float). No division and no branch, so a loop over it
- * vectorises (a log and a division per element cost four exps). Above x = 20, where torch
+ * vectorises (a log and a division per element would cost several exps). Above x = 20, where torch
  * passes x through, log1p(e^-x) < 2.1e-9 is below half an ulp of x. */
 INLINE float softplus_f(const float x, const float lo, const float hi) {
     const float z = exp_f(x < 0.0f ? x : -x, lo, hi);
