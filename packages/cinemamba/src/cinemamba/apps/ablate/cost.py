@@ -14,7 +14,7 @@ import contextlib
 import math
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 
 import torch
@@ -51,23 +51,40 @@ def scan_flops(u: torch.Tensor, B: torch.Tensor) -> int:
     return 3 * 9 * b * d * length * n
 
 
+def core_flops(xz: torch.Tensor, forward_core: Sequence[torch.Tensor]) -> int:
+    """FLOPs of BiMamba's channels-last core that FlopCounterMode cannot see, forward +
+    backward: both directions' scans (`scan_flops` over 2·d channels) and their dt_proj
+    matmuls, fused into the C kernel (2·b·l·r·d forward and twice that backward each, as
+    FlopCounterMode counts the same matmul on the other paths). Its x_proj is a counted bmm."""
+    b, length, two_d = xz.shape
+    d, r, n = two_d // 2, forward_core[3].shape[-1], forward_core[5].shape[-1]
+    return 3 * 9 * b * two_d * length * n + 2 * 3 * 2 * b * length * r * d
+
+
 @contextlib.contextmanager
 def _counting_scans(counter: list[int]) -> Iterator[None]:
-    """Add every selective scan call's `scan_flops` to `counter[0]` while active. The mixers
-    call `selective_scan` through `cinemamba_backbone.mixers.mamba`, so that name is wrapped."""
+    """Add every selective scan call's `scan_flops`, and every channels-last BiMamba core's
+    `core_flops`, to `counter[0]` while active. The mixers call them through
+    `cinemamba_backbone.mixers.mamba` (`selective_scan`) and the `channels_last` module
+    (`bimamba_core`), so those names are wrapped."""
     from cinemamba_backbone.mixers import mamba
+    from cinemamba_backbone.ops import channels_last
 
-    original = mamba.selective_scan
+    original, original_core = mamba.selective_scan, channels_last.bimamba_core
 
     def counted(u, delta, A, B, C, *args, **kwargs):
         counter[0] += scan_flops(u, B)
         return original(u, delta, A, B, C, *args, **kwargs)
 
-    mamba.selective_scan = counted
+    def counted_core(xz, forward_core, backward_core):
+        counter[0] += core_flops(xz, forward_core)
+        return original_core(xz, forward_core, backward_core)
+
+    mamba.selective_scan, channels_last.bimamba_core = counted, counted_core
     try:
         yield
     finally:
-        mamba.selective_scan = original
+        mamba.selective_scan, channels_last.bimamba_core = original, original_core
 
 
 def _inputs(arch: BackboneConfig, shapes: Shapes, batch: int) -> tuple[torch.Tensor, ...]:
