@@ -5,7 +5,8 @@ FLOPs are counted, not estimated from a formula of the architecture, so the matc
 for any mixer the config can build: `torch.utils.flop_counter.FlopCounterMode` counts the
 matmuls, convolutions and scaled-dot-product attention of one forward + backward; the
 selective scan (a custom autograd function FlopCounterMode does not see) is added by the
-formula in `scan_flops`. Elementwise ops (norms, activations, adaLN modulation) are not counted.
+formula in `scan_flops`, and BiMamba's channels-last CPU core (scans and dt_proj inside a C
+kernel) by `core_flops`. Elementwise ops (norms, activations, adaLN modulation) are not counted.
 """
 
 from __future__ import annotations
