@@ -24,9 +24,10 @@ import torch
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from cinemamba_backbone.ops import cpu_native
+from cinemamba_backbone.ops.cpu_scan import NATIVE_BLOCK
 
 LANES = 16  # VL in channels_last.c: channels per vector
-BLOCK = 32  # checkpoint interval of the scan, as NATIVE_BLOCK in cpu_scan
+BLOCK = NATIVE_BLOCK  # the scan's checkpoint interval, as on the row kernel
 REVERSE = torch.tensor([0, 1], dtype=torch.int64)  # group 1 (backward core) is anti-causal
 
 
@@ -81,10 +82,6 @@ def bimamba_core(
 PARAMS = ("conv_weight", "conv_bias", "x_proj", "dt_weight", "dt_bias", "A", "D")
 
 
-def _threads(tasks: int, work: int) -> int:
-    return cpu_native._threads(tasks, work)
-
-
 class _CoreFn(torch.autograd.Function):
     """``bimamba_core`` on the C kernels: conv, scan and gate forward and backward; x_proj
     and its gradients as batched matmuls. Saves xz, u, x_proj's output, the scan's
@@ -107,7 +104,7 @@ class _CoreFn(torch.autograd.Function):
         cpu_native._call(
             "cm_cl_conv_forward", x.data_ptr(), x.stride(0), x.stride(1), conv_t.data_ptr(),
             conv_bias.data_ptr(), REVERSE.data_ptr(), u.data_ptr(), 1, b, d, 2, length, k,
-            _threads(2 * b, 2 * b * length * d * k),
+            cpu_native._threads(2 * b, 2 * b * length * d * k),
         )  # fmt: skip
         x_dbl = torch.bmm(u.view(2, b * length, d), x_proj.mT)  # (2, b·l, R)
         block = min(BLOCK, length)
@@ -118,12 +115,12 @@ class _CoreFn(torch.autograd.Function):
             "cm_cl_scan_forward", u.data_ptr(), x_dbl.data_ptr(), w_t.data_ptr(),
             dt_bias.data_ptr(), a_t.data_ptr(), D.data_ptr(), y.data_ptr(),
             cpu_native._ptr_of(ckpt), b, d, 2, length, n, R, r, block, 1,
-            _threads(2 * b * d // LANES, 2 * b * d * length * n),
+            cpu_native._threads(2 * b * d // LANES, 2 * b * d * length * n),
         )  # fmt: skip
         out, ysum = torch.empty(b, length, d), torch.empty(b, length, d)
         cpu_native._call(
             "cm_cl_gate_forward", y.data_ptr(), z.data_ptr(), z.stride(0), z.stride(1),
-            out.data_ptr(), ysum.data_ptr(), b, length, d, _threads(b * length, b * length * d),
+            out.data_ptr(), ysum.data_ptr(), b, length, d, cpu_native._threads(b * length, b * length * d),
         )  # fmt: skip
         ctx.save_for_backward(xz, conv_t, conv_bias, x_proj, w_t, dt_bias, a_t, D, u, x_dbl,
                               ckpt, ysum)  # fmt: skip
@@ -148,10 +145,10 @@ class _CoreFn(torch.autograd.Function):
         cpu_native._call(
             "cm_cl_gate_backward", grad.data_ptr(), z.data_ptr(), z.stride(0), z.stride(1),
             ysum.data_ptr(), gy.data_ptr(), g_z.data_ptr(), g_z.stride(0), g_z.stride(1),
-            b, length, d, _threads(b * length, b * length * d),
+            b, length, d, cpu_native._threads(b * length, b * length * d),
         )  # fmt: skip
         # Scans: dL/du, dL/dx_dbl and per-thread sums of dA, dW_T, d bias, dD.
-        threads = _threads(2 * b, 2 * b * d * length * n)
+        threads = cpu_native._threads(2 * b, 2 * b * d * length * n)
         gu, g_x_dbl = torch.empty_like(u), torch.empty_like(x_dbl)
         sums = torch.empty(threads, 2, n + r + 2, d)
         work = torch.empty(threads, (length * R + (1 + 2 * n) * ctx.block) * LANES)
@@ -170,7 +167,7 @@ class _CoreFn(torch.autograd.Function):
         # FLOP matching counts with it)
         gu.view(2, b * length, d).add_(torch.bmm(g_x_dbl, x_proj))
         # Convs: dL/dx straight into its half of dL/dxz.
-        threads = _threads(b, 2 * b * length * d * k)
+        threads = cpu_native._threads(b, 2 * b * length * d * k)
         gw_rows, gb_rows = torch.empty(b, 2, k, d), torch.empty(b, 2, d)
         work = torch.empty(threads, 2, length, d)
         cpu_native._call(
